@@ -1,0 +1,245 @@
+"""The suite's one command line: `pfcr <command> --help` explains each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# OpenMP's default busy-waiting made 2-thread training ~30x slower on a shared 2-core machine;
+# it must be set before torch loads OpenMP. Recorded in every result's host.env.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pfcr.errors import SuiteError
+
+FMNIST = "fashion-mnist"
+
+
+def _dataset(args: argparse.Namespace, module):
+    """(dataset, data-record) for --data: the embedded Fashion-MNIST or a user's ImageFolder."""
+    from pfcr import data
+
+    if args.data == FMNIST:
+        ds = data.fmnist(args.split, limit=args.limit)
+        return ds, {"name": FMNIST, "split": args.split, "size": len(ds)}
+    ds = data.image_folder(args.data, module)
+    if args.limit is not None:
+        import torch.utils.data
+
+        ds = torch.utils.data.Subset(ds, range(min(args.limit, len(ds))))
+    return ds, {"name": str(args.data), "split": "folder", "size": len(ds)}
+
+
+def _model_record(loaded) -> dict:
+    return {"name": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256}
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pfcr.models import ZOO
+
+    print(f"{'model':<14} {'top-1':>7} {'params':>8}  {'trained':<20} description")
+    for entry in ZOO.values():
+        card = entry.card() or {}
+        top1 = f"{100 * card['test_top1']:.2f}%" if "test_top1" in card else "-"
+        params = f"{card['params'] / 1e6:.2f}M" if "params" in card else "-"
+        trained = f"{card.get('epochs', '-')} ep, {card.get('device', '-')}" if card else "untrained"
+        print(f"{entry.name:<14} {top1:>7} {params:>8}  {trained:<20} {entry.summary}")
+    return 0
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}); e.g. '{{\"num_classes\": 100}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"num_classes\": 100}'")
+    return value
+
+
+def evaluate_to_record(name: str, checkpoint: str | None, args: argparse.Namespace) -> dict:
+    """Evaluate one model on --data and write an `eval` record; returns the record."""
+    import torch
+
+    from pfcr.evaluate import predict
+    from pfcr.models import load_model
+    from pfcr.records import make_record, write_record
+
+    torch.manual_seed(args.seed)
+    loaded = load_model(name, checkpoint, **getattr(args, "model_kwargs", {}))
+    ds, data_rec = _dataset(args, loaded.module)
+    t0 = time.perf_counter()
+    metrics = predict(loaded.module, ds, batch_size=args.batch_size, desc=f"eval {name}").metrics()
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    record = make_record("eval", model=_model_record(loaded), data=data_rec,
+                         config={"method": "fp32", "w_bits": None, "a_bits": None},
+                         metrics=metrics, seed=args.seed)
+    path = write_record(record, args.results)
+    print(f"{name}: top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+          f"on {data_rec['size']} images -> {path}")
+    return record
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    record = evaluate_to_record(args.model, args.checkpoint, args)
+    if args.confusion:
+        for row in record["metrics"]["confusion"]:
+            print(" ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    from pfcr import data
+    from pfcr.atomic import atomic_path, atomic_write
+    from pfcr.evaluate import predict
+    from pfcr.models import ZOO, build, sha256_file
+    from pfcr.records import host, make_record, versions, write_record
+    from pfcr.train import TrainConfig, train
+
+    if args.model not in ZOO:
+        raise SuiteError(f"`train` trains zoo models ({', '.join(ZOO)}), not {args.model!r}; "
+                         "fine-tune other timm models with timm's own train script")
+    entry = ZOO[args.model]
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(cfg.seed)
+    model = build(entry.arch, **entry.kwargs)
+    images, labels = data.load_fmnist_arrays("train")
+    x, y = data.fmnist_to_tensor(images), torch.from_numpy(labels.astype("int64"))
+    run_dir = Path(args.run_dir or f"runs/{entry.name}")
+    log = []
+
+    def on_epoch(epoch: int, seconds: float) -> None:
+        log.append(seconds)
+        print(f"{entry.name}: epoch {epoch}/{cfg.epochs} done in {seconds:.0f} s", flush=True)
+
+    t0 = time.perf_counter()
+    train(model, x, y, cfg, run_dir, on_epoch)
+    test = predict(model, data.fmnist("test"), desc="test").metrics()
+    out = Path(args.out) if args.out else entry.checkpoint.parent
+    weights = out / f"{entry.name}.safetensors"
+    with atomic_path(weights) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    card = {
+        "name": entry.name, "arch": entry.arch, "kwargs": entry.kwargs, "summary": entry.summary,
+        "params": sum(p.numel() for p in model.parameters()),
+        "data": {"name": FMNIST, "train_size": len(x), "test_size": test["n"]},
+        "train_config": cfg.__dict__, "epochs": cfg.epochs, "seed": cfg.seed,
+        "test_top1": test["top1"], "test_top5": test["top5"],
+        # Seconds of the epochs run in this invocation (a resumed run omits earlier ones).
+        "train_seconds_this_run": round(time.perf_counter() - t0, 1), "epoch_seconds": [round(s, 1) for s in log],
+        "device": "cpu", "threads": torch.get_num_threads(), "host": host(), "versions": versions(),
+        "sha256": sha256_file(weights), "checkpoint": weights.name,
+    }
+    import json
+
+    atomic_write(out / f"{entry.name}.json", json.dumps(card, indent=1, default=list) + "\n")
+    write_record(make_record("train", model={"name": entry.name, "checkpoint_sha256": card["sha256"]},
+                             data={"name": FMNIST, "split": "train", "size": len(x)},
+                             config={"method": "fp32", **cfg.__dict__},
+                             metrics={"top1": test["top1"], "top5": test["top5"]}, seed=cfg.seed),
+                 args.results)
+    print(f"{entry.name}: test top-1 {100 * test['top1']:.2f}% -> {weights}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.summary import write_summary
+
+    md = write_summary(args.results, args.out, readme=args.readme)
+    print(md)
+    return 0
+
+
+def cmd_main(args: argparse.Namespace) -> int:
+    """The main job: every stage of the suite on the embedded default, then the report."""
+    from pfcr.models import ZOO
+
+    print("== stage: evaluate the zoo (FP32) on the Fashion-MNIST test set")
+    for name, entry in ZOO.items():
+        if not entry.checkpoint.exists():
+            print(f"{name}: no weights yet, skipped (train with `pfcr train {name}`)")
+            continue
+        evaluate_to_record(name, None, args)
+    print("== stage: report")
+    from reports.summary import write_summary
+
+    print(write_summary(args.results, args.out, readme=None))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pfcr", description="Low-bit vision transformers from PTQ to edge hardware.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./results)")
+        sp.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+
+    def data_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data", default=FMNIST,
+                        help=f"'{FMNIST}' (embedded default) or an ImageNet-layout folder of your own")
+        sp.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
+        sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+        sp.add_argument("--batch-size", type=int, default=256)
+
+    sp = sub.add_parser("models", help="list the embedded model zoo and its cards")
+    sp.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion of a model")
+    sp.add_argument("model", help="a zoo model (see `pfcr models`) or any timm model name")
+    sp.add_argument("--checkpoint", default=None, help="local .safetensors or torch state_dict file")
+    sp.add_argument("--model-kwargs", type=_json_object, default={},
+                    help="timm options of your model as JSON, e.g. '{\"num_classes\": 100}'")
+    sp.add_argument("--confusion", action="store_true", help="print the confusion matrix")
+    data_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("train", help="train a zoo model on Fashion-MNIST (resumes from runs/<model>)")
+    sp.add_argument("model", help="zoo model name")
+    sp.add_argument("--epochs", type=int, default=20)
+    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--lr", type=float, default=2e-3)
+    sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    sp.add_argument("--run-dir", default=None, help="epoch checkpoints (default runs/<model>)")
+    sp.add_argument("--out", default=None, help="where the weights and card go (default: the zoo)")
+    common(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("report", help="summarize result records as Markdown and CSV")
+    sp.add_argument("--out", default="reports/out", help="report folder")
+    sp.add_argument("--readme", default=None, help="also rewrite this README's results table")
+    sp.add_argument("--results", default=None, help="result records folder")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("main", help="run the whole pipeline on the embedded default and report")
+    sp.add_argument("--out", default="reports/out", help="report folder")
+    data_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_main)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SuiteError as err:
+        print(f"pfcr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pfcr {args.command}: interrupted; finished results were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Data: Fashion-MNIST from Debian's IDX files, seeded calibration subsets, users' ImageFolders.
+
+Fashion-MNIST is the embedded default because it ships as a Debian package (`dataset-fashion-mnist`)
+and needs no network. Users bring ImageNet-layout folders; those are preprocessed as timm would
+for the model's pretrained config.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from pfcr.errors import DataError
+
+FMNIST_DIR_ENV = "PFCR_FMNIST_DIR"
+FMNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FMNIST_CLASSES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+# Mean and std of the training split's pixels in [0, 1]; the model input is (x - mean) / std.
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+_HOW_TO_GET = (
+    "install it with `apt-get install dataset-fashion-mnist` (the README's set-up does this), "
+    f"or point {FMNIST_DIR_ENV} at a folder holding the four IDX .gz files"
+)
+# IDX magic: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or raw) of unsigned bytes into an array of its shape."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"IDX file {path} does not exist; {_HOW_TO_GET}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise DataError(f"IDX file {path} is not a valid gzip file ({err}); reinstall the data") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number); reinstall the data")
+    if raw[2] != _IDX_UBYTE:
+        raise DataError(f"{path} holds IDX type 0x{raw[2]:02x}; only unsigned bytes (0x08) are supported")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"IDX file {path} is truncated inside its header; reinstall the data")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != expected:
+        raise DataError(
+            f"IDX file {path} holds {len(raw) - header} data bytes but its header {shape} "
+            f"promises {expected}; the file is truncated or corrupt, reinstall the data"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def fmnist_dir() -> Path:
+    """The folder of Fashion-MNIST's IDX files: $PFCR_FMNIST_DIR, else the Debian package's."""
+    return Path(os.environ.get(FMNIST_DIR_ENV, FMNIST_DEFAULT_DIR))
+
+
+def load_fmnist_arrays(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, 28, 28] uint8 and labels [N] uint8 of the 'train' or 'test' split."""
+    if split not in FMNIST_FILES:
+        raise DataError(f"unknown Fashion-MNIST split {split!r}; use one of {sorted(FMNIST_FILES)}")
+    root = Path(root) if root is not None else fmnist_dir()
+    if not root.is_dir():
+        raise DataError(f"Fashion-MNIST folder {root} does not exist; {_HOW_TO_GET}")
+    images = read_idx(root / FMNIST_FILES[split][0])
+    labels = read_idx(root / FMNIST_FILES[split][1])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(
+            f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}"
+        )
+    if labels.size and labels.max() >= len(FMNIST_CLASSES):
+        raise DataError(f"Fashion-MNIST {split} labels in {root} exceed the 10 classes; reinstall the data")
+    return images, labels
+
+
+def fmnist_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> normalized float [N, 1, 28, 28], the zoo models' input."""
+    x = torch.from_numpy(images.astype(np.float32)).div_(255.0)
+    return ((x - FMNIST_MEAN) / FMNIST_STD).unsqueeze(1)
+
+
+def fmnist(split: str, limit: int | None = None, root: str | os.PathLike | None = None) -> TensorDataset:
+    """Fashion-MNIST split as a dataset of (normalized image, label); `limit` keeps the first N."""
+    images, labels = load_fmnist_arrays(split, root)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return TensorDataset(fmnist_to_tensor(images), torch.from_numpy(labels.astype(np.int64)))
+
+
+@dataclass(frozen=True)
+class CalibrationManifest:
+    """Which training images form a calibration set: enough to redraw it exactly."""
+
+    dataset: str
+    split: str
+    seed: int
+    size: int
+    indices: tuple[int, ...]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(list(self.indices)).encode()).hexdigest()
+
+    def to_json(self) -> str:
+        body = {"dataset": self.dataset, "split": self.split, "seed": self.seed, "size": self.size,
+                "sha256": self.sha256, "indices": list(self.indices)}
+        return json.dumps(body, indent=1)
+
+
+def calibration_manifest(size: int, seed: int, population: int, dataset: str = "fashion-mnist",
+                         split: str = "train") -> CalibrationManifest:
+    """A seeded draw of `size` distinct indices out of `population`, sorted.
+
+    numpy's PCG64 stream is stable across releases, so the same seed gives the same subset.
+    """
+    if not 0 < size <= population:
+        raise DataError(f"calibration size {size} must be between 1 and the split's {population} images")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    indices = np.sort(rng.choice(population, size=size, replace=False))
+    return CalibrationManifest(dataset, split, seed, size, tuple(int(i) for i in indices))
+
+
+def fmnist_calibration(size: int, seed: int, root: str | os.PathLike | None = None
+                       ) -> tuple[TensorDataset, CalibrationManifest]:
+    """The seeded calibration subset of Fashion-MNIST's training split, with its manifest."""
+    images, labels = load_fmnist_arrays("train", root)
+    manifest = calibration_manifest(size, seed, len(images))
+    idx = np.asarray(manifest.indices)
+    data = TensorDataset(fmnist_to_tensor(images[idx]), torch.from_numpy(labels[idx].astype(np.int64)))
+    return data, manifest
+
+
+def image_folder(root: str | os.PathLike, model: torch.nn.Module) -> Dataset:
+    """A user's ImageNet-layout folder (one subfolder per class), preprocessed for `model`.
+
+    Preprocessing follows timm's eval transform for the model's pretrained config (resize, center
+    crop, mean/std), so accuracy matches what timm would measure.
+    """
+    import timm.data
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; give a folder with one subfolder per class")
+    # The model's own input size wins over its pretrained config's (a 224 default for most timm
+    # names), so a model built with another img_size gets images of the size it was built for.
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    config = timm.data.resolve_data_config({"input_size": (3, *size)} if size else {}, model=model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    try:
+        return ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(
+            f"image folder {root} is not in ImageNet layout ({err}); put each class's images "
+            "(.jpg, .png, ...) in a subfolder named after the class"
+        ) from None

@@ -1,0 +1,55 @@
+"""Classification metrics: top-1, top-5, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+
+@dataclass
+class Evaluation:
+    logits: torch.Tensor  # [N, C] float32
+    labels: torch.Tensor  # [N] int64
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1]
+
+    def topk(self, k: int) -> float:
+        """Fraction of samples whose label is among the k largest logits (k capped at C)."""
+        k = min(k, self.num_classes)
+        hits = (self.logits.topk(k, dim=1).indices == self.labels[:, None]).any(dim=1)
+        return hits.float().mean().item()
+
+    def confusion(self) -> torch.Tensor:
+        """[C, C] counts; row = true class, column = predicted class."""
+        c = self.num_classes
+        pred = self.logits.argmax(dim=1)
+        return torch.bincount(self.labels * c + pred, minlength=c * c).reshape(c, c)
+
+    def metrics(self) -> dict:
+        conf = self.confusion()
+        support = conf.sum(dim=1)
+        per_class = torch.where(support > 0, conf.diag() / support.clamp(min=1), torch.nan)
+        return {
+            "top1": self.topk(1),
+            "top5": self.topk(5),
+            "n": int(self.labels.numel()),
+            "per_class_top1": [None if v != v else round(float(v), 6) for v in per_class],
+            "confusion": conf.tolist(),
+        }
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Dataset, batch_size: int = 256, desc: str = "eval") -> Evaluation:
+    """Run `model` over `data` in eval mode and keep its logits."""
+    model.eval()
+    logits, labels = [], []
+    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, leave=False, mininterval=2):
+        logits.append(model(x).float())
+        labels.append(torch.as_tensor(y))
+    return Evaluation(torch.cat(logits), torch.cat(labels).long())

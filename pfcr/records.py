@@ -1,0 +1,178 @@
+"""Result records: the one versioned JSON schema that every stage writes and `reports/` reads.
+
+A record says what was measured (`metrics`), on what (`model`, `data`), how (`kind`, `config`,
+`seed`) and where (`host`, `versions`, `git_commit`), so every number in a report traces back to
+a command that reproduces it. Torch-free: hwsim and tvm_backends write records too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from pfcr.atomic import atomic_write
+from pfcr.errors import RecordError
+
+SCHEMA_ID = "pfcr.record/1"
+KINDS = ("eval", "train", "quantize", "export", "run", "compile", "bench", "simulate", "sensor")
+RESULTS_ENV = "PFCR_RESULTS"
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": SCHEMA_ID,
+    "type": "object",
+    "required": ["schema", "kind", "created", "git_commit", "versions", "seed", "model", "data",
+                 "config", "metrics", "host"],
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "kind": {"enum": list(KINDS)},
+        "created": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"},
+        "git_commit": {"type": ["string", "null"]},
+        "versions": {
+            "type": "object",
+            "required": ["python", "torch", "timm", "tvm", "numpy"],
+            "additionalProperties": {"type": ["string", "null"]},
+        },
+        "seed": {"type": ["integer", "null"]},
+        "model": {
+            "type": "object",
+            "required": ["name", "checkpoint_sha256"],
+            "properties": {"name": {"type": "string"},
+                           "checkpoint_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}},
+        },
+        "data": {
+            "type": "object",
+            "required": ["name", "split", "size"],
+            "properties": {"name": {"type": "string"}, "split": {"type": "string"},
+                           "size": {"type": "integer", "minimum": 0}},
+        },
+        "config": {
+            "type": "object",
+            "required": ["method"],
+            "properties": {"method": {"type": "string"},
+                           "w_bits": {"type": ["integer", "null"], "minimum": 2, "maximum": 32},
+                           "a_bits": {"type": ["integer", "null"], "minimum": 2, "maximum": 32}},
+        },
+        "metrics": {"type": "object"},
+        "host": {"type": "object", "required": ["cpu", "cores"]},
+    },
+}
+
+_VERSIONED = {"python": None, "torch": "torch", "timm": "timm", "tvm": "apache-tvm", "numpy": "numpy"}
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the stack, read from package metadata (no heavy imports)."""
+    out: dict[str, str | None] = {}
+    for key, dist in _VERSIONED.items():
+        if dist is None:
+            out[key] = platform.python_version()
+            continue
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """HEAD of the suite's checkout, with '+dirty' when tracked files differ; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def host() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "env": env}
+
+
+def make_record(kind: str, *, model: dict, data: dict, config: dict, metrics: dict,
+                seed: int | None, extra: dict | None = None) -> dict[str, Any]:
+    """A validated record of one measurement; `extra` holds stage-specific fields."""
+    record = {
+        "schema": SCHEMA_ID,
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "seed": seed,
+        "model": model,
+        "data": data,
+        "config": config,
+        "metrics": metrics,
+        "host": host(),
+        **(extra or {}),
+    }
+    validate(record)
+    return record
+
+
+def validate(record: Any) -> None:
+    """Raise RecordError naming the first field that breaks the schema."""
+    try:
+        jsonschema.validate(record, SCHEMA)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise RecordError(f"result record breaks {SCHEMA_ID} at {where}: {err.message}") from None
+
+
+def results_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where records go: the given path, else $PFCR_RESULTS, else ./results."""
+    return Path(path or os.environ.get(RESULTS_ENV, "results"))
+
+
+def record_name(record: dict) -> str:
+    """A stable file name: one file per (kind, model, data, config, seed), rewritten on a rerun."""
+    cfg = record["config"]
+    parts = [record["kind"], record["model"]["name"], Path(record["data"]["name"]).name, record["data"]["split"],
+             cfg["method"]]
+    if cfg.get("w_bits") is not None or cfg.get("a_bits") is not None:
+        parts.append(f"w{cfg.get('w_bits')}a{cfg.get('a_bits')}")
+    if cfg.get("tag"):
+        parts.append(str(cfg["tag"]))
+    parts.append(f"seed{record['seed']}")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts)) + ".json"
+
+
+def write_record(record: dict, directory: str | os.PathLike | None = None) -> Path:
+    """Validate and atomically write `record`; returns its path."""
+    validate(record)
+    return atomic_write(results_dir(directory) / record_name(record), json.dumps(record, indent=1) + "\n")
+
+
+def read_records(directory: str | os.PathLike | None = None) -> list[dict]:
+    """Every valid record under `directory`, each with its file path in `_path`."""
+    out = []
+    for path in sorted(results_dir(directory).rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            validate(record)
+        except (json.JSONDecodeError, RecordError) as err:
+            raise RecordError(f"{path}: {err}; fix or remove the file") from None
+        out.append({**record, "_path": str(path)})
+    return out

@@ -1,0 +1,1 @@
+"""Reports: tables and plots from result records, with no computation beyond summaries."""

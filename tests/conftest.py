@@ -1,0 +1,49 @@
+"""Shared fixtures: small generated stand-ins for the data and models users bring."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write `array` (uint8) as an IDX file, as Fashion-MNIST ships it."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path, monkeypatch) -> Path:
+    """A Fashion-MNIST folder of 60 train and 20 test random images, set as $PFCR_FMNIST_DIR."""
+    from pfcr.data import FMNIST_FILES
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    for split, n in (("train", 60), ("test", 20)):
+        img, lab = FMNIST_FILES[split]
+        write_idx(root / img, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / lab, (np.arange(n) % 10).astype(np.uint8))
+    monkeypatch.setenv("PFCR_FMNIST_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "results"
+    monkeypatch.setenv("PFCR_RESULTS", str(path))
+    return path
+
+
+def tiny_vit(**kw):
+    """A 2-block timm ViT for 28x28 grayscale: fast stand-in for real models."""
+    import timm
+
+    args = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "embed_dim": 16,
+            "depth": 2, "num_heads": 2}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kw})

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pfcr.cli import main, parser
+
+
+@pytest.mark.parametrize("command", [[], *[[c] for c in parser()._subparsers._group_actions[0].choices]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: pfcr" in capsys.readouterr().out
+
+
+def test_models_lists_zoo(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_fmnist" in out and "swin_fmnist" in out
+
+
+def test_bad_model_is_a_clear_error_not_a_traceback():
+    proc = subprocess.run([sys.executable, "-m", "pfcr.cli", "eval", "vit_nonexistent", "--limit", "4"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown model 'vit_nonexistent'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_refuses_non_zoo_model(capsys, results):
+    assert main(["train", "resnet18", "--epochs", "1"]) == 2
+    assert "trains zoo models" in capsys.readouterr().err
+
+
+def test_real_user_path_timm_name_checkpoint_imagefolder(tmp_path, results, capsys):
+    """A timm name + local checkpoint + ImageNet-layout folder, as a user with their own model runs it."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_vit
+
+    kwargs = {"img_size": 32, "patch_size": 8, "in_chans": 3, "num_classes": 3, "embed_dim": 16, "depth": 2,
+              "num_heads": 2}
+    ckpt = tmp_path / "mine.safetensors"
+    save_file(tiny_vit(**kwargs).state_dict(), str(ckpt))
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(tmp_path / "val" / c / f"{i}.jpg")
+    argv = ["eval", "vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--data", str(tmp_path / "val"),
+            "--model-kwargs", json.dumps(kwargs), "--confusion"]
+    assert main(argv) == 0
+    rec = json.loads(next(results.glob("eval_vit_tiny_patch16_224_*.json")).read_text())
+    assert rec["data"] == {"name": str(tmp_path / "val"), "split": "folder", "size": 6}
+    assert sum(map(sum, rec["metrics"]["confusion"])) == 6
+    # Without the options it was trained with, the checkpoint does not fit, and the user is told so.
+    assert main(argv[:6]) == 2
+    assert "does not fit the model" in capsys.readouterr().err
+
+
+def test_report_rewrites_readme(tmp_path, results):
+    from pfcr.records import write_record
+    from tests.test_records import _record
+
+    write_record(_record(metrics={"top1": 0.5, "top5": 0.75}), results)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| m | d | fp32 | FP32 | 50.0 | 75.0 | 3 |" in text and text.endswith("outro\n")
+    assert (tmp_path / "rep" / "summary.csv").read_text().startswith("model,data,method")
+    readme.write_text("no markers")
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"), "--readme", str(readme)]) == 2
+
+
+def test_zoo_eval_reproduces_card(results, capsys):
+    """The committed weights give the accuracy their card claims, on the real test set."""
+    from pfcr.data import fmnist_dir
+    from pfcr.models import ZOO
+
+    if not fmnist_dir().is_dir():
+        pytest.fail("Fashion-MNIST is missing: run ./suite test, which installs dataset-fashion-mnist")
+    for name, entry in ZOO.items():
+        card = entry.card()
+        assert card is not None, f"zoo model {name} has no card; train it with `pfcr train {name}`"
+        assert main(["eval", name, "--results", str(results)]) == 0
+        rec = json.loads(next(results.glob(f"eval_{name}_*.json")).read_text())
+        assert rec["model"]["checkpoint_sha256"] == card["sha256"]
+        assert rec["metrics"]["top1"] == pytest.approx(card["test_top1"], abs=2e-3)
+        assert rec["data"]["size"] == 10000
