@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ def _dataset(args: argparse.Namespace, module):
     if args.data == FMNIST:
         ds = data.fmnist(args.split, limit=args.limit)
         return ds, {"name": FMNIST, "split": args.split, "size": len(ds)}
-    ds = data.image_folder(args.data, module)
+    ds = data.image_folder(data.split_folder(args.data, "val"), module)
     if args.limit is not None:
         import torch.utils.data
 
@@ -50,8 +51,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _json_object(text: str) -> dict:
-    import json
-
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -139,8 +138,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         "device": "cpu", "threads": torch.get_num_threads(), "host": host(), "versions": versions(),
         "sha256": sha256_file(weights), "checkpoint": weights.name,
     }
-    import json
-
     atomic_write(out / f"{entry.name}.json", json.dumps(card, indent=1, default=list) + "\n")
     write_record(make_record("train", model={"name": entry.name, "checkpoint_sha256": card["sha256"]},
                              data={"name": FMNIST, "split": "train", "size": len(x)},
@@ -148,6 +145,80 @@ def cmd_train(args: argparse.Namespace) -> int:
                              metrics={"top1": test["top1"], "top5": test["top5"]}, seed=cfg.seed),
                  args.results)
     print(f"{entry.name}: test top-1 {100 * test['top1']:.2f}% -> {weights}")
+    return 0
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """'W4A4' -> (4, 4); mixed settings such as 'W4A8' too."""
+    import re
+
+    m = re.fullmatch(r"[wW](\d+)[aA](\d+)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form W<bits>A<bits>, e.g. W4A4 or W3A3")
+    return int(m.group(1)), int(m.group(2))
+
+
+def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
+    """Quantize, save, evaluate against the float model, and write a `quantize` record."""
+    import resource
+
+    import torch
+    from tqdm import tqdm
+
+    from pfcr import data
+    from pfcr.evaluate import agreement, predict
+    from pfcr.models import load_model
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QuantizeConfig, quantize, save_qmodel
+    from pfcr.reconstruct.loop import ReconConfig
+    from pfcr.records import make_record, write_record
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SuiteError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    w_bits, a_bits = args.bits
+    cfg = QuantizeConfig(
+        method=args.method, quant=QuantConfig(w_bits=w_bits, a_bits=a_bits),
+        recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size),
+        pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
+        init_size=min(128, args.calib_size))
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+    fp = loaded.module.to(args.device)
+    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, fp)
+    t0 = time.perf_counter()
+    bar = tqdm(desc=f"{args.method} {w_bits}/{a_bits}", unit="granule", disable=not progress, leave=False)
+
+    def show(stage: str, entry: dict) -> None:
+        bar.update()
+        bar.set_postfix_str(f"{stage} {entry['granule']} loss {entry['loss_before']:.4g}->{entry['loss_after']:.4g}",
+                            refresh=False)
+
+    qm, log = quantize(fp, images.to(args.device), cfg, show)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    out = Path(args.out or f"runs/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors")
+    save_qmodel(qm, out, {"model": args.model, "checkpoint_sha256": loaded.checkpoint_sha256,
+                          "model_kwargs": args.model_kwargs, "calibration": json.loads(manifest.to_json())})
+    ds, data_rec = _dataset(args, fp)
+    fp_eval = predict(fp, ds, batch_size=args.batch_size, desc="eval fp32")
+    q_eval = predict(qm, ds, batch_size=args.batch_size, desc=f"eval {args.method}")
+    metrics = {**q_eval.metrics(), **agreement(fp_eval, q_eval), "fp_top1": fp_eval.topk(1),
+               "seconds": round(seconds, 2),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "granules": log}
+    config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "calib_size": args.calib_size,
+              "calib_sha256": manifest.sha256, "device": args.device, "tag": args.tag}
+    record = make_record("quantize", model=_model_record(loaded), data=data_rec, config=config,
+                         metrics=metrics, seed=args.seed, extra={"artifact": str(out)})
+    path = write_record(record, args.results)
+    print(f"{args.model} {args.method} W{w_bits}A{a_bits}: top-1 {100 * metrics['top1']:.2f}% "
+          f"(FP32 {100 * metrics['fp_top1']:.2f}%), agreement {100 * metrics['agreement']:.2f}%, "
+          f"KL {metrics['kl']:.4f}, {seconds:.0f} s -> {path}")
+    return record
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    quantize_to_record(args)
     return 0
 
 
@@ -186,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
 
     def data_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--data", default=FMNIST,
-                        help=f"'{FMNIST}' (embedded default) or an ImageNet-layout folder of your own")
+                        help=f"'{FMNIST}' (embedded default) or an ImageNet-layout folder of your own "
+                        "(its val/ and train/ subfolders when present)")
         sp.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
         sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
         sp.add_argument("--batch-size", type=int, default=256)
@@ -214,6 +286,26 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="where the weights and card go (default: the zoo)")
     common(sp)
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("quantize", help="post-training quantization (pfcr, block, rtn), saved and evaluated")
+    sp.add_argument("model", help="a zoo model or any timm model name")
+    sp.add_argument("--checkpoint", default=None, help="local .safetensors or torch state_dict file")
+    sp.add_argument("--model-kwargs", type=_json_object, default={}, help="timm options of your model as JSON")
+    sp.add_argument("--bits", type=parse_bits, default=(4, 4), help="W<w>A<a>, e.g. W4A4, W3A3, W8A8, W4A8")
+    sp.add_argument("--method", default="pfcr", choices=["pfcr", "block", "rtn"])
+    sp.add_argument("--pos", default="sos", choices=["sos", "levelwise", "none"],
+                    help="PFCR's progressive optimization strategy reading (see pfcr/quantize.py)")
+    sp.add_argument("--coarsest", type=int, default=4, help="PFCR's largest granule in blocks (0, 1, 2, 4, ...)")
+    sp.add_argument("--no-finest", action="store_true", help="PFCR without the MHSA/MLP unit level")
+    sp.add_argument("--calib-size", type=int, default=1024, help="calibration images (seeded draw)")
+    sp.add_argument("--iters", type=int, default=200, help="reconstruction iterations per granule")
+    sp.add_argument("--recon-batch-size", type=int, default=32)
+    sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sp.add_argument("--out", default=None, help="quantized model file (.safetensors)")
+    sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+    data_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_quantize)
 
     sp = sub.add_parser("report", help="summarize result records as Markdown and CSV")
     sp.add_argument("--out", default="reports/out", help="report folder")

@@ -174,3 +174,21 @@ def image_folder(root: str | os.PathLike, model: torch.nn.Module) -> Dataset:
             f"image folder {root} is not in ImageNet layout ({err}); put each class's images "
             "(.jpg, .png, ...) in a subfolder named after the class"
         ) from None
+
+
+def split_folder(root: str | os.PathLike, split: str) -> Path:
+    """An ImageNet root's `train`/`val` subfolder when it has one, else the folder itself."""
+    root = Path(root)
+    sub = root / split
+    return sub if sub.is_dir() else root
+
+
+def calibration_images(source: str, size: int, seed: int, model: torch.nn.Module
+                       ) -> tuple[torch.Tensor, CalibrationManifest]:
+    """Calibration images [N, C, H, W] from Fashion-MNIST's train split or a user's folder, seeded."""
+    if source == "fashion-mnist":
+        ds, manifest = fmnist_calibration(size, seed)
+        return ds.tensors[0], manifest
+    folder = image_folder(split_folder(source, "train"), model)
+    manifest = calibration_manifest(size, seed, len(folder), dataset=str(source), split="train")
+    return torch.stack([folder[i][0] for i in manifest.indices]), manifest

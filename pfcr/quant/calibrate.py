@@ -1,0 +1,89 @@
+"""Initial scales (percentile/MSE search) and RepQ-ViT's reparameterization of post-LN scales."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pfcr.quant.model import QuantModel
+from pfcr.quant.modules import QuantLinear
+from pfcr.quant.quantizers import AdaRoundQuantizer, UniformQuantizer
+
+
+@torch.no_grad()
+def calibrate(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) -> None:
+    """Search every quantizer's range: activations on the float model's inputs to them
+    (as RepQ-ViT does), weights on the weights themselves."""
+    acts = {name: q for name, q in qmodel.quantizers() if isinstance(q, UniformQuantizer)
+            and not isinstance(q, AdaRoundQuantizer)}
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in acts}
+    hooks = [q.register_forward_pre_hook(lambda _m, inp, n=name: seen[n].append(inp[0].detach()))
+             for name, q in acts.items()]
+    was = [q.enabled for _, q in qmodel.quantizers()]
+    qmodel.set_quant(weights=False, acts=False)
+    qmodel.eval()
+    try:
+        for i in range(0, len(images), batch_size):
+            qmodel(images[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+        for (_, q), flag in zip(qmodel.quantizers(), was, strict=True):
+            q.enabled = flag
+    for name, q in acts.items():
+        q.calibrate(torch.cat(seen.pop(name)))
+    calibrate_weights(qmodel)
+
+
+@torch.no_grad()
+def calibrate_weights(qmodel: QuantModel) -> None:
+    """Per-channel weight ranges by MSE; resets any learned rounding to round-to-nearest."""
+    for _, layer in qmodel.weight_layers():
+        layer.w_quant.alpha = None
+        layer.w_quant.calibrate(layer.weight)
+
+
+def _postln_pairs(qmodel: QuantModel) -> list[tuple[nn.LayerNorm, QuantLinear]]:
+    """(LayerNorm, the Linear that reads it): norm1 -> qkv, norm2 -> fc1, merging norm -> reduction."""
+    m, pairs = qmodel.model, []
+    blocks = [b for s in m.layers for b in s.blocks] if qmodel.family == "swin" else list(m.blocks)
+    for b in blocks:
+        pairs += [(b.norm1, b.attn.qkv), (b.norm2, b.mlp.fc1)]
+    if qmodel.family == "swin":
+        pairs += [(s.downsample.norm, s.downsample.reduction) for s in m.layers
+                  if hasattr(s.downsample, "reduction")]
+    return pairs
+
+
+@torch.no_grad()
+def reparameterize(qmodel: QuantModel) -> int:
+    """Fold channel-wise post-LN activation scales into the LayerNorm and the next Linear.
+
+    With r = s_c / s and b = s (z - z_c) (s, z: means of the channel parameters), LN' = LN / r - b
+    and W' = W r, bias' = bias + W' b compute the same function, and LN' quantized per tensor with
+    (s, z) gives exactly the integer codes LN quantized per channel did. Weight quantizers are
+    recalibrated on W'. Returns how many layers were folded.
+    """
+    folded = 0
+    for norm, linear in _postln_pairs(qmodel):
+        aq = linear.a_quant
+        if aq.axis is None or not bool(aq.calibrated):
+            continue
+        s_c, z_c = aq.scale.detach(), aq.zero_point
+        s = s_c.mean()
+        z = torch.round(z_c.mean()).clamp(aq.qmin, aq.qmax)
+        r, b = s_c / s, s * (z - z_c)
+        norm.weight.div_(r)
+        norm.bias.div_(r).sub_(b)
+        linear.weight.mul_(r[None, :])
+        shift = linear.weight @ b
+        if linear.bias is None:
+            linear.bias = nn.Parameter(shift)
+        else:
+            linear.bias.add_(shift)
+        aq.axis = None
+        aq.set_params(s.reshape(1), z.reshape(1))
+        linear.w_quant.alpha = None
+        linear.w_quant.calibrate(linear.weight)
+        folded += 1
+    return folded

@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from pfcr.errors import SuiteError
+from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits, round_ste
+
+
+def _uq(bits, s, z, **kw):
+    q = UniformQuantizer(bits, **kw)
+    q.set_params(torch.tensor([s]), torch.tensor([z]))
+    return q.eval()
+
+
+def test_asymmetric_grid_and_clipping():
+    q = _uq(3, 0.5, 2.0)  # codes 0..7 -> values (code - 2) * 0.5 = -1.0 .. 2.5
+    x = torch.tensor([-5.0, -1.0, -0.76, -0.74, 0.0, 0.24, 0.26, 2.5, 9.0])
+    assert q(x).tolist() == [-1.0, -1.0, -1.0, -0.5, 0.0, 0.0, 0.5, 2.5, 2.5]
+    assert q.integer(x).tolist() == [0, 0, 0, 1, 2, 2, 3, 7, 7]
+
+
+def test_symmetric_signed_range():
+    q = _uq(3, 1.0, 0.0, symmetric=True)
+    assert (q.qmin, q.qmax) == (-4, 3)
+    assert q(torch.tensor([-9.0, -4.0, 3.0, 9.0])).tolist() == [-4.0, -4.0, 3.0, 3.0]
+
+
+def test_rounding_ties_follow_torch_round_half_even():
+    q = _uq(8, 1.0, 0.0)
+    assert q(torch.tensor([0.5, 1.5, 2.5])).tolist() == [0.0, 2.0, 2.0]
+
+
+def test_per_channel_axis():
+    q = UniformQuantizer(4, axis=0)
+    q.set_params(torch.tensor([1.0, 0.1]), torch.tensor([0.0, 0.0]))
+    out = q.eval()(torch.tensor([[0.26, 3.0], [0.26, 3.0]]))
+    assert torch.allclose(out, torch.tensor([[0.0, 3.0], [0.3, 1.5]]))
+
+
+def test_straight_through_gradients():
+    q = _uq(3, 0.5, 2.0).train()
+    x = torch.tensor([-3.0, 0.3, 0.9, 5.0], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]  # identity inside the range, zero where clipped
+    assert q.scale.grad is not None and q.scale.grad.abs().item() > 0
+    y = torch.tensor([0.3, 1.7], requires_grad=True)
+    round_ste(y).sum().backward()
+    assert y.grad.tolist() == [1.0, 1.0]
+
+
+def test_calibration_beats_min_max_with_outliers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(10000, generator=g), torch.tensor([40.0])])
+    q = UniformQuantizer(4)
+    q.calibrate(x)
+    s_mm = (x.max() - x.min()) / 15
+    naive = _uq(4, float(s_mm), float(torch.round(-x.min() / s_mm)))
+    err = (q.eval()(x) - x).pow(2).mean()
+    assert err < 0.5 * (naive(x) - x).pow(2).mean()
+    assert q.scale.item() < s_mm  # it clipped the outlier
+
+
+def test_calibration_per_channel_shapes():
+    w = torch.randn(1, 10, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 7)[:, None]
+    q = AdaRoundQuantizer(4, axis=0)
+    q.calibrate(w)
+    assert q.scale.shape == (6,) and q.zero_point.shape == (6,)
+    # The same row scaled by k gets k times the step: channels are searched independently.
+    assert torch.allclose(q.scale / q.scale[0], torch.arange(1, 7).float(), rtol=1e-5)
+
+
+def test_quantizer_is_identity_until_calibrated_or_when_disabled():
+    x = torch.randn(5)
+    assert torch.equal(UniformQuantizer(4)(x), x)
+    q = _uq(2, 1.0, 0.0)
+    q.enabled = False
+    assert torch.equal(q(x), x)
+
+
+def test_qdrop_keeps_float_values_at_drop_probability():
+    q = _uq(2, 1.0, 1.0).train()
+    q.drop_prob = 0.5
+    torch.manual_seed(0)
+    x = torch.full((20000,), 0.3)
+    kept = (q(x) == x).float().mean().item()
+    assert 0.47 < kept < 0.53
+    q.eval()
+    assert (q(x) == 0.0).all()
+
+
+def test_log2_levels_and_underflow():
+    q = Log2Quantizer(3)  # levels 2^0 .. 2^-7; below -> 0
+    x = torch.tensor([1.0, 0.5, 0.3, 0.2, 2.0 ** -7, 2.0 ** -8.6, 0.0])
+    assert q(x).tolist() == [1.0, 0.5, 0.25, 0.25, 2.0 ** -7, 0.0, 0.0]
+
+
+def test_adaround_starts_at_nearest_and_hardens():
+    torch.manual_seed(0)
+    w = torch.randn(4, 8)
+    q = AdaRoundQuantizer(3, axis=0)
+    q.calibrate(w)
+    nearest = q.eval()(w)
+    q.init_rounding(w)
+    assert torch.equal(q.eval()(w), nearest)  # alpha >= 0 exactly where the fraction is >= 0.5
+    s = q.scale[:, None]
+    frac = (w / s - torch.floor(w / s)).clamp(0.01, 0.99)
+    assert torch.allclose(q.soft(), frac, atol=1e-5)
+    with torch.no_grad():
+        q.alpha.copy_(torch.where(q.alpha >= 0, 50.0, -50.0))
+    assert q.regularizer(2.0).item() == pytest.approx(0.0, abs=1e-4)
+    assert torch.equal(q.harden(w), nearest)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 9, 16, 4.0])
+def test_bits_outside_range(bits):
+    with pytest.raises(SuiteError, match="2..8"):
+        check_bits(bits)
