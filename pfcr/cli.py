@@ -178,7 +178,8 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
     w_bits, a_bits = args.bits
     cfg = QuantizeConfig(
         method=args.method, quant=QuantConfig(w_bits=w_bits, a_bits=a_bits),
-        recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size),
+        recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
+                          scale_lr=args.scale_lr, drop_prob=args.drop_prob),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
         init_size=min(128, args.calib_size))
     torch.manual_seed(args.seed)
@@ -230,19 +231,58 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up_to_date(argv: list[str], args: argparse.Namespace) -> bool:
+    """Whether the record that `pfcr <argv>` would write exists for the same checkpoint and config.
+
+    The main job skips such stages, so a rerun after an interruption resumes where it stopped.
+    """
+    from pfcr.models import ZOO, sha256_file
+    from pfcr.records import record_name, results_dir
+
+    sub = parser().parse_args(argv)
+    kind = sub.command
+    w_bits, a_bits = getattr(sub, "bits", (None, None))
+    method = getattr(sub, "method", "fp32")
+    probe = {"kind": kind, "model": {"name": sub.model}, "data": {"name": FMNIST, "split": sub.split},
+             "config": {"method": method, "w_bits": w_bits, "a_bits": a_bits, "tag": getattr(sub, "tag", None)},
+             "seed": sub.seed}
+    path = results_dir(args.results) / record_name(probe)
+    if not path.exists():
+        return False
+    record = json.loads(path.read_text())
+    same = record["model"]["checkpoint_sha256"] == sha256_file(ZOO[sub.model].checkpoint)
+    if kind == "quantize":
+        cfg = record["config"]
+        same = same and (cfg["calib_size"], cfg["recon"]["iters"], cfg["pos"]) == (sub.calib_size, sub.iters, sub.pos)
+    return same and record["data"]["size"] == (sub.limit or 10000)
+
+
 def cmd_main(args: argparse.Namespace) -> int:
     """The main job: every stage of the suite on the embedded default, then the report."""
     from pfcr.models import ZOO
+    from reports.summary import write_summary
 
-    print("== stage: evaluate the zoo (FP32) on the Fashion-MNIST test set")
+    common = ["--results", str(args.results)] if args.results else []
+    if args.limit:
+        common += ["--limit", str(args.limit)]
+    schedule = ["--calib-size", "1024", "--iters", "200"] if args.full else ["--calib-size", "256", "--iters", "20"]
+    stages: list[tuple[str, list[str]]] = []
     for name, entry in ZOO.items():
         if not entry.checkpoint.exists():
             print(f"{name}: no weights yet, skipped (train with `pfcr train {name}`)")
             continue
-        evaluate_to_record(name, None, args)
-    print("== stage: report")
-    from reports.summary import write_summary
-
+        stages.append((f"evaluate {name} (FP32)", ["eval", name, *common]))
+    for bits in ("W4A4", "W3A3"):
+        argv = ["quantize", "vit_fmnist", "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main", *common]
+        stages.append((f"quantize vit_fmnist {bits} with PFCR", argv))
+    for i, (title, argv) in enumerate(stages, 1):
+        print(f"== stage {i}/{len(stages) + 1}: {title}", flush=True)
+        if not args.rerun and _up_to_date(argv, args):
+            print("   up to date (record exists for the same checkpoint and config): skipped")
+            continue
+        sub = parser().parse_args(argv)
+        sub.func(sub)
+    print(f"== stage {len(stages) + 1}/{len(stages) + 1}: report")
     print(write_summary(args.results, args.out, readme=None))
     return 0
 
@@ -287,6 +327,8 @@ def parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_train)
 
+    from pfcr.reconstruct.loop import ReconConfig
+
     sp = sub.add_parser("quantize", help="post-training quantization (pfcr, block, rtn), saved and evaluated")
     sp.add_argument("model", help="a zoo model or any timm model name")
     sp.add_argument("--checkpoint", default=None, help="local .safetensors or torch state_dict file")
@@ -300,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib-size", type=int, default=1024, help="calibration images (seeded draw)")
     sp.add_argument("--iters", type=int, default=200, help="reconstruction iterations per granule")
     sp.add_argument("--recon-batch-size", type=int, default=32)
+    sp.add_argument("--round-lr", type=float, default=ReconConfig.round_lr, help="Adam lr of AdaRound variables")
+    sp.add_argument("--scale-lr", type=float, default=ReconConfig.scale_lr, help="Adam lr of activation steps")
+    sp.add_argument("--drop-prob", type=float, default=ReconConfig.drop_prob, help="QDrop probability")
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sp.add_argument("--out", default=None, help="quantized model file (.safetensors)")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
@@ -315,8 +360,10 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("main", help="run the whole pipeline on the embedded default and report")
     sp.add_argument("--out", default="reports/out", help="report folder")
-    data_args(sp)
-    common(sp)
+    sp.add_argument("--full", action="store_true", help="full PTQ schedule (1024 images, 200 iterations)")
+    sp.add_argument("--rerun", action="store_true", help="run every stage even if its record is up to date")
+    sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./results)")
     sp.set_defaults(func=cmd_main)
     return p
 

@@ -16,7 +16,7 @@ def records_frame(directory: str | os.PathLike | None = None) -> pd.DataFrame:
         cfg = r["config"]
         row = {"kind": r["kind"], "model": r["model"]["name"], "data": r["data"]["name"],
                "split": r["data"]["split"], "n": r["data"]["size"], "method": cfg["method"],
-               "w_bits": cfg.get("w_bits"), "a_bits": cfg.get("a_bits"), "seed": r["seed"],
+               "w_bits": cfg.get("w_bits"), "a_bits": cfg.get("a_bits"), "tag": cfg.get("tag"), "seed": r["seed"],
                "created": r["created"], "git_commit": r["git_commit"], "record": r["_path"]}
         row.update({f"m.{k}": v for k, v in r["metrics"].items() if not isinstance(v, (list, dict))})
         rows.append(row)

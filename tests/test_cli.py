@@ -71,7 +71,7 @@ def test_report_rewrites_readme(tmp_path, results):
     assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and "| m | d | fp32 | FP32 | 50.0 | 75.0 | 3 |" in text and text.endswith("outro\n")
-    assert (tmp_path / "rep" / "summary.csv").read_text().startswith("model,data,method")
+    assert (tmp_path / "rep" / "accuracy.csv").read_text().startswith("model,data,method")
     readme.write_text("no markers")
     assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"), "--readme", str(readme)]) == 2
 
@@ -91,3 +91,16 @@ def test_zoo_eval_reproduces_card(results, capsys):
         assert rec["model"]["checkpoint_sha256"] == card["sha256"]
         assert rec["metrics"]["top1"] == pytest.approx(card["test_top1"], abs=2e-3)
         assert rec["data"]["size"] == 10000
+
+
+@pytest.mark.slow
+def test_main_job_runs_and_resumes(tmp_path, capsys):
+    """The main job end to end on a slice of the test set; a second run skips every stage."""
+    argv = ["main", "--limit", "200", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "rep")]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "quantize vit_fmnist W3A3 with PFCR" in first and "Post-training quantization" in first
+    assert len(list((tmp_path / "res").glob("quantize_*.json"))) == 2
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert second.count("up to date") == second.count("== stage") - 1

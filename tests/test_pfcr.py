@@ -68,7 +68,7 @@ def test_granules_vit_zoo_shape():
                                       "s0.b1", "s0.b0-1", "s0.b2.attn"]
     assert len(g) == 2 + 24 + 12 + 6 + 3 and g[-1].name == "tail"
     quads = [x for x in g if x.level == 3]
-    assert [x.units for x in quads][0] == tuple(range(1, 9))
+    assert quads[0].units == tuple(range(1, 9))
     assert len(schedule(qm, coarsest=0)) == 26
     assert [x.level for x in schedule(qm, finest=False, coarsest=1)] == [0] + [1] * 12 + [0]
     lw = schedule(qm, coarsest=4, levelwise=True)

@@ -112,5 +112,5 @@ def test_adaround_starts_at_nearest_and_hardens():
 
 @pytest.mark.parametrize("bits", [0, 1, 9, 16, 4.0])
 def test_bits_outside_range(bits):
-    with pytest.raises(SuiteError, match="2..8"):
+    with pytest.raises(SuiteError, match=r"2\.\.8"):
         check_bits(bits)

@@ -37,6 +37,9 @@ class ReconConfig:
         return asdict(self)
 
 
+LOSS_REPORT_SIZE = 256  # images on which each granule's loss before/after is reported
+
+
 def granule_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared error summed over each sample's features, averaged over the batch (BRECQ/QDrop)."""
     return (out - target).pow(2).flatten(1).sum(1).mean()
@@ -111,10 +114,12 @@ def reconstruct(qmodel: QuantModel, streams: Streams, g: Granule, cfg: ReconConf
 
     @torch.no_grad()
     def full_loss() -> float:
+        """Hard-rounded loss on the first LOSS_REPORT_SIZE calibration images (a fixed subset)."""
         qmodel.eval()
+        xs, ts = x_in[:LOSS_REPORT_SIZE], target[:LOSS_REPORT_SIZE]
         total = sum(granule_loss(run(xb), tb).item() * len(xb)
-                    for xb, tb in zip(x_in.split(128), target.split(128), strict=True))
-        return total / len(x_in)
+                    for xb, tb in zip(xs.split(128), ts.split(128), strict=True))
+        return total / len(xs)
 
     before = full_loss()
     rounding, scales, adaround = _granule_params(qmodel, g, cfg)

@@ -1,0 +1,69 @@
+"""Tables from result records: FP32 accuracy, and PTQ accuracy/agreement/KL pooled over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas' own needs the extra `tabulate` package)."""
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(t) else "---" for t in table.dtypes) + "|"
+    rows = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def _bits(row: pd.Series) -> str:
+    if pd.isna(row["w_bits"]) and pd.isna(row["a_bits"]):
+        return "FP32"
+    return f"W{row['w_bits']:.0f}A{row['a_bits']:.0f}"
+
+
+def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Top-1/top-5 of every `eval` record on a full data split, one row per model/method/bits."""
+    ev = frame[frame["kind"] == "eval"].copy()
+    if ev.empty:
+        return pd.DataFrame(columns=["model", "data", "method", "bits", "top1 %", "top5 %", "images", "record"])
+    ev = ev.reindex(columns=[*ev.columns.drop(["m.top1", "m.top5"], errors="ignore"), "m.top1", "m.top5"])
+    ev["bits"] = ev.apply(_bits, axis=1)
+    ev["top1 %"] = (100 * ev["m.top1"]).round(2)
+    ev["top5 %"] = (100 * ev["m.top5"]).round(2)
+    ev["images"] = ev["n"].astype(int)
+    ev["record"] = ev["record"].map(lambda p: Path(p).name)
+    cols = ["model", "data", "method", "bits", "top1 %", "top5 %", "images", "record"]
+    return ev.sort_values(["model", "method", "bits"])[cols].reset_index(drop=True)
+
+
+def _pm(series: pd.Series, scale: float, digits: int) -> str:
+    mean, std = scale * series.mean(), scale * series.std(ddof=1) if len(series) > 1 else float("nan")
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """`quantize` records, one row per (model, bits, method, variant tag) with seeds pooled."""
+    q = frame[frame["kind"] == "quantize"] if not frame.empty else frame
+    if q.empty:
+        return pd.DataFrame()
+    q = q.assign(bits=q.apply(lambda r: f"W{r['w_bits']:.0f}A{r['a_bits']:.0f}", axis=1),
+                 tag=q["tag"].fillna("-"))
+    rows = []
+    for (model, bits, method, tag), g in q.groupby(["model", "bits", "method", "tag"], sort=False):
+        rows.append({
+            "model": model, "bits": bits, "method": method, "variant": tag, "seeds": len(g),
+            "FP32 top1 %": f"{100 * g['m.fp_top1'].mean():.2f}",
+            "top1 %": _pm(g["m.top1"], 100, 2),
+            "Δ top1": f"{100 * (g['m.top1'] - g['m.fp_top1']).mean():+.2f}",
+            "agree %": _pm(g["m.agreement"], 100, 2),
+            "KL": _pm(g["m.kl"], 1, 4),
+            "time s": f"{g['m.seconds'].mean():.0f}",
+            "peak MB": f"{g['m.peak_rss_mb'].mean():.0f}",
+        })
+    order = {"W8A8": 0, "W4A4": 1, "W3A3": 2, "W3A2": 3, "W2A3": 4}
+    method_order = {"rtn": 0, "block": 1, "pfcr": 2}
+    out = pd.DataFrame(rows)
+    return out.sort_values(by=["model", "bits", "method", "variant"],
+                           key=lambda c: c.map(order).fillna(9) if c.name == "bits" else
+                           c.map(method_order).fillna(9) if c.name == "method" else c).reset_index(drop=True)
