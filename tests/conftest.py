@@ -47,3 +47,28 @@ def tiny_vit(**kw):
     args = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "embed_dim": 16,
             "depth": 2, "num_heads": 2}
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kw})
+
+
+USER_KWARGS = {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 16, "depth": 2, "num_heads": 2}
+
+
+def user_model(tmp_path: Path, num_classes: int) -> tuple[Path, dict]:
+    """A user's own timm ViT checkpoint (safetensors) and the timm options it was built with."""
+    from safetensors.torch import save_file
+
+    kwargs = {**USER_KWARGS, "num_classes": num_classes}
+    ckpt = tmp_path / "mine.safetensors"
+    save_file(tiny_vit(**kwargs).state_dict(), str(ckpt))
+    return ckpt, kwargs
+
+
+def image_folder(root: Path, classes: tuple[str, ...], per_class: int, size: int = 32) -> Path:
+    """An ImageNet-layout folder of random RGB images, one subfolder per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root

@@ -35,21 +35,10 @@ def test_train_refuses_non_zoo_model(capsys, results):
 
 def test_real_user_path_timm_name_checkpoint_imagefolder(tmp_path, results, capsys):
     """A timm name + local checkpoint + ImageNet-layout folder, as a user with their own model runs it."""
-    import numpy as np
-    from PIL import Image
-    from safetensors.torch import save_file
+    from tests.conftest import image_folder, user_model
 
-    from tests.conftest import tiny_vit
-
-    kwargs = {"img_size": 32, "patch_size": 8, "in_chans": 3, "num_classes": 3, "embed_dim": 16, "depth": 2,
-              "num_heads": 2}
-    ckpt = tmp_path / "mine.safetensors"
-    save_file(tiny_vit(**kwargs).state_dict(), str(ckpt))
-    rng = np.random.default_rng(0)
-    for c in ("a", "b", "c"):
-        (tmp_path / "val" / c).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(tmp_path / "val" / c / f"{i}.jpg")
+    ckpt, kwargs = user_model(tmp_path, num_classes=3)
+    image_folder(tmp_path / "val", ("a", "b", "c"), per_class=2, size=36)
     argv = ["eval", "vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--data", str(tmp_path / "val"),
             "--model-kwargs", json.dumps(kwargs), "--confusion"]
     assert main(argv) == 0

@@ -156,23 +156,11 @@ def test_load_rejects_other_files(tmp_path):
 
 def test_quantize_command_real_user_path(tmp_path, results, capsys):
     """timm name + local checkpoint + ImageNet-layout folder (train/ for calibration, val/ for eval)."""
-    import numpy as np
-    from PIL import Image
-    from safetensors.torch import save_file
+    from tests.conftest import image_folder, user_model
 
-    from tests.conftest import tiny_vit
-
-    kwargs = {"img_size": 32, "patch_size": 8, "in_chans": 3, "num_classes": 2, "embed_dim": 16, "depth": 2,
-              "num_heads": 2}
-    ckpt = tmp_path / "mine.safetensors"
-    save_file(tiny_vit(**kwargs).state_dict(), str(ckpt))
-    rng = np.random.default_rng(0)
+    ckpt, kwargs = user_model(tmp_path, num_classes=2)
     for split in ("train", "val"):
-        for c in ("x", "y"):
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(4):
-                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i}.png")
+        image_folder(tmp_path / "data" / split, ("x", "y"), per_class=4)
     out = tmp_path / "q.safetensors"
     argv = ["quantize", "vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--model-kwargs", json.dumps(kwargs),
             "--data", str(tmp_path / "data"), "--bits", "W3A3", "--method", "pfcr", "--calib-size", "6",
