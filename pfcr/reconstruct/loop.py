@@ -2,9 +2,10 @@
 
 Inputs are the quantized model's own activations at the granule's start (so errors of the
 prefix are compensated), targets the float model's activations at its end. Trained: AdaRound
-rounding variables (Adam, lr 1e-3, regularizer 0.01 with beta 20 -> 2 after a 20% warm-up) and
-activation step sizes (Adam, lr 4e-5, cosine), with QDrop dropping activation quantization at
-probability 0.5; these are the QDrop/APHQ-ViT conventions, kept as knobs.
+rounding variables (Adam, regularizer 0.01 with beta 20 -> 2 after a 20% warm-up) and activation
+step sizes (Adam, lr 4e-5, cosine), with QDrop dropping activation quantization at probability
+0.5: the QDrop/APHQ-ViT conventions, kept as knobs. The rounding lr is 1e-2 rather than their
+1e-3, which assumes 20000 iterations per granule (measured: docs/pfcr.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pfcr.reconstruct.granules import Granule
 class ReconConfig:
     iters: int = 200
     batch_size: int = 32
-    round_lr: float = 1e-3
+    round_lr: float = 1e-2  # peers use 1e-3 with 20000 iterations; see docs/pfcr.md
     scale_lr: float = 4e-5
     reg_weight: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
