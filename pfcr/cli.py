@@ -60,33 +60,39 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def evaluate_to_record(name: str, checkpoint: str | None, args: argparse.Namespace) -> dict:
-    """Evaluate one model on --data and write an `eval` record; returns the record."""
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a float model, or a saved quantized one (--quantized), and write an `eval` record."""
     import torch
 
     from pfcr.evaluate import predict
-    from pfcr.models import load_model
+    from pfcr.models import load_model, sha256_file
+    from pfcr.quantize import load_qmodel, read_qmodel_meta
     from pfcr.records import make_record, write_record
 
     torch.manual_seed(args.seed)
-    loaded = load_model(name, checkpoint, **getattr(args, "model_kwargs", {}))
+    if args.quantized:
+        qcfg, meta = read_qmodel_meta(args.quantized)
+        if meta.get("model") != args.model:
+            raise SuiteError(f"{args.quantized} quantizes {meta.get('model')!r}, not {args.model!r}; "
+                             f"run `pfcr eval {meta.get('model')} --quantized {args.quantized}`")
+    loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+    module, config, extra = loaded.module, {"method": "fp32", "w_bits": None, "a_bits": None}, {}
+    if args.quantized:
+        module = load_qmodel(args.quantized, loaded.module)
+        config = {"method": meta.get("method", "quantized"), "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits,
+                  "tag": "reloaded"}
+        extra = {"artifact": str(args.quantized), "artifact_sha256": sha256_file(args.quantized)}
     ds, data_rec = _dataset(args, loaded.module)
     t0 = time.perf_counter()
-    metrics = predict(loaded.module, ds, batch_size=args.batch_size, desc=f"eval {name}").metrics()
+    metrics = predict(module, ds, batch_size=args.batch_size, desc=f"eval {args.model}").metrics()
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
-    record = make_record("eval", model=_model_record(loaded), data=data_rec,
-                         config={"method": "fp32", "w_bits": None, "a_bits": None},
-                         metrics=metrics, seed=args.seed)
+    record = make_record("eval", model=_model_record(loaded), data=data_rec, config=config,
+                         metrics=metrics, seed=args.seed, extra=extra)
     path = write_record(record, args.results)
-    print(f"{name}: top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
-          f"on {data_rec['size']} images -> {path}")
-    return record
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    record = evaluate_to_record(args.model, args.checkpoint, args)
+    print(f"{args.model} {config['method']}: top-1 {100 * metrics['top1']:.2f}%  "
+          f"top-5 {100 * metrics['top5']:.2f}% on {data_rec['size']} images -> {path}")
     if args.confusion:
-        for row in record["metrics"]["confusion"]:
+        for row in metrics["confusion"]:
             print(" ".join(f"{v:5d}" for v in row))
     return 0
 
@@ -198,7 +204,7 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
     bar.close()
     seconds = time.perf_counter() - t0
     out = Path(args.out or f"runs/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors")
-    save_qmodel(qm, out, {"model": args.model, "checkpoint_sha256": loaded.checkpoint_sha256,
+    save_qmodel(qm, out, {"model": args.model, "method": args.method, "checkpoint_sha256": loaded.checkpoint_sha256,
                           "model_kwargs": args.model_kwargs, "calibration": json.loads(manifest.to_json())})
     ds, data_rec = _dataset(args, fp)
     fp_eval = predict(fp, ds, batch_size=args.batch_size, desc="eval fp32")
@@ -311,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", default=None, help="local .safetensors or torch state_dict file")
     sp.add_argument("--model-kwargs", type=_json_object, default={},
                     help="timm options of your model as JSON, e.g. '{\"num_classes\": 100}'")
+    sp.add_argument("--quantized", default=None, help="a quantized model saved by `pfcr quantize` to evaluate")
     sp.add_argument("--confusion", action="store_true", help="print the confusion matrix")
     data_args(sp)
     common(sp)

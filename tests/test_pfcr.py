@@ -170,6 +170,15 @@ def test_quantize_command_real_user_path(tmp_path, results, capsys):
     assert rec["config"]["w_bits"] == 3 and rec["config"]["method"] == "pfcr" and rec["data"]["size"] == 8
     assert {"top1", "agreement", "kl", "fp_top1", "seconds", "peak_rss_mb"} <= set(rec["metrics"])
     assert rec["artifact"] == str(out) and out.exists()
+    # The saved model, evaluated on its own, gives the very same predictions.
+    evaluate = ["eval", "vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--model-kwargs", json.dumps(kwargs),
+                "--data", str(tmp_path / "data"), "--quantized", str(out)]
+    assert main(evaluate) == 0
+    again = json.loads(next(results.glob("eval_*reloaded*.json")).read_text())
+    assert again["metrics"]["confusion"] == rec["metrics"]["confusion"]
+    assert again["config"]["method"] == "pfcr" and again["config"]["w_bits"] == 3
+    assert main(["eval", "vit_fmnist", "--quantized", str(out)]) == 2
+    assert "quantizes 'vit_tiny_patch16_224', not 'vit_fmnist'" in capsys.readouterr().err
 
 
 def test_quantize_command_rejects_bad_bits(capsys):
