@@ -8,10 +8,19 @@ from pathlib import Path
 
 from pfcr.atomic import atomic_write
 from pfcr.errors import SuiteError
+from reports import figures
 from reports.load import records_frame
 from reports.tables import accuracy_table, markdown, quant_table
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _describe(paths: list[str]) -> str:
+    """Record files named by their folder and a glob-like common stem, e.g. results/study/quantize_vit*.json."""
+    folder = os.path.commonpath([os.path.dirname(p) for p in paths])
+    names = [os.path.basename(p) for p in paths]
+    stem = os.path.commonprefix(names)  # noqa: RUF071 (a character prefix of file names is meant)
+    return f"`{folder}/{stem}*.json`" if len(names) > 1 else f"`{paths[0]}`"
 
 
 def write_summary(results: str | os.PathLike | None, out: str | os.PathLike,
@@ -27,6 +36,12 @@ def write_summary(results: str | os.PathLike | None, out: str | os.PathLike,
         markdown(quant) if not quant.empty else "_no quantize records yet_",
     ])
     out = Path(out)
+    for model in sorted(set(frame["model"])) if not frame.empty else []:
+        for name, draw in (("ptq", figures.accuracy_vs_bits), ("ablation", figures.ablation)):
+            used = draw(frame, model, out / f"{name}_{model}.png")
+            if used:
+                md += (f"\n\n![{name} {model}]({name}_{model}.png)\n\n"
+                       f"_From {len(used)} records: {_describe(used)}_")
     atomic_write(out / "accuracy.csv", fp.to_csv(index=False))
     atomic_write(out / "quantization.csv", quant.to_csv(index=False))
     atomic_write(out / "summary.md", "# Results\n\n" + md + "\n")
