@@ -6,7 +6,7 @@ each rounding is named once here and nowhere else. numpy only: importable withou
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -15,7 +15,7 @@ import numpy as np
 _EXACT_FLOAT64 = 1 << 53
 
 
-class Rounding(str, Enum):
+class Rounding(StrEnum):
     """How a right shift by S rounds x / 2^S to an integer."""
 
     HALF_UP = "half_up"  # floor(x / 2^S + 1/2): ties toward +inf (what TFLite/gemmlowp-style adders do)
