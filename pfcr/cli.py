@@ -183,7 +183,9 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
         raise SuiteError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
     w_bits, a_bits = args.bits
     cfg = QuantizeConfig(
-        method=args.method, quant=QuantConfig(w_bits=w_bits, a_bits=a_bits),
+        method=args.method,
+        quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, attn_bits=args.attn_bits, input_bits=args.input_bits,
+                          first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -342,6 +344,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-kwargs", type=_json_object, default={}, help="timm options of your model as JSON")
     sp.add_argument("--bits", type=parse_bits, default=(4, 4), help="W<w>A<a>, e.g. W4A4, W3A3, W8A8, W4A8")
     sp.add_argument("--method", default="pfcr", choices=["pfcr", "block", "rtn"])
+    sp.add_argument("--attn-bits", type=int, default=None, help="post-softmax bits (default: the A bits)")
+    sp.add_argument("--uniform-softmax", action="store_true", help="uniform instead of log2 post-softmax quantizer")
+    sp.add_argument("--input-bits", type=int, default=8, help="bits of the image entering the patch embedding")
+    sp.add_argument("--first-last-w-bits", type=int, default=None,
+                    help="weight bits of the patch embedding and the head (default: the W bits)")
     sp.add_argument("--pos", default="sos", choices=["sos", "levelwise", "none"],
                     help="PFCR's progressive optimization strategy reading (see pfcr/quantize.py)")
     sp.add_argument("--coarsest", type=int, default=4, help="PFCR's largest granule in blocks (0, 1, 2, 4, ...)")

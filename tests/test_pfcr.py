@@ -164,10 +164,11 @@ def test_quantize_command_real_user_path(tmp_path, results, capsys):
     out = tmp_path / "q.safetensors"
     argv = ["quantize", "vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--model-kwargs", json.dumps(kwargs),
             "--data", str(tmp_path / "data"), "--bits", "W3A3", "--method", "pfcr", "--calib-size", "6",
-            "--iters", "2", "--coarsest", "2", "--out", str(out)]
+            "--iters", "2", "--coarsest", "2", "--first-last-w-bits", "8", "--out", str(out)]
     assert main(argv) == 0
     rec = json.loads(next(results.glob("quantize_*.json")).read_text())
     assert rec["config"]["w_bits"] == 3 and rec["config"]["method"] == "pfcr" and rec["data"]["size"] == 8
+    assert rec["config"]["quant"]["first_last_w_bits"] == 8
     assert {"top1", "agreement", "kl", "fp_top1", "seconds", "peak_rss_mb"} <= set(rec["metrics"])
     assert rec["artifact"] == str(out) and out.exists()
     # The saved model, evaluated on its own, gives the very same predictions.
