@@ -86,7 +86,7 @@ def main() -> int:
     p.add_argument("--ablation", action="store_true")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--results", type=Path, default=ROOT / "results" / "study")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "study")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "study")
     p.add_argument("--summary", action="store_true", help="only print the tables from existing records")
     args = p.parse_args()

@@ -205,7 +205,7 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
     qm, log = quantize(fp, images.to(args.device), cfg, show)
     bar.close()
     seconds = time.perf_counter() - t0
-    out = Path(args.out or f"out/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors")
+    out = Path(args.out or f"results/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors")
     save_qmodel(qm, out, {"model": args.model, "method": args.method, "checkpoint_sha256": loaded.checkpoint_sha256,
                           "model_kwargs": args.model_kwargs, "calibration": json.loads(manifest.to_json())})
     ds, data_rec = _dataset(args, fp)
@@ -301,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--results", default=None,
-                        help="result records folder (default $PFCR_RESULTS or ./out/results)")
+                        help="result records folder (default $PFCR_RESULTS or ./results)")
         sp.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
 
     def data_args(sp: argparse.ArgumentParser) -> None:
@@ -368,17 +368,17 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_quantize)
 
     sp = sub.add_parser("report", help="summarize result records as Markdown and CSV")
-    sp.add_argument("--out", default="out/report", help="report folder (default out/report)")
+    sp.add_argument("--out", default="results/report", help="report folder (default results/report)")
     sp.add_argument("--readme", default=None, help="also rewrite this README's results table")
     sp.add_argument("--results", default=None, help="result records folder")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("main", help="run the whole pipeline on the embedded default and report")
-    sp.add_argument("--out", default="out/report", help="report folder (default out/report)")
+    sp.add_argument("--out", default="results/report", help="report folder (default results/report)")
     sp.add_argument("--full", action="store_true", help="full PTQ schedule (1024 images, 200 iterations)")
     sp.add_argument("--rerun", action="store_true", help="run every stage even if its record is up to date")
     sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
-    sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./out/results)")
+    sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./results)")
     sp.set_defaults(func=cmd_main)
     return p
 

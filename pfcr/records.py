@@ -25,8 +25,9 @@ from pfcr.errors import RecordError
 SCHEMA_ID = "pfcr.record/1"
 KINDS = ("eval", "train", "quantize", "export", "run", "compile", "bench", "simulate", "sensor")
 RESULTS_ENV = "PFCR_RESULTS"
-# A user's runs go to out/ (ignored by git); the records behind the README live in results/.
-DEFAULT_RESULTS = "out/results"
+# A user's runs go to results/ (ignored by git); the records behind the README are committed
+# under benchmarks/results/.
+DEFAULT_RESULTS = "results"
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -144,7 +145,7 @@ def validate(record: Any) -> None:
 
 
 def results_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where records go: the given path, else $PFCR_RESULTS, else ./out/results."""
+    """Where records go: the given path, else $PFCR_RESULTS, else ./results."""
     return Path(path or os.environ.get(RESULTS_ENV, DEFAULT_RESULTS))
 
 
