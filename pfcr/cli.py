@@ -205,7 +205,8 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
     qm, log = quantize(fp, images.to(args.device), cfg, show)
     bar.close()
     seconds = time.perf_counter() - t0
-    out = Path(args.out or f"results/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors")
+    default_out = f"results/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors"
+    out = Path(args.out or default_out)
     save_qmodel(qm, out, {"model": args.model, "method": args.method, "checkpoint_sha256": loaded.checkpoint_sha256,
                           "model_kwargs": args.model_kwargs, "calibration": json.loads(manifest.to_json())})
     ds, data_rec = _dataset(args, fp)
