@@ -92,8 +92,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{args.model} {config['method']}: top-1 {100 * metrics['top1']:.2f}%  "
           f"top-5 {100 * metrics['top5']:.2f}% on {data_rec['size']} images -> {path}")
     if args.confusion:
-        for row in metrics["confusion"]:
-            print(" ".join(f"{v:5d}" for v in row))
+        print("per-class top-1 and confusion (rows: true class, columns: predicted)")
+        for c, (acc, row) in enumerate(zip(metrics["per_class_top1"], metrics["confusion"], strict=True)):
+            share = "   -  " if acc is None else f"{100 * acc:5.1f}%"
+            print(f"{c:3d} {share} " + " ".join(f"{v:5d}" for v in row))
     return 0
 
 
@@ -322,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-kwargs", type=_json_object, default={},
                     help="timm options of your model as JSON, e.g. '{\"num_classes\": 100}'")
     sp.add_argument("--quantized", default=None, help="a quantized model saved by `pfcr quantize` to evaluate")
-    sp.add_argument("--confusion", action="store_true", help="print the confusion matrix")
+    sp.add_argument("--confusion", action="store_true", help="print per-class accuracy and the confusion matrix")
     data_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_eval)
