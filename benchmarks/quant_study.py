@@ -34,6 +34,9 @@ ABLATION = {
     "coarsest-2": ["--coarsest", "2"],
     "no-finest": ["--no-finest"],
     "round-lr-1e-3": ["--round-lr", "1e-3"],
+    # Block reconstruction given about the reconstruction time PFCR takes (6x the iterations):
+    # does PFCR win by its schedule or by its compute?
+    "block-6x-iters": ["--method", "block", "--iters-scale", "6"],
 }
 
 
@@ -47,8 +50,13 @@ def runs(args: argparse.Namespace) -> list[tuple[str, list[str], dict]]:
         grid = itertools.product(args.models, ["W3A3"], ABLATION.items(), args.seeds)
         for model, bits, (name, extra), seed in grid:
             tag = f"ablation-{name}"
-            argv = [model, "--bits", bits, "--method", "pfcr", *extra, "--seed", str(seed), "--tag", tag]
-            out.append((f"{model} {bits} {name} seed {seed}", argv + common, (model, "pfcr", bits, tag, seed)))
+            extra = list(extra)
+            if "--iters-scale" in extra:
+                i = extra.index("--iters-scale")
+                extra[i:i + 2] = ["--iters", str(args.iters * int(extra[i + 1]))]
+            method = extra[extra.index("--method") + 1] if "--method" in extra else "pfcr"
+            argv = [model, "--bits", bits, "--method", "pfcr", "--seed", str(seed), "--tag", tag, *common, *extra]
+            out.append((f"{model} {bits} {name} seed {seed}", argv, (model, method, bits, tag, seed)))
     else:
         for model, bits, method, seed in itertools.product(args.models, args.bits, args.methods, args.seeds):
             argv = [model, "--bits", bits, "--method", method, "--seed", str(seed), "--tag", "study"]
