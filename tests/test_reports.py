@@ -1,0 +1,34 @@
+"""Reports: every figure names its records, the HTML page is self-contained."""
+
+import base64
+import re
+
+from pfcr.records import make_record, write_record
+from reports.summary import write_summary
+
+
+def _quant_record(method, bits, seed, top1, kl):
+    w, a = bits
+    return make_record("quantize", model={"name": "m", "checkpoint_sha256": "b" * 64},
+                       data={"name": "fashion-mnist", "split": "test", "size": 100},
+                       config={"method": method, "w_bits": w, "a_bits": a, "tag": "study"},
+                       metrics={"top1": top1, "top5": 1.0, "fp_top1": 0.9, "agreement": top1, "kl": kl,
+                                "seconds": 1.0, "peak_rss_mb": 10.0}, seed=seed)
+
+
+def test_report_tables_figures_and_html(tmp_path):
+    results = tmp_path / "results"
+    for seed in range(2):
+        for method, top1, kl in (("rtn", 0.80, 0.10), ("pfcr", 0.88, 0.02)):
+            write_record(_quant_record(method, (3, 3), seed, top1 + 0.01 * seed, kl), results)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    md = write_summary(results, tmp_path / "report", readme=readme)
+    assert "| m | W3A3 | pfcr | study | 2 | 90.00 | 88.50 ± 0.71 |" in md
+    assert "![ptq_m](ptq_m.png)" in md and "From 4 records: " in md
+    assert "![ptq_m](report/ptq_m.png)" in readme.read_text()  # links relative to the README
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: self-contained
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 1 and base64.b64decode(images[0]).startswith(b"\x89PNG")
+    assert "<table" in page and "From 4 records" in page
