@@ -1,0 +1,128 @@
+"""The integer program as data: a list of ops over named integer tensors, and its file format.
+
+File: one safetensors file; the tensors are the program's integer constants, the metadata entry
+"program" holds the JSON graph {"format", "version", "input", "output", "ops"}. Each op is
+{"op": kind, "in": [value names], "out": value name, "attrs": {...}, "consts": {role: tensor}}.
+Loading validates the version, the op kinds, the wiring, and every constant's presence and dtype.
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "intprog"
+VERSION = 1
+# op kind -> (number of inputs, constant roles it needs)
+OPS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "patchify": (1, ()),
+    "linear": (1, ("weight", "weight_zp", "bias", "multiplier", "shift", "out_zp", "qmin", "qmax")),
+    "prepend": (1, ("token",)),
+    "add_const": (1, ("value",)),
+    "add": (2, ()),
+    "layernorm": (1, ("multiplier", "shift", "sign", "beta_q")),
+    "split_heads": (1, ()),
+    "attention": (3, ()),
+    "merge_heads": (1, ()),
+    "requantize": (1, ("multiplier", "shift", "out_zp", "qmin", "qmax")),
+    "lut": (1, ("table",)),
+    "take_token": (1, ()),
+}
+_INT_DTYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64)
+
+
+class ProgramError(ValueError):
+    """A malformed integer program file; the message names the file and what is wrong."""
+
+
+@dataclass
+class Program:
+    input: dict[str, Any]  # name, shape (without batch), zero_point, scale (metadata only), bits
+    output: dict[str, Any]  # name, scale (metadata only)
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, op: str, inputs: list[str], out: str, attrs: dict | None = None,
+            consts: dict[str, np.ndarray] | None = None) -> str:
+        """Append an op; its constants are stored under '<out>.<role>'. Returns `out`."""
+        refs = {}
+        for role, value in (consts or {}).items():
+            key = f"{out}.{role}"
+            self.consts[key] = np.ascontiguousarray(value)
+            refs[role] = key
+        self.ops.append({"op": op, "in": inputs, "out": out, "attrs": attrs or {}, "consts": refs})
+        return out
+
+    def graph(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "input": self.input, "output": self.output,
+                "ops": self.ops, "meta": self.meta}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.numpy import save_file
+
+        from pfcr.atomic import atomic_path
+
+        validate(self.graph(), self.consts, str(path))
+        with atomic_path(path) as tmp:
+            save_file(self.consts, str(tmp), metadata={"program": json.dumps(self.graph())})
+        return Path(path)
+
+
+def load(path: str | os.PathLike) -> Program:
+    """Read and validate a program file."""
+    from safetensors import safe_open
+
+    where = str(path)
+    if not Path(path).is_file():
+        raise ProgramError(f"integer program {where} does not exist; create it with `pfcr export`")
+    try:
+        with safe_open(where, framework="numpy") as f:
+            header = (f.metadata() or {}).get("program")
+            consts = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise ProgramError(f"integer program {where} is not a readable safetensors file ({err})") from None
+    if header is None:
+        raise ProgramError(f"{where} holds no integer program (no 'program' metadata); export one with `pfcr export`")
+    try:
+        graph = json.loads(header)
+    except json.JSONDecodeError as err:
+        raise ProgramError(f"{where}: the program graph is not valid JSON ({err})") from None
+    validate(graph, consts, where)
+    return Program(graph["input"], graph["output"], graph["ops"], consts, graph.get("meta", {}))
+
+
+def validate(graph: dict, consts: dict[str, np.ndarray], where: str) -> None:
+    """Raise ProgramError naming the first problem: format, version, op kinds, wiring, constants."""
+    if graph.get("format") != FORMAT:
+        raise ProgramError(f"{where} is not an integer program (format {graph.get('format')!r})")
+    if graph.get("version") != VERSION:
+        raise ProgramError(f"{where} has program version {graph.get('version')!r}; this suite reads version "
+                           f"{VERSION}: re-export it with this suite")
+    defined = {graph["input"]["name"]}
+    for i, op in enumerate(graph["ops"]):
+        kind = op.get("op")
+        if kind not in OPS:
+            raise ProgramError(f"{where}: op {i} has unknown kind {kind!r}; known: {', '.join(OPS)}")
+        n_in, roles = OPS[kind]
+        if len(op["in"]) != n_in:
+            raise ProgramError(f"{where}: op {i} ({kind}) takes {n_in} inputs, has {len(op['in'])}")
+        for name in op["in"]:
+            if name not in defined:
+                raise ProgramError(f"{where}: op {i} ({kind}) reads {name!r} before it is computed")
+        for role in roles:
+            key = op["consts"].get(role)
+            if key not in consts:
+                raise ProgramError(f"{where}: op {i} ({kind}) misses its constant {role!r} ({key})")
+            if consts[key].dtype not in _INT_DTYPES:
+                raise ProgramError(f"{where}: constant {key} has dtype {consts[key].dtype}; "
+                                   "programs hold integers only")
+        defined.add(op["out"])
+    if graph["output"]["name"] not in defined:
+        raise ProgramError(f"{where}: the output {graph['output']['name']!r} is never computed")

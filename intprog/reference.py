@@ -1,0 +1,92 @@
+"""The reference executor: the golden model every other executor must match bit for bit.
+
+Vectorized numpy over int64; every value is an integer array. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from intprog.arith import matmul_exact, requantize
+from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, apply_lut
+from intprog.program import Program
+
+Kernel = Callable[[list[np.ndarray], dict, dict[str, np.ndarray]], np.ndarray]
+
+
+def _patchify(xs, attrs, c):
+    x, p = xs[0], attrs["patch"]
+    b, ch, h, w = x.shape
+    x = x.reshape(b, ch, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), ch * p * p)
+
+
+def _linear(xs, attrs, c):
+    """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel."""
+    x = xs[0] - attrs["in_zp"]
+    w = c["weight"].astype(np.int64) - c["weight_zp"][:, None]
+    acc = matmul_exact(x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], -1) + c["bias"]
+    return requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"], attrs["rounding"])
+
+
+def _requantize(xs, attrs, c):
+    return requantize(xs[0], c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"], attrs["rounding"])
+
+
+def _layernorm(xs, attrs, c):
+    ln = IntLayerNorm(c["multiplier"], c["shift"], c["sign"], c["beta_q"], attrs["sqrt_c"], attrs["eps_term"],
+                      attrs["out_zp"], attrs["qmin"], attrs["qmax"])
+    return ln(xs[0])
+
+
+def _split_heads(xs, attrs, c):
+    """[B, N, D] -> [B, H, N, D/H] for columns [start, start + D)."""
+    x = xs[0][..., attrs["start"]:attrs["start"] + attrs["dim"]]
+    b, n, d = x.shape
+    return x.reshape(b, n, attrs["heads"], d // attrs["heads"]).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(xs, attrs, c):
+    b, h, n, d = xs[0].shape
+    return xs[0].transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
+def _attention(xs, attrs, c):
+    """softmax((q - zq)(k - zk)^T s_q s_k) as log2 codes, then sum_j (v_j - zv) 2^(L - code_j)."""
+    q, k, v = (xs[i] - attrs[z] for i, z in enumerate(("q_zp", "k_zp", "v_zp")))
+    logits = np.einsum("bhnd,bhmd->bhnm", q, k)
+    codes, zero = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])(logits)
+    top = attrs["max_code"]
+    weight = np.where(zero | (codes > top), 0, np.left_shift(np.int64(1), np.maximum(top - codes, 0)))
+    return np.einsum("bhnm,bhmd->bhnd", weight, v)
+
+
+KERNELS: dict[str, Kernel] = {
+    "patchify": _patchify,
+    "linear": _linear,
+    "prepend": lambda xs, a, c: np.concatenate(
+        [np.broadcast_to(c["token"], (xs[0].shape[0], 1, xs[0].shape[-1])), xs[0]], axis=1),
+    "add_const": lambda xs, a, c: xs[0] + c["value"],
+    "add": lambda xs, a, c: xs[0] + xs[1],
+    "layernorm": _layernorm,
+    "split_heads": _split_heads,
+    "attention": _attention,
+    "merge_heads": _merge_heads,
+    "requantize": _requantize,
+    "lut": lambda xs, a, c: apply_lut(xs[0], c["table"], a["in_bits"]),
+    "take_token": lambda xs, a, c: xs[0][:, a["index"]],
+}
+
+
+def run(program: Program, x: np.ndarray) -> np.ndarray:
+    """Execute `program` on integer input codes x [B, ...]; returns the output integers."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError("the reference executor takes integer input codes; quantize images first")
+    values = {program.input["name"]: x.astype(np.int64)}
+    for op in program.ops:
+        consts = {role: program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
+        values[op["out"]] = KERNELS[op["op"]]([values[n] for n in op["in"]], op["attrs"], consts)
+    return values[program.output["name"]]
