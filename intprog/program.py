@@ -60,6 +60,16 @@ class Program:
         self.ops.append({"op": op, "in": inputs, "out": out, "attrs": attrs or {}, "consts": refs})
         return out
 
+    def weight_bytes(self) -> dict[str, int]:
+        """Storage of the linear weights: packed at their bit width, and the FP32 model's."""
+        packed = fp32 = 0
+        for op in self.ops:
+            if op["op"] == "linear":
+                w = self.consts[op["consts"]["weight"]]
+                packed += (w.size * op["attrs"]["weight_bits"] + 7) // 8
+                fp32 += 4 * w.size
+        return {"weight_bytes_packed": packed, "weight_bytes_fp32": fp32}
+
     def graph(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "input": self.input, "output": self.output,
                 "ops": self.ops, "meta": self.meta}

@@ -80,13 +80,36 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
-def run(program: Program, x: np.ndarray) -> np.ndarray:
-    """Execute `program` on integer input codes x [B, ...]; returns the output integers."""
+def container_bytes(v: np.ndarray) -> int:
+    """Bytes of a value in the narrowest of int8/int16/int32 that holds it (what a device stores)."""
+    lo, hi = (int(v.min()), int(v.max())) if v.size else (0, 0)
+    width = 1 if -128 <= lo and hi <= 255 else 2 if -(1 << 15) <= lo and hi < 1 << 16 else 4
+    return v.size * width
+
+
+def run(program: Program, x: np.ndarray, stats: dict | None = None) -> np.ndarray:
+    """Execute `program` on integer input codes x [B, ...]; returns the output integers.
+
+    With `stats`, records `peak_activation_bytes`: the largest total of live values (each in its
+    narrowest integer container) over the program, per image.
+    """
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.integer):
         raise TypeError("the reference executor takes integer input codes; quantize images first")
+    last_use = {n: i for i, op in enumerate(program.ops) for n in op["in"]}
     values = {program.input["name"]: x.astype(np.int64)}
-    for op in program.ops:
+    live, peak = {program.input["name"]: container_bytes(values[program.input["name"]])}, 0
+    for i, op in enumerate(program.ops):
         consts = {role: program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
-        values[op["out"]] = KERNELS[op["op"]]([values[n] for n in op["in"]], op["attrs"], consts)
+        out = KERNELS[op["op"]]([values[n] for n in op["in"]], op["attrs"], consts)
+        values[op["out"]] = out
+        if stats is not None:
+            live[op["out"]] = container_bytes(out)
+            peak = max(peak, sum(live.values()))
+        for name in op["in"]:
+            if last_use.get(name) == i and name != program.output["name"]:
+                values.pop(name, None)
+                live.pop(name, None)
+    if stats is not None:
+        stats["peak_activation_bytes"] = max(stats.get("peak_activation_bytes", 0), peak // max(len(x), 1))
     return values[program.output["name"]]

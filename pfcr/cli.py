@@ -234,6 +234,101 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantized_model(args: argparse.Namespace):
+    """(float LoadedModel, quantized model) for --quantized, checked against the model name."""
+    from pfcr.models import load_model
+    from pfcr.quantize import load_qmodel, read_qmodel_meta
+
+    _, meta = read_qmodel_meta(args.quantized)
+    if meta.get("model") != args.model:
+        raise SuiteError(f"{args.quantized} quantizes {meta.get('model')!r}, not {args.model!r}; "
+                         f"pass {meta.get('model')} as the model")
+    loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+    return loaded, load_qmodel(args.quantized, loaded.module)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Quantized model -> integer program file, with an `export` record (sizes)."""
+    import torch
+
+    from pfcr import data
+    from pfcr.export import export_vit
+    from pfcr.models import sha256_file
+    from pfcr.records import make_record, write_record
+
+    torch.manual_seed(args.seed)
+    loaded, qm = _quantized_model(args)
+    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, loaded.module)
+    program = export_vit(qm, images)
+    program.meta.update({"model": args.model, "model_kwargs": args.model_kwargs, "checkpoint": loaded.checkpoint,
+                         "w_bits": qm.cfg.w_bits, "a_bits": qm.cfg.a_bits,
+                         "quantized": str(args.quantized), "quantized_sha256": sha256_file(args.quantized)})
+    out = Path(args.out or Path(args.quantized).with_suffix(".intprog.safetensors"))
+    program.save(out)
+    sizes = program.weight_bytes()
+    metrics = {**sizes, "program_bytes": out.stat().st_size, "ops": len(program.ops),
+               "fp32_param_bytes": 4 * sum(p.numel() for p in loaded.module.parameters())}
+    cfg = qm.cfg
+    record = make_record("export", model=_model_record(loaded),
+                         data={"name": args.data, "split": "calibration", "size": len(images)},
+                         config={"method": "intprog", "w_bits": cfg.w_bits, "a_bits": cfg.a_bits,
+                                 "calib_sha256": manifest.sha256, "tag": args.tag},
+                         metrics=metrics, seed=args.seed,
+                         extra={"artifact": str(out), "artifact_sha256": sha256_file(out)})
+    write_record(record, args.results)
+    print(f"{out}: {len(program.ops)} integer ops, weights {sizes['weight_bytes_packed'] / 1024:.0f} KiB packed "
+          f"vs {sizes['weight_bytes_fp32'] / 1024:.0f} KiB FP32")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Evaluate an integer program with the reference executor; a `run` record."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from intprog import reference
+    from intprog.program import ProgramError, load
+    from pfcr.evaluate import Evaluation, agreement, predict
+    from pfcr.export import quantize_images
+    from pfcr.models import load_model, sha256_file
+    from pfcr.records import make_record, write_record
+
+    try:
+        program = load(args.program)
+    except ProgramError as err:
+        raise SuiteError(str(err)) from None
+    meta = program.meta
+    fp = load_model(meta["model"], meta.get("checkpoint"), **meta.get("model_kwargs", {}))
+    ds, data_rec = _dataset(args, fp.module)
+    logits, labels, stats = [], [], {}
+    t0 = time.perf_counter()
+    for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False):
+        logits.append(torch.from_numpy(reference.run(program, quantize_images(program, x), stats).astype(np.float64)))
+        labels.append(torch.as_tensor(y))
+    seconds = time.perf_counter() - t0
+    integer = Evaluation(torch.cat(logits).float(), torch.cat(labels).long())
+    metrics = {**integer.metrics(), **program.weight_bytes(), **stats, "seconds": round(seconds, 2),
+               "images_per_second": round(len(integer.labels) / seconds, 2)}
+    if args.quantized:
+        from pfcr.quantize import load_qmodel
+
+        fake = predict(load_qmodel(args.quantized, fp.module), ds, batch_size=args.batch_size, desc="fake-quant")
+        metrics.update({"fake_quant_top1": fake.topk(1),
+                        **{f"vs_fake_quant_{k}": v for k, v in agreement(fake, integer).items()}})
+    record = make_record("run", model=_model_record(fp), data=data_rec,
+                         config={"method": "intprog-reference", "w_bits": meta.get("w_bits"),
+                                 "a_bits": meta.get("a_bits"), "tag": args.tag},
+                         metrics=metrics, seed=args.seed,
+                         extra={"artifact": str(args.program), "artifact_sha256": sha256_file(args.program)})
+    path = write_record(record, args.results)
+    fq = f" (fake-quant {100 * metrics['fake_quant_top1']:.2f}%)" if args.quantized else ""
+    print(f"{args.program}: integer-only top-1 {100 * metrics['top1']:.2f}%{fq} on {data_rec['size']} images, "
+          f"peak activations {metrics['peak_activation_bytes'] / 1024:.1f} KiB per image -> {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.summary import write_summary
 
@@ -242,59 +337,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _up_to_date(argv: list[str], args: argparse.Namespace) -> bool:
-    """Whether the record that `pfcr <argv>` would write exists for the same checkpoint and config.
-
-    The main job skips such stages, so a rerun after an interruption resumes where it stopped.
-    """
-    from pfcr.models import ZOO, sha256_file
-    from pfcr.records import record_name, results_dir
-
-    sub = parser().parse_args(argv)
-    kind = sub.command
-    w_bits, a_bits = getattr(sub, "bits", (None, None))
-    method = getattr(sub, "method", "fp32")
-    probe = {"kind": kind, "model": {"name": sub.model}, "data": {"name": FMNIST, "split": sub.split},
-             "config": {"method": method, "w_bits": w_bits, "a_bits": a_bits, "tag": getattr(sub, "tag", None)},
-             "seed": sub.seed}
-    path = results_dir(args.results) / record_name(probe)
-    if not path.exists():
-        return False
-    record = json.loads(path.read_text())
-    same = record["model"]["checkpoint_sha256"] == sha256_file(ZOO[sub.model].checkpoint)
-    if kind == "quantize":
-        cfg = record["config"]
-        same = same and (cfg["calib_size"], cfg["recon"]["iters"], cfg["pos"]) == (sub.calib_size, sub.iters, sub.pos)
-    return same and record["data"]["size"] == (sub.limit or 10000)
-
-
 def cmd_main(args: argparse.Namespace) -> int:
-    """The main job: every stage of the suite on the embedded default, then the report."""
-    from pfcr.models import ZOO
+    """The main job: every stage of the suite on the embedded default (pfcr/pipeline.py), then the report."""
+    from pfcr.pipeline import run_main
     from reports.summary import write_summary
 
-    common = ["--results", str(args.results)] if args.results else []
-    if args.limit:
-        common += ["--limit", str(args.limit)]
-    schedule = ["--calib-size", "1024", "--iters", "200"] if args.full else ["--calib-size", "256", "--iters", "20"]
-    stages: list[tuple[str, list[str]]] = []
-    for name, entry in ZOO.items():
-        if not entry.checkpoint.exists():
-            print(f"{name}: no weights yet, skipped (train with `pfcr train {name}`)")
-            continue
-        stages.append((f"evaluate {name} (FP32)", ["eval", name, *common]))
-    for bits in ("W4A4", "W3A3"):
-        argv = ["quantize", "vit_fmnist", "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main", *common]
-        stages.append((f"quantize vit_fmnist {bits} with PFCR", argv))
-    for i, (title, argv) in enumerate(stages, 1):
-        print(f"== stage {i}/{len(stages) + 1}: {title}", flush=True)
-        if not args.rerun and _up_to_date(argv, args):
-            print("   up to date (record exists for the same checkpoint and config): skipped")
-            continue
+    def run_stage(argv: list[str]) -> None:
         sub = parser().parse_args(argv)
         sub.func(sub)
-    print(f"== stage {len(stages) + 1}/{len(stages) + 1}: report")
+
+    run_main(args, run_stage)
+    print("== report", flush=True)
     print(write_summary(args.results, args.out, readme=None))
+    print(f"\nreport: {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -370,6 +425,26 @@ def parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_quantize)
 
+    sp = sub.add_parser("export", help="quantized ViT -> integer program file (intprog)")
+    sp.add_argument("model", help="the model the quantized file was made from")
+    sp.add_argument("--quantized", required=True, help="a quantized model saved by `pfcr quantize`")
+    sp.add_argument("--checkpoint", default=None, help="the float model's checkpoint (non-zoo models)")
+    sp.add_argument("--model-kwargs", type=_json_object, default={}, help="timm options of your model as JSON")
+    sp.add_argument("--calib-size", type=int, default=256, help="images that fix the stream/GELU/logit scales")
+    sp.add_argument("--out", default=None, help="program file (default: beside the quantized file)")
+    sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+    sp.add_argument("--data", default=FMNIST, help="calibration source: fashion-mnist or a folder")
+    common(sp)
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("run", help="evaluate an integer program with the reference executor")
+    sp.add_argument("program", help="an integer program file written by `pfcr export`")
+    sp.add_argument("--quantized", default=None, help="also compare with this fake-quant model")
+    sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+    data_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_run)
+
     sp = sub.add_parser("report", help="summarize result records as Markdown and CSV")
     sp.add_argument("--out", default="results/report", help="report folder (default results/report)")
     sp.add_argument("--readme", default=None, help="also rewrite this README's results table")
@@ -378,7 +453,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("main", help="run the whole pipeline on the embedded default and report")
     sp.add_argument("--out", default="results/report", help="report folder (default results/report)")
-    sp.add_argument("--full", action="store_true", help="full PTQ schedule (1024 images, 200 iterations)")
+    sp.add_argument("--full", action="store_true", help="full schedule: PTQ on 1024 images x 200 iterations, integer accuracy on all test images")
     sp.add_argument("--rerun", action="store_true", help="run every stage even if its record is up to date")
     sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./results)")

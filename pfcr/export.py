@@ -60,7 +60,7 @@ def _linear(p: Program, name: str, x: str, layer: nn.Module, in_q: tuple, out_sc
               "weight_zp": _np(wq.zero_point).astype(np.int64).reshape(-1),
               "bias": np.round(bias / acc_scale).astype(np.int64),
               **_requant_consts(acc_scale * pre_scale / out_scale, out_zp, qmin, qmax, n)}
-    return p.add("linear", [x], name, {"in_zp": z_in, "rounding": ROUNDING}, consts)
+    return p.add("linear", [x], name, {"in_zp": z_in, "rounding": ROUNDING, "weight_bits": wq.bits}, consts)
 
 
 def _layernorm(p: Program, name: str, x: str, norm: nn.LayerNorm, s_stream: float, out_q: tuple) -> str:

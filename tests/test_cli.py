@@ -89,7 +89,9 @@ def test_main_job_runs_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "quantize vit_fmnist W3A3 with PFCR" in first and "Post-training quantization" in first
-    assert len(list((tmp_path / "res").glob("quantize_*.json"))) == 2
+    for kind in ("quantize", "export", "run"):
+        assert len(list((tmp_path / "res").glob(f"{kind}_*.json"))) == 2, kind
+    assert (tmp_path / "rep" / "report.html").exists()
     assert main(argv) == 0
     second = capsys.readouterr().out
-    assert second.count("up to date") == second.count("== stage") - 1
+    assert second.count("up to date") == second.count("== stage") == 8

@@ -1,0 +1,76 @@
+"""The main job: every capability of the suite on the embedded default, stage by stage, resumable.
+
+A stage is a `pfcr` command line. It is skipped when it ran before with the same command line and
+the same input files (by sha256), and every file it produced is still there; the state lives in
+<results>/.main-state.json. So an interrupted run resumes, and a changed checkpoint reruns what
+depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pfcr.atomic import atomic_write
+from pfcr.models import ZOO, sha256_file
+from pfcr.records import results_dir
+
+Stage = tuple[str, list[str]]
+
+
+def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
+    """The main job's stages in order: FP32 zoo, PFCR W4A4/W3A3, export, integer-only accuracy."""
+    common = ["--results", str(results)]
+    schedule = ["--calib-size", "1024", "--iters", "200"] if full else ["--calib-size", "256", "--iters", "20"]
+    test = ["--limit", str(limit)] if limit else []
+    # The numpy reference executor runs ~60 images/s on one core: the short job checks it on 2000.
+    int_test = test if (limit or full) else ["--limit", "2000"]
+    out: list[Stage] = [(f"evaluate {name} (FP32)", ["eval", name, *common, *test])
+                        for name, entry in ZOO.items() if entry.checkpoint.exists()]
+    for bits in ("W4A4", "W3A3"):
+        q = results / "quantized" / f"vit_fmnist_pfcr_{bits.lower()}.safetensors"
+        prog = q.with_suffix(".intprog.safetensors")
+        out += [
+            (f"quantize vit_fmnist {bits} with PFCR",
+             ["quantize", "vit_fmnist", "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main",
+              "--out", str(q), *common, *test]),
+            (f"export vit_fmnist {bits} to the integer program",
+             ["export", "vit_fmnist", "--quantized", str(q), "--out", str(prog), "--tag", "main", *common]),
+            (f"integer-only accuracy of vit_fmnist {bits} (reference executor)",
+             ["run", str(prog), "--quantized", str(q), "--tag", "main", *common, *int_test]),
+        ]
+    return out
+
+
+def _inputs_digest(argv: list[str]) -> str:
+    """sha256 over the command line and the content of every existing file it names (plus zoo weights)."""
+    h = hashlib.sha256(json.dumps(argv).encode())
+    files = [Path(a) for a in argv if Path(a).is_file()]
+    files += [ZOO[a].checkpoint for a in argv if a in ZOO and ZOO[a].checkpoint.exists()]
+    for f in files:
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def run_main(args: argparse.Namespace, run_stage: Callable[[list[str]], None]) -> None:
+    results = results_dir(args.results)
+    state_path = results / ".main-state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    todo = stages(results, args.full, args.limit)
+    for i, (title, argv) in enumerate(todo, 1):
+        print(f"== stage {i}/{len(todo)}: {title}", flush=True)
+        key = _inputs_digest(argv)
+        done = state.get(title)
+        if not args.rerun and done and done["inputs"] == key and all(Path(f).exists() for f in done["produced"]):
+            print("   up to date (same command and inputs, outputs present): skipped", flush=True)
+            continue
+        start = time.time()
+        run_stage(argv)
+        produced = [str(p) for p in results.rglob("*") if p.is_file() and p.stat().st_mtime >= start - 1
+                    and p != state_path]
+        state[title] = {"inputs": key, "produced": sorted(produced), "seconds": round(time.time() - start, 1)}
+        atomic_write(state_path, json.dumps(state, indent=1))

@@ -1,0 +1,139 @@
+"""Export of a quantized ViT to the integer program, the file format, and the reference executor."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from intprog import reference
+from intprog.program import ProgramError, load
+from pfcr import models
+from pfcr.errors import ModelError
+from pfcr.export import export_vit, quantize_images
+from pfcr.quant.model import QuantConfig
+from pfcr.quantize import QuantizeConfig, quantize
+from tests.test_models import TINY
+
+
+def _smooth(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.randn(n, 1, 7, 7, generator=g), size=28, mode="bilinear")
+
+
+@pytest.fixture(scope="module")
+def exported():
+    torch.manual_seed(0)
+    arch, kw = TINY["vit"]
+    fp = models.build(arch, **kw).eval()
+    x = _smooth(64)
+    qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(8, 8), init_size=64))
+    return qm, export_vit(qm, x), x
+
+
+def test_integer_program_follows_the_fake_quant_model(exported):
+    qm, program, _ = exported
+    x = _smooth(32, seed=1)
+    ints = reference.run(program, quantize_images(program, x))
+    logits = ints * program.output["scale"]
+    with torch.no_grad():
+        fake = qm(x).double().numpy()
+    span = fake.max() - fake.min()
+    assert np.abs(logits - fake).max() < 0.05 * span  # W8A8: integer kernels within a few percent
+    assert (logits.argmax(1) == fake.argmax(1)).mean() >= 0.9
+
+
+def test_program_round_trip(tmp_path, exported):
+    _, program, x = exported
+    path = program.save(tmp_path / "p.safetensors")
+    again = load(path)
+    assert again.ops == program.ops and set(again.consts) == set(program.consts)
+    codes = quantize_images(program, x[:4])
+    assert np.array_equal(reference.run(again, codes), reference.run(program, codes))
+    stats = {}
+    reference.run(again, codes, stats)
+    assert stats["peak_activation_bytes"] > 0
+    sizes = program.weight_bytes()
+    assert sizes["weight_bytes_packed"] * 4 == sizes["weight_bytes_fp32"]  # 8-bit weights: a quarter
+
+
+def _write(tmp_path, program, graph_edit=None, const_edit=None):
+    graph = json.loads(json.dumps(program.graph()))
+    consts = dict(program.consts)
+    if graph_edit:
+        graph_edit(graph)
+    if const_edit:
+        const_edit(consts)
+    path = tmp_path / "bad.safetensors"
+    save_file(consts, str(path), metadata={"program": json.dumps(graph)})
+    return path
+
+
+@pytest.mark.parametrize(
+    "graph_edit, const_edit, message",
+    [
+        (lambda g: g.update(version=99), None, "version 99"),
+        (lambda g: g.update(format="onnx"), None, "not an integer program"),
+        (lambda g: g["ops"][1].update(op="conv3d"), None, "unknown kind 'conv3d'"),
+        (lambda g: g["ops"][1].update({"in": ["nowhere"]}), None, "reads 'nowhere' before it is computed"),
+        (lambda g: g["output"].update(name="ghost"), None, "never computed"),
+        (None, lambda c: c.pop("embed.weight"), "misses its constant 'weight'"),
+        (None, lambda c: c.update({"embed.bias": np.zeros(3, np.float32)}), "integers only"),
+    ],
+)
+def test_malformed_programs(tmp_path, exported, graph_edit, const_edit, message):
+    path = _write(tmp_path, exported[1], graph_edit, const_edit)
+    with pytest.raises(ProgramError, match=message):
+        load(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ProgramError, match="does not exist"):
+        load(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ProgramError, match="not a readable"):
+        load(tmp_path / "junk.safetensors")
+    save_file({"w": np.zeros(1, np.int8)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ProgramError, match="holds no integer program"):
+        load(tmp_path / "plain.safetensors")
+
+
+def test_swin_export_is_refused_clearly():
+    arch, kw = TINY["swin"]
+    fp = models.build(arch, **kw).eval()
+    qm, _ = quantize(fp, _smooth(8), QuantizeConfig(method="rtn", init_size=8))
+    with pytest.raises(ModelError, match="Swin export is not implemented yet"):
+        export_vit(qm, _smooth(8))
+
+
+def test_reference_takes_integer_codes_only(exported):
+    with pytest.raises(TypeError, match="integer input codes"):
+        reference.run(exported[1], np.zeros((1, 1, 28, 28)))
+
+
+def test_export_and_run_commands(tmp_path, results, capsys):
+    """quantize -> export -> run for a user's timm model and folder, each writing its record."""
+    from pfcr.cli import main
+    from tests.conftest import image_folder, user_model
+
+    ckpt, kwargs = user_model(tmp_path, num_classes=2)
+    for split in ("train", "val"):
+        image_folder(tmp_path / "data" / split, ("x", "y"), per_class=4)
+    user = ["vit_tiny_patch16_224", "--checkpoint", str(ckpt), "--model-kwargs", json.dumps(kwargs)]
+    q = tmp_path / "q.safetensors"
+    assert main(["quantize", *user, "--data", str(tmp_path / "data"), "--method", "rtn", "--bits", "W8A8",
+                 "--calib-size", "8", "--out", str(q)]) == 0
+    prog = tmp_path / "q.intprog.safetensors"
+    assert main(["export", *user, "--quantized", str(q), "--data", str(tmp_path / "data"), "--calib-size", "8"]) == 0
+    assert prog.exists()
+    assert main(["run", str(prog), "--data", str(tmp_path / "data"), "--quantized", str(q)]) == 0
+    run = json.loads(next(results.glob("run_*.json")).read_text())
+    assert run["data"]["size"] == 8 and run["config"]["w_bits"] == 8
+    assert {"top1", "fake_quant_top1", "vs_fake_quant_agreement", "peak_activation_bytes",
+            "weight_bytes_packed"} <= set(run["metrics"])
+    exp = json.loads(next(results.glob("export_*.json")).read_text())
+    assert exp["metrics"]["weight_bytes_packed"] * 4 == exp["metrics"]["weight_bytes_fp32"]
+    (tmp_path / "broken.safetensors").write_bytes(b"junk")
+    assert main(["run", str(tmp_path / "broken.safetensors")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
