@@ -453,7 +453,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("main", help="run the whole pipeline on the embedded default and report")
     sp.add_argument("--out", default="results/report", help="report folder (default results/report)")
-    sp.add_argument("--full", action="store_true", help="full schedule: PTQ on 1024 images x 200 iterations, integer accuracy on all test images")
+    sp.add_argument("--full", action="store_true",
+                    help="full schedule: PTQ on 1024 images x 200 iterations, integer accuracy on all test images")
     sp.add_argument("--rerun", action="store_true", help="run every stage even if its record is up to date")
     sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./results)")
