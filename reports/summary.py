@@ -15,7 +15,7 @@ from pfcr.errors import SuiteError
 from reports import figures
 from reports.html import render_html
 from reports.load import records_frame
-from reports.tables import accuracy_table, markdown, quant_table
+from reports.tables import accuracy_table, integer_table, markdown, quant_table
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -55,7 +55,9 @@ def build_sections(results: str | os.PathLike | None, out: Path) -> list[Section
             used = draw(frame, model, path)
             if used:
                 ptq.figures.append(Figure(path, used))
-    return [fp, ptq]
+    integer = Section("Integer-only accuracy (`pfcr run`, numpy reference executor) beside the fake-quant model "
+                      "on the same images; agree = identical top-1 predictions", integer_table(frame))
+    return [fp, ptq, integer]
 
 
 def render_markdown(sections: list[Section], link_base: Path) -> str:
@@ -75,7 +77,7 @@ def write_summary(results: str | os.PathLike | None, out: str | os.PathLike,
     out = Path(out)
     sections = build_sections(results, out)
     md = render_markdown(sections, out)
-    for name, s in zip(("accuracy", "quantization"), sections, strict=True):
+    for name, s in zip(("accuracy", "quantization", "integer"), sections, strict=True):
         atomic_write(out / f"{name}.csv", s.table.to_csv(index=False))
     atomic_write(out / "summary.md", "# Results\n\n" + md + "\n")
     atomic_write(out / "report.html", render_html(sections))

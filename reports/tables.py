@@ -67,3 +67,23 @@ def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(by=["model", "bits", "method", "variant"],
                            key=lambda c: c.map(order).fillna(9) if c.name == "bits" else
                            c.map(method_order).fillna(9) if c.name == "method" else c).reset_index(drop=True)
+
+
+def integer_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """`run` records: integer-only accuracy beside the fake-quant model's, and the memory figures."""
+    if frame.empty or "run" not in set(frame["kind"]):
+        return pd.DataFrame()
+    r = frame[frame["kind"] == "run"]
+    kib = 1024
+    rows = [{
+        "model": row["model"], "bits": f"W{row['w_bits']:.0f}A{row['a_bits']:.0f}", "variant": row["tag"] or "-",
+        "images": int(row["n"]),
+        "integer top1 %": f"{100 * row['m.top1']:.2f}",
+        "fake-quant top1 %": f"{100 * row['m.fake_quant_top1']:.2f}" if pd.notna(row.get("m.fake_quant_top1")) else "",
+        "agree %": f"{100 * row['m.vs_fake_quant_agreement']:.2f}"
+        if pd.notna(row.get("m.vs_fake_quant_agreement")) else "",
+        "weights KiB (packed / FP32)":
+            f"{row['m.weight_bytes_packed'] / kib:.0f} / {row['m.weight_bytes_fp32'] / kib:.0f}",
+        "peak activations KiB/image": f"{row['m.peak_activation_bytes'] / kib:.1f}",
+    } for _, row in r.iterrows()]
+    return pd.DataFrame(rows).sort_values(["model", "bits"]).reset_index(drop=True)
