@@ -1,7 +1,8 @@
 """The integer program as data: a list of ops over named integer tensors, and its file format.
 
-File: one safetensors file; the tensors are the program's integer constants, the metadata entry
-"program" holds the JSON graph {"format", "version", "input", "output", "ops"}. Each op is
+File: one safetensors file; the tensors are the program's integer constants (weights below 8 bits
+packed, two's complement, little-endian), the metadata entry "program" holds the JSON graph
+{"format", "version", "input", "output", "ops"}. Each op is
 {"op": kind, "in": [value names], "out": value name, "attrs": {...}, "consts": {role: tensor}}.
 Loading validates the version, the op kinds, the wiring, and every constant's presence and dtype.
 No pickle anywhere.
@@ -75,14 +76,49 @@ class Program:
                 "ops": self.ops, "meta": self.meta}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the program; weights below 8 bits are stored packed (see `_pack_weights`)."""
         from safetensors.numpy import save_file
 
         from pfcr.atomic import atomic_path
 
         validate(self.graph(), self.consts, str(path))
+        graph, consts = _pack_weights(self.graph(), self.consts)
         with atomic_path(path) as tmp:
-            save_file(self.consts, str(tmp), metadata={"program": json.dumps(self.graph())})
+            save_file(consts, str(tmp), metadata={"program": json.dumps(graph)})
         return Path(path)
+
+
+def _pack_weights(graph: dict, consts: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Linear weights of b < 8 bits -> packed bytes (intprog.arith.pack, shifted to signed), with
+    the shape and offset in op["attrs"]["packed_weight"]."""
+    from intprog.arith import pack
+
+    graph, consts = json.loads(json.dumps(graph)), dict(consts)
+    for op in graph["ops"]:
+        bits = op["attrs"].get("weight_bits", 8)
+        if op["op"] != "linear" or bits >= 8:
+            continue
+        key = op["consts"]["weight"]
+        w = consts[key].astype(np.int64)
+        offset = 1 << (bits - 1) if w.min(initial=0) >= 0 else 0  # unsigned codes are stored shifted
+        consts[key] = pack(w - offset, bits)
+        op["attrs"]["packed_weight"] = {"shape": list(w.shape), "offset": offset, "dtype": str(w.dtype)}
+    return graph, consts
+
+
+def _unpack_weights(graph: dict, consts: dict[str, np.ndarray], where: str) -> None:
+    from intprog.arith import unpack
+
+    for op in graph["ops"]:
+        info = op["attrs"].pop("packed_weight", None)
+        if info is None:
+            continue
+        key, bits = op["consts"]["weight"], op["attrs"]["weight_bits"]
+        count = int(np.prod(info["shape"]))
+        if key not in consts or consts[key].size != (count * bits + 7) // 8:
+            raise ProgramError(f"{where}: packed weight {key} does not hold {count} values of {bits} bits")
+        values = unpack(consts[key], bits, count).astype(np.int64) + info["offset"]
+        consts[key] = values.reshape(info["shape"]).astype(np.uint8 if info["offset"] else np.int8)
 
 
 def load(path: str | os.PathLike) -> Program:
@@ -104,6 +140,8 @@ def load(path: str | os.PathLike) -> Program:
         graph = json.loads(header)
     except json.JSONDecodeError as err:
         raise ProgramError(f"{where}: the program graph is not valid JSON ({err})") from None
+    if graph.get("version") == VERSION and isinstance(graph.get("ops"), list):
+        _unpack_weights(graph, consts, where)
     validate(graph, consts, where)
     return Program(graph["input"], graph["output"], graph["ops"], consts, graph.get("meta", {}))
 

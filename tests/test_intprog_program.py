@@ -137,3 +137,25 @@ def test_export_and_run_commands(tmp_path, results, capsys):
     (tmp_path / "broken.safetensors").write_bytes(b"junk")
     assert main(["run", str(tmp_path / "broken.safetensors")]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_low_bit_weights_are_stored_packed(tmp_path, bits):
+    torch.manual_seed(0)
+    arch, kw = TINY["vit"]
+    fp = models.build(arch, **kw).eval()
+    x = _smooth(16)
+    qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(bits, 4), init_size=16))
+    program = export_vit(qm, x)
+    path = program.save(tmp_path / "p.safetensors")
+    from safetensors.numpy import load_file
+
+    stored = load_file(str(path))["b0.fc1.weight"]
+    w = program.consts["b0.fc1.weight"]
+    assert stored.size == (w.size * bits + 7) // 8  # packed on disk
+    again = load(path)
+    assert np.array_equal(again.consts["b0.fc1.weight"], w) and again.consts["b0.fc1.weight"].dtype == w.dtype
+    codes = quantize_images(program, x[:2])
+    assert np.array_equal(reference.run(again, codes), reference.run(program, codes))
+    sizes = program.weight_bytes()
+    assert sizes["weight_bytes_packed"] * 32 == sizes["weight_bytes_fp32"] * bits  # bits/32 of FP32
