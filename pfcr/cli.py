@@ -197,12 +197,16 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
     fp = loaded.module.to(args.device)
     images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, fp)
     t0 = time.perf_counter()
-    bar = tqdm(desc=f"{args.method} {w_bits}/{a_bits}", unit="granule", disable=not progress, leave=False)
+    # A live bar on a terminal; one line per granule in logs (tqdm's disable=None: off without a tty).
+    bar = tqdm(desc=f"{args.method} {w_bits}/{a_bits}", unit="granule", disable=None if progress else True,
+               leave=False)
 
     def show(stage: str, entry: dict) -> None:
+        text = f"{stage} {entry['granule']} loss {entry['loss_before']:.4g} -> {entry['loss_after']:.4g}"
+        if bar.disable and progress:
+            print(f"  {text}", flush=True)
         bar.update()
-        bar.set_postfix_str(f"{stage} {entry['granule']} loss {entry['loss_before']:.4g}->{entry['loss_after']:.4g}",
-                            refresh=False)
+        bar.set_postfix_str(text, refresh=False)
 
     qm, log = quantize(fp, images.to(args.device), cfg, show)
     bar.close()
@@ -304,7 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ds, data_rec = _dataset(args, fp.module)
     logits, labels, stats = [], [], {}
     t0 = time.perf_counter()
-    for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False):
+    for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False, disable=None):
         logits.append(torch.from_numpy(reference.run(program, quantize_images(program, x), stats).astype(np.float64)))
         labels.append(torch.as_tensor(y))
     seconds = time.perf_counter() - t0

@@ -49,7 +49,7 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 256, desc: str = 
     """Run `model` over `data` in eval mode and keep its logits."""
     model.eval()
     logits, labels = [], []
-    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, leave=False, mininterval=2):
+    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, leave=False, mininterval=2, disable=None):
         logits.append(model(x).float())
         labels.append(torch.as_tensor(y))
     return Evaluation(torch.cat(logits), torch.cat(labels).long())

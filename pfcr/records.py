@@ -172,6 +172,8 @@ def read_records(directory: str | os.PathLike | None = None) -> list[dict]:
     """Every valid record under `directory`, each with its file path in `_path`."""
     out = []
     for path in sorted(results_dir(directory).rglob("*.json")):
+        if path.name.startswith("."):
+            continue  # state and temporary files, not records
         try:
             record = json.loads(path.read_text())
             validate(record)

@@ -80,7 +80,7 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Tra
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout / drop-path, if the model has any
         order = torch.randperm(len(images), generator=gen)
         t0, total = time.perf_counter(), 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2, disable=None)
         for i in bar:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x = augment(images[idx], cfg.max_shift, gen)
