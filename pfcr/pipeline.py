@@ -47,9 +47,10 @@ def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
 
 
 def _inputs_digest(argv: list[str]) -> str:
-    """sha256 over the command line and the content of every existing file it names (plus zoo weights)."""
+    """sha256 over the command line and the content of every input file it names (plus zoo weights)."""
     h = hashlib.sha256(json.dumps(argv).encode())
-    files = [Path(a) for a in argv if Path(a).is_file()]
+    # Inputs only: the file after --out is what the stage writes.
+    files = [Path(a) for i, a in enumerate(argv) if Path(a).is_file() and (i == 0 or argv[i - 1] != "--out")]
     files += [ZOO[a].checkpoint for a in argv if a in ZOO and ZOO[a].checkpoint.exists()]
     for f in files:
         h.update(sha256_file(f).encode())
