@@ -366,6 +366,13 @@ def parser() -> argparse.ArgumentParser:
                         help="result records folder (default $PFCR_RESULTS or ./results)")
         sp.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
 
+    def model_args(sp: argparse.ArgumentParser, what: str = "a zoo model (see `pfcr models`) or any timm model name"
+                   ) -> None:
+        sp.add_argument("model", help=what)
+        sp.add_argument("--checkpoint", default=None, help="local .safetensors or torch state_dict file")
+        sp.add_argument("--model-kwargs", type=_json_object, default={},
+                        help="timm options of your model as JSON, e.g. '{\"num_classes\": 100}'")
+
     def data_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--data", default=FMNIST,
                         help=f"'{FMNIST}' (embedded default) or an ImageNet-layout folder of your own "
@@ -378,10 +385,7 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_models)
 
     sp = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion of a model")
-    sp.add_argument("model", help="a zoo model (see `pfcr models`) or any timm model name")
-    sp.add_argument("--checkpoint", default=None, help="local .safetensors or torch state_dict file")
-    sp.add_argument("--model-kwargs", type=_json_object, default={},
-                    help="timm options of your model as JSON, e.g. '{\"num_classes\": 100}'")
+    model_args(sp)
     sp.add_argument("--quantized", default=None, help="a quantized model saved by `pfcr quantize` to evaluate")
     sp.add_argument("--confusion", action="store_true", help="print per-class accuracy and the confusion matrix")
     data_args(sp)
@@ -402,9 +406,7 @@ def parser() -> argparse.ArgumentParser:
     from pfcr.reconstruct.loop import ReconConfig
 
     sp = sub.add_parser("quantize", help="post-training quantization (pfcr, block, rtn), saved and evaluated")
-    sp.add_argument("model", help="a zoo model or any timm model name")
-    sp.add_argument("--checkpoint", default=None, help="local .safetensors or torch state_dict file")
-    sp.add_argument("--model-kwargs", type=_json_object, default={}, help="timm options of your model as JSON")
+    model_args(sp)
     sp.add_argument("--bits", type=parse_bits, default=(4, 4), help="W<w>A<a>, e.g. W4A4, W3A3, W8A8, W4A8")
     sp.add_argument("--method", default="pfcr", choices=["pfcr", "block", "rtn"])
     sp.add_argument("--attn-bits", type=int, default=None, help="post-softmax bits (default: the A bits)")
@@ -430,10 +432,8 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_quantize)
 
     sp = sub.add_parser("export", help="quantized ViT -> integer program file (intprog)")
-    sp.add_argument("model", help="the model the quantized file was made from")
+    model_args(sp, "the model the quantized file was made from")
     sp.add_argument("--quantized", required=True, help="a quantized model saved by `pfcr quantize`")
-    sp.add_argument("--checkpoint", default=None, help="the float model's checkpoint (non-zoo models)")
-    sp.add_argument("--model-kwargs", type=_json_object, default={}, help="timm options of your model as JSON")
     sp.add_argument("--calib-size", type=int, default=256, help="images that fix the stream/GELU/logit scales")
     sp.add_argument("--out", default=None, help="program file (default: beside the quantized file)")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
