@@ -74,52 +74,52 @@ class Unit(nn.Module):
     """The finest reconstruction unit: a function of the residual stream, run in model order.
 
     `block` is (stage, block index) for grouping into coarser granules; None for stem and tail.
+    `owned` are the model's modules whose quantizers this unit trains.
     """
 
-    def __init__(self, kind: str, block: tuple[int, int] | None):
+    def __init__(self, kind: str, block: tuple[int, int] | None, target: nn.Module, owned: list[nn.Module]):
         super().__init__()
         self.kind, self.block = kind, block
-        self._owned: list[nn.Module] = []
+        self.target = [target]  # a list hides it from nn.Module registration (no duplicate params)
+        self._owned = owned
 
     def owned(self) -> list[nn.Module]:
-        """The model's modules whose quantizers this unit trains (stem/tail: set by build_units)."""
         return self._owned
 
 
 class VitStem(Unit):
     def __init__(self, m: nn.Module):
-        super().__init__("stem", None)
-        self.m = [m]  # a list hides the model from nn.Module registration (no duplicate params)
+        super().__init__("stem", None, m, [m.patch_embed])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.m[0]
+        m = self.target[0]
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
 
 class SwinStem(VitStem):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m[0].patch_embed(x)
+        return self.target[0].patch_embed(x)
 
 
-class Tail(VitStem):
-    def __init__(self, m: nn.Module):
-        Unit.__init__(self, "tail", None)
-        self.m = [m]
+class Tail(Unit):
+    """Final norm and classifier head (pooling included)."""
+
+    def __init__(self, m: nn.Module, head: nn.Module):
+        super().__init__("tail", None, m, [head])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m[0].forward_head(self.m[0].norm(x))
+        return self.target[0].forward_head(self.target[0].norm(x))
 
 
 class AttnUnit(Unit):
     """MHSA with its shortcut: x + attn(norm1(x)) (Swin: windowed, shifted)."""
 
     def __init__(self, blk: nn.Module, block: tuple[int, int], swin: bool):
-        super().__init__("attn", block)
-        self.blk, self.swin = [blk], swin
-        self._owned = [blk.attn]
+        super().__init__("attn", block, blk, [blk.attn])
+        self.swin = swin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.blk[0]
+        b = self.target[0]
         if self.swin:
             return x + b.drop_path1(b._attn(b.norm1(x)))
         return x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
@@ -129,12 +129,10 @@ class MlpUnit(Unit):
     """MLP with its shortcut: x + mlp(norm2(x))."""
 
     def __init__(self, blk: nn.Module, block: tuple[int, int]):
-        super().__init__("mlp", block)
-        self.blk = [blk]
-        self._owned = [blk.mlp]
+        super().__init__("mlp", block, blk, [blk.mlp])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.blk[0]
+        b = self.target[0]
         return x + b.drop_path2(getattr(b, "ls2", nn.Identity())(b.mlp(b.norm2(x))))
 
 
@@ -142,12 +140,10 @@ class MergeUnit(Unit):
     """Swin's patch merging at the start of a stage; grouped with that stage's first block."""
 
     def __init__(self, merging: nn.Module, stage: int):
-        super().__init__("merge", (stage, 0))
-        self.merging = [merging]
-        self._owned = [merging]
+        super().__init__("merge", (stage, 0), merging, [merging])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.merging[0](x)
+        return self.target[0](x)
 
 
 def _swap_linears(module: nn.Module, cfg: QuantConfig, channelwise: set[str]) -> None:
@@ -179,8 +175,7 @@ def build_units(m: nn.Module) -> nn.ModuleList:
     else:
         for bi, blk in enumerate(m.blocks):
             units += [AttnUnit(blk, (0, bi), False), MlpUnit(blk, (0, bi))]
-    units.append(Tail(m))
-    units[0]._owned, units[-1]._owned = [m.patch_embed], [m.head.fc if swin else m.head]
+    units.append(Tail(m, m.head.fc if swin else m.head))
     return nn.ModuleList(units)
 
 

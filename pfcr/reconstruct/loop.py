@@ -80,26 +80,21 @@ class Streams:
 
 
 def _granule_params(qmodel: QuantModel, g: Granule, cfg: ReconConfig) -> tuple[list, list, list]:
+    """(rounding variables, activation step sizes, their AdaRound quantizers) that `g` trains."""
     rounding, scales, adaround = [], [], []
     for i in g.units:
         for mod in qmodel.units[i].owned():
-            for q in mod.modules():
-                if isinstance(q, AdaRoundQuantizer):
-                    if q.enabled and bool(q.calibrated) and cfg.learn_rounding:
-                        if q.alpha is None:
-                            q.init_rounding(_weight_of(mod, q))
-                        rounding.append(q.alpha)
-                        adaround.append(q)
-                elif isinstance(q, UniformQuantizer) and q.enabled and bool(q.calibrated) and cfg.learn_scales:
-                    scales.append(q.scale)
+            for layer in mod.modules():
+                wq = getattr(layer, "w_quant", None)
+                if isinstance(wq, AdaRoundQuantizer) and wq.enabled and bool(wq.calibrated) and cfg.learn_rounding:
+                    if wq.alpha is None:
+                        wq.init_rounding(layer.weight)
+                    rounding.append(wq.alpha)
+                    adaround.append(wq)
+                if (isinstance(layer, UniformQuantizer) and not isinstance(layer, AdaRoundQuantizer)
+                        and layer.enabled and bool(layer.calibrated) and cfg.learn_scales):
+                    scales.append(layer.scale)
     return rounding, scales, adaround
-
-
-def _weight_of(root: nn.Module, quant: AdaRoundQuantizer) -> torch.Tensor:
-    for mod in root.modules():
-        if getattr(mod, "w_quant", None) is quant:
-            return mod.weight
-    raise LookupError("weight quantizer without a layer")
 
 
 def reconstruct(qmodel: QuantModel, streams: Streams, g: Granule, cfg: ReconConfig,
