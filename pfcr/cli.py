@@ -66,22 +66,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from pfcr.evaluate import predict
     from pfcr.models import load_model, sha256_file
-    from pfcr.quantize import load_qmodel, read_qmodel_meta
     from pfcr.records import make_record, write_record
 
     torch.manual_seed(args.seed)
     if args.quantized:
-        qcfg, meta = read_qmodel_meta(args.quantized)
-        if meta.get("model") != args.model:
-            raise SuiteError(f"{args.quantized} quantizes {meta.get('model')!r}, not {args.model!r}; "
-                             f"run `pfcr eval {meta.get('model')} --quantized {args.quantized}`")
-    loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
-    module, config, extra = loaded.module, {"method": "fp32", "w_bits": None, "a_bits": None}, {}
-    if args.quantized:
-        module = load_qmodel(args.quantized, loaded.module)
-        config = {"method": meta.get("method", "quantized"), "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits,
-                  "tag": "reloaded"}
+        loaded, module, meta = _quantized_model(args)
+        config = {"method": meta.get("method", "quantized"), "w_bits": module.cfg.w_bits,
+                  "a_bits": module.cfg.a_bits, "tag": "reloaded"}
         extra = {"artifact": str(args.quantized), "artifact_sha256": sha256_file(args.quantized)}
+    else:
+        loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+        module, config, extra = loaded.module, {"method": "fp32", "w_bits": None, "a_bits": None}, {}
     ds, data_rec = _dataset(args, loaded.module)
     t0 = time.perf_counter()
     metrics = predict(module, ds, batch_size=args.batch_size, desc=f"eval {args.model}").metrics()
@@ -166,7 +161,7 @@ def parse_bits(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
+def cmd_quantize(args: argparse.Namespace) -> int:
     """Quantize, save, evaluate against the float model, and write a `quantize` record."""
     import resource
 
@@ -198,12 +193,11 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
     images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, fp)
     t0 = time.perf_counter()
     # A live bar on a terminal; one line per granule in logs (tqdm's disable=None: off without a tty).
-    bar = tqdm(desc=f"{args.method} {w_bits}/{a_bits}", unit="granule", disable=None if progress else True,
-               leave=False)
+    bar = tqdm(desc=f"{args.method} {w_bits}/{a_bits}", unit="granule", disable=None, leave=False)
 
     def show(stage: str, entry: dict) -> None:
         text = f"{stage} {entry['granule']} loss {entry['loss_before']:.4g} -> {entry['loss_after']:.4g}"
-        if bar.disable and progress:
+        if bar.disable:
             print(f"  {text}", flush=True)
         bar.update()
         bar.set_postfix_str(text, refresh=False)
@@ -230,16 +224,12 @@ def quantize_to_record(args: argparse.Namespace, progress: bool = True) -> dict:
     print(f"{args.model} {args.method} W{w_bits}A{a_bits}: top-1 {100 * metrics['top1']:.2f}% "
           f"(FP32 {100 * metrics['fp_top1']:.2f}%), agreement {100 * metrics['agreement']:.2f}%, "
           f"KL {metrics['kl']:.4f}, {seconds:.0f} s -> {path}")
-    return record
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    quantize_to_record(args)
     return 0
 
 
 def _quantized_model(args: argparse.Namespace):
-    """(float LoadedModel, quantized model) for --quantized, checked against the model name."""
+    """(float LoadedModel, quantized model, its metadata) for --quantized, checked against the model
+    name before anything is loaded."""
     from pfcr.models import load_model
     from pfcr.quantize import load_qmodel, read_qmodel_meta
 
@@ -248,7 +238,7 @@ def _quantized_model(args: argparse.Namespace):
         raise SuiteError(f"{args.quantized} quantizes {meta.get('model')!r}, not {args.model!r}; "
                          f"pass {meta.get('model')} as the model")
     loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
-    return loaded, load_qmodel(args.quantized, loaded.module)
+    return loaded, load_qmodel(args.quantized, loaded.module), meta
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -261,7 +251,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pfcr.records import make_record, write_record
 
     torch.manual_seed(args.seed)
-    loaded, qm = _quantized_model(args)
+    loaded, qm, _ = _quantized_model(args)
     images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, loaded.module)
     program = export_vit(qm, images)
     program.meta.update({"model": args.model, "model_kwargs": args.model_kwargs, "checkpoint": loaded.checkpoint,
