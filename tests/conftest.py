@@ -72,3 +72,33 @@ def image_folder(root: Path, classes: tuple[str, ...], per_class: int, size: int
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def zoo_program():
+    """`zoo_program(bits)` -> (Program, test codes [64, 1, 28, 28] int64, labels [64]) for the zoo ViT.
+
+    Quantized by calibration alone (rtn, 128 seeded Fashion-MNIST training images) and exported:
+    the real model's shapes and value ranges in seconds, cached for the session. bits is 8, 4 or 3.
+    """
+    import functools
+
+    import torch
+
+    from pfcr import data, models
+    from pfcr.export import export_vit, quantize_images
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QuantizeConfig, quantize
+
+    @functools.cache
+    def build(bits: int):
+        torch.manual_seed(0)
+        fp = models.load_model("vit_fmnist").module.eval()
+        calib, _ = data.fmnist_calibration(128, seed=0)
+        x = calib.tensors[0]
+        qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(bits, bits), init_size=128))
+        program = export_vit(qm, x)
+        test = data.fmnist("test", limit=64)
+        return program, quantize_images(program, test.tensors[0]), test.tensors[1].numpy()
+
+    return build
