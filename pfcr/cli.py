@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -16,6 +17,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pfcr.errors import SuiteError
 
 FMNIST = "fashion-mnist"
+# The other packages' commands: each module has `add_commands(sub, common)` (argparse subparsers and
+# the --results/--seed helper) and `main_stages(results, programs, full)` (its stages of the main job).
+# Importing one must stay light: heavy imports (tvm, torch) go inside the command functions.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _dataset(args: argparse.Namespace, module):
@@ -438,6 +443,9 @@ def parser() -> argparse.ArgumentParser:
     data_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_run)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub, common)
 
     sp = sub.add_parser("report", help="summarize result records as Markdown and CSV")
     sp.add_argument("--out", default="results/report", help="report folder (default results/report)")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pfcr.atomic import atomic_write
+from pfcr.cli import COMMAND_MODULES
 from pfcr.models import ZOO, sha256_file
 from pfcr.records import results_dir
 
@@ -23,17 +25,19 @@ Stage = tuple[str, list[str]]
 
 
 def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
-    """The main job's stages in order: FP32 zoo, PFCR W4A4/W3A3, export, integer-only accuracy."""
+    """The main job's stages in order: FP32 zoo, PFCR W4A4/W3A3, export, integer-only accuracy, then
+    each command module's stages on those programs (TVM, accelerator, sensor)."""
     common = ["--results", str(results)]
     schedule = ["--calib-size", "1024", "--iters", "200"] if full else ["--calib-size", "256", "--iters", "20"]
     test = ["--limit", str(limit)] if limit else []
     # The numpy reference executor runs ~60 images/s on one core: the short job checks it on 2000.
     int_test = test if (limit or full) else ["--limit", "2000"]
+    programs: dict[str, Path] = {}
     out: list[Stage] = [(f"evaluate {name} (FP32)", ["eval", name, *common, *test])
                         for name, entry in ZOO.items() if entry.checkpoint.exists()]
     for bits in ("W4A4", "W3A3"):
         q = results / "quantized" / f"vit_fmnist_pfcr_{bits.lower()}.safetensors"
-        prog = q.with_suffix(".intprog.safetensors")
+        prog = programs[bits] = q.with_suffix(".intprog.safetensors")
         out += [
             (f"quantize vit_fmnist {bits} with PFCR",
              ["quantize", "vit_fmnist", "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main",
@@ -43,6 +47,8 @@ def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
             (f"integer-only accuracy of vit_fmnist {bits} (reference executor)",
              ["run", str(prog), "--quantized", str(q), "--tag", "main", *common, *int_test]),
         ]
+    for name in COMMAND_MODULES:
+        out += importlib.import_module(name).main_stages(results, programs, full)
     return out
 
 

@@ -3,6 +3,7 @@ page, and the README's results section."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,17 +38,23 @@ class Figure:
 
 @dataclass
 class Section:
+    name: str  # its CSV file's stem
     title: str
     table: pd.DataFrame
     figures: list[Figure] = field(default_factory=list)
 
 
+# Sections of the other parts: each module has `sections(frame, out) -> list[Section]`, drawing its
+# figures into `out` and naming the records each came from.
+REPORT_MODULES: tuple[str, ...] = ()
+
+
 def build_sections(results: str | os.PathLike | None, out: Path) -> list[Section]:
     """Compute the tables and draw the figures (PNG files in `out`)."""
     frame = records_frame(results)
-    fp = Section("FP32 models (`pfcr eval`)", accuracy_table(frame))
-    ptq = Section("Post-training quantization (`pfcr quantize`): mean ± std over calibration seeds; agree = "
-                  "top-1 agreement with the FP32 model; KL = mean KL(FP32 || quantized) of the outputs",
+    fp = Section("accuracy", "FP32 models (`pfcr eval`)", accuracy_table(frame))
+    ptq = Section("quantization", "Post-training quantization (`pfcr quantize`): mean ± std over calibration "
+                  "seeds; agree = top-1 agreement with the FP32 model; KL = mean KL(FP32 || quantized) of the outputs",
                   quant_table(frame))
     for model in sorted(set(frame["model"])) if not frame.empty else []:
         for name, draw in (("ptq", figures.accuracy_vs_bits), ("ablation", figures.ablation)):
@@ -55,9 +62,12 @@ def build_sections(results: str | os.PathLike | None, out: Path) -> list[Section
             used = draw(frame, model, path)
             if used:
                 ptq.figures.append(Figure(path, used))
-    integer = Section("Integer-only accuracy (`pfcr run`, numpy reference executor) beside the fake-quant model "
-                      "on the same images; agree = identical top-1 predictions", integer_table(frame))
-    return [fp, ptq, integer]
+    integer = Section("integer", "Integer-only accuracy (`pfcr run`, numpy reference executor) beside the "
+                      "fake-quant model on the same images; agree = identical top-1 predictions", integer_table(frame))
+    sections = [fp, ptq, integer]
+    for name in REPORT_MODULES:
+        sections += importlib.import_module(name).sections(frame, out)
+    return sections
 
 
 def render_markdown(sections: list[Section], link_base: Path) -> str:
@@ -77,8 +87,8 @@ def write_summary(results: str | os.PathLike | None, out: str | os.PathLike,
     out = Path(out)
     sections = build_sections(results, out)
     md = render_markdown(sections, out)
-    for name, s in zip(("accuracy", "quantization", "integer"), sections, strict=True):
-        atomic_write(out / f"{name}.csv", s.table.to_csv(index=False))
+    for s in sections:
+        atomic_write(out / f"{s.name}.csv", s.table.to_csv(index=False))
     atomic_write(out / "summary.md", "# Results\n\n" + md + "\n")
     atomic_write(out / "report.html", render_html(sections))
     if readme is not None:
