@@ -30,15 +30,16 @@ def round_shift(x: np.ndarray, shift: np.ndarray | int, rounding: Rounding = Rou
     if np.any(shift < 0) or np.any(shift > 62):
         raise ValueError(f"shift must be in 0..62, got {shift.min()}..{shift.max()}")
     rounding = Rounding(rounding)
+    floor = x >> shift
     if rounding is Rounding.FLOOR:
-        return x >> shift
-    # (x + 2^(S-1)) >> S, with S = 0 meaning no rounding term.
-    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
-    up = (x + half) >> shift
+        return floor
+    # The bit below the cut decides (no x + 2^(S-1), which could overflow int64); S = 0 has none.
+    half_bit = np.where(shift > 0, (x >> np.maximum(shift - 1, 0)) & 1, 0)
+    up = floor + half_bit
     if rounding is Rounding.HALF_UP:
         return up
-    mask = np.left_shift(np.int64(1), shift) - 1
-    tie = (shift > 0) & ((x & mask) == half)
+    below_half = x & (np.left_shift(np.int64(1), np.maximum(shift - 1, 0)) - 1)
+    tie = (half_bit == 1) & (below_half == 0)
     return np.where(tie & (up & 1 == 1), up - 1, up)
 
 
