@@ -1,0 +1,154 @@
+"""The values: the integer program executed as the accelerator computes it, bit for bit.
+
+GEMMs run tile by tile: the K dimension is cut into tiles of the array's depth (its rows), each
+tile's partial sum is exact (the in-array adders are as wide as one tile needs), and the
+accumulator (preloaded with the bias) adds one partial sum at a time in its configured width,
+applying its overflow mode (AP_SAT / AP_WRAP) after every addition; each overflow is counted per
+layer. Attention x V is done by the shift unit: V shifted left by (max_code - code) for each
+log2 probability code and summed, `lanes` keys per step, in the same accumulator. Requantization
+uses the configured ap_fixed rounding. Everything else (LayerNorm, softmax, lookup tables, adds,
+layout) is the reference executor's own kernel: those units implement the program's kernels exactly.
+
+Vectorized numpy over the whole batch; when the operands' magnitudes prove that no partial sum
+can leave the accumulator's range, a GEMM is one exact matrix product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwsim.accelerator.config import AccelConfig, ConfigError
+from hwsim.accelerator.fixed import ap_requantize, overflow
+from hwsim.accelerator.workload import Layer, describe, value_ranges
+from intprog.arith import matmul_exact
+from intprog.nonlinear import IntSoftmaxLog2
+from intprog.program import Program
+from intprog.reference import KERNELS
+
+
+@dataclass
+class Trace:
+    """Per-layer work (one image) and accumulator events (all images run so far)."""
+
+    layers: list[Layer] = field(default_factory=list)
+    overflows: dict[str, int] = field(default_factory=dict)  # accumulator additions that left the range
+    updates: dict[str, int] = field(default_factory=dict)  # accumulator additions (incl. bias preload)
+    images: int = 0
+
+    def count(self, name: str, overflows: int, updates: int) -> None:
+        self.overflows[name] = self.overflows.get(name, 0) + overflows
+        self.updates[name] = self.updates.get(name, 0) + updates
+
+
+def accumulate(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, depth: int, bits: int,
+               mode: str) -> tuple[np.ndarray, int, int]:
+    """a @ b (+ bias preloaded) summed `depth` products at a time in a `bits`-bit accumulator.
+
+    Returns (result, overflow events, accumulator additions). Partial sums of one tile are exact;
+    the overflow mode applies after the preload and after each tile's addition.
+    """
+    hi = (1 << (bits - 1)) - 1
+    lo = -hi - 1
+    k = a.shape[-1]
+    tiles = -(-k // depth)
+    start = np.zeros(1, np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
+    max_a, max_b = int(np.abs(a).max(initial=0)), int(np.abs(b).max(initial=0))
+    if int(np.abs(start).max(initial=0)) + k * max_a * max_b <= hi:  # no partial sum can overflow
+        out = matmul_exact(a, b) + start
+        return out, 0, out.size * (tiles + (bias is not None))
+    psums = [matmul_exact(a[..., s:s + depth], b[..., s:s + depth, :]) for s in range(0, k, depth)]
+    total = np.broadcast_to(start, psums[0].shape).copy()
+    bad = (total < lo) | (total > hi)
+    for p in psums:
+        total += p
+        bad |= (total < lo) | (total > hi)
+    updates = total.size * (tiles + (bias is not None))
+    if not bad.any():
+        return total, 0, updates
+    where = np.nonzero(bad)
+    acc = np.broadcast_to(start, total.shape)[where]
+    events = 0
+    for p in [None, *psums]:
+        if p is not None:
+            acc = acc + p[where]
+        out_of_range = (acc < lo) | (acc > hi)
+        events += int(out_of_range.sum())
+        acc = overflow(acc, bits, mode)
+    total[where] = acc
+    return total, events, updates
+
+
+class Accelerator:
+    """Executes a program on a configured accelerator; `run` is a drop-in for the reference's run."""
+
+    def __init__(self, program: Program, config: AccelConfig):
+        self.program, self.config = program, config
+        self.ranges = value_ranges(program)
+        self.trace = Trace()
+        self._own = {"linear": self._linear, "attention": self._attention, "requantize": self._requantize}
+
+    def _acc(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, depth: int, name: str) -> np.ndarray:
+        out, events, updates = accumulate(a, b, bias, depth, self.config.acc_bits, self.config.overflow)
+        self.trace.count(name, events, updates)
+        return out
+
+    def _requant(self, acc: np.ndarray, c: dict) -> np.ndarray:
+        return ap_requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"],
+                             self.config.rounding)
+
+    def _linear(self, xs, attrs, c, name):
+        x = xs[0] - attrs["in_zp"]
+        w = c["weight"] - c["weight_zp"][:, None]
+        acc = self._acc(x.reshape(-1, x.shape[-1]), w.T, c["bias"], self.config.rows, name)
+        return self._requant(acc.reshape(*x.shape[:-1], -1), c)
+
+    def _requantize(self, xs, attrs, c, name):
+        return self._requant(xs[0], c)
+
+    def _attention(self, xs, attrs, c, name):
+        """Q K^T on the array, the softmax unit's log2 codes, then V shifted by the codes and summed."""
+        q, k, v = (xs[i] - attrs[z] for i, z in enumerate(("q_zp", "k_zp", "v_zp")))
+        logits = self._acc(q, np.swapaxes(k, -1, -2), None, self.config.rows, name + ".qk")
+        codes, zero = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])(logits)
+        top = attrs["max_code"]
+        # V << (top - code): the shift unit's operand is the power of two the shift multiplies by
+        shifts = np.where(zero | (codes > top), 0, np.left_shift(np.int64(1), np.maximum(top - codes, 0)))
+        return self._acc(shifts, v, None, self.config.units["shift_av"].lanes, name + ".av")
+
+    def check_operands(self) -> None:
+        """ConfigError naming the first GEMM whose operands need more bits than the multipliers have."""
+        cfg = self.config
+        for layer in self.trace.layers:
+            if layer.unit == "array" and (layer.w_width > cfg.weight_bits or layer.a_width > cfg.activation_bits):
+                raise ConfigError(
+                    f"{cfg.source}: layer {layer.name} multiplies {layer.a_width}-bit activations by "
+                    f"{layer.w_width}-bit weights (after zero-point subtraction), but the array takes "
+                    f"{cfg.activation_bits} x {cfg.weight_bits} bits; raise operands.activation_bits / weight_bits")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Execute on input codes x [B, ...]; accumulates overflow counts in `self.trace`."""
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.integer):
+            raise TypeError("the accelerator takes integer input codes; quantize images first")
+        first = not self.trace.layers
+        last_use = {n: i for i, op in enumerate(self.program.ops) for n in op["in"]}
+        values = {self.program.input["name"]: x.astype(np.int64)}
+        for i, op in enumerate(self.program.ops):
+            consts = {role: self.program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
+            ins = [values[n] for n in op["in"]]
+            own = self._own.get(op["op"])
+            if own is not None:
+                out = own(ins, op["attrs"], consts, op["out"])
+            else:
+                out = KERNELS[op["op"]](ins, op["attrs"], consts)
+            if first:
+                self.trace.layers += describe(op, self.program, self.ranges, [v.shape for v in ins], out.shape)
+                self.check_operands()
+            values[op["out"]] = out
+            for name in op["in"]:
+                if last_use.get(name) == i and name != self.program.output["name"]:
+                    values.pop(name, None)
+        self.trace.images += len(x)
+        return values[self.program.output["name"]]

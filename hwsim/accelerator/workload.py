@@ -1,0 +1,126 @@
+"""What each op of an integer program asks of the accelerator: GEMM shapes, unit work, value widths.
+
+One description serves both halves of the simulator: the values (execute.py) check operand widths
+against it, the timing model (timing.py) turns it into cycles, traffic and energy. Value ranges are
+derived statically from the program's constants (clamps, tables), so a width check holds for
+every input, not only the images seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hwsim.accelerator.fixed import signed_bits
+from intprog.program import Program
+
+# op kind -> the unit that executes it; "array" ops are GEMMs, "layout" ops are address generation only
+UNIT_OF = {"linear": "array", "attention": "array", "layernorm": "layernorm", "lut": "lut",
+           "add": "vector", "add_const": "vector", "requantize": "vector", "patchify": "layout",
+           "prepend": "layout", "split_heads": "layout", "merge_heads": "layout", "take_token": "layout"}
+
+
+@dataclass
+class Layer:
+    """One unit of work for one image. GEMM: `count` products of [m, k] x [k, n] operands of
+    `w_width` / `a_width` signed bits, outputs stored at `out_bits`; other units: `elements`
+    processed in `calls` rows (`passes` over the data)."""
+
+    name: str
+    op: str
+    unit: str
+    m: int = 0
+    k: int = 0
+    n: int = 0
+    count: int = 1
+    w_width: int = 0
+    a_width: int = 0
+    in_bits: int = 0
+    out_bits: int = 0
+    elements: int = 0
+    calls: int = 0
+    passes: int = 1
+
+    @property
+    def macs(self) -> int:
+        return self.count * self.m * self.k * self.n
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def storage_bits(lo: int, hi: int) -> int:
+    """Bits a value of range [lo, hi] is stored in (unsigned when it cannot be negative; at most int32)."""
+    bits = max(1, int(hi).bit_length()) if lo >= 0 else signed_bits(lo, hi)
+    return min(bits, 32)  # the program's widest values are int32 (its residual stream)
+
+
+def value_ranges(program: Program) -> dict[str, tuple[int, int]]:
+    """An interval [lo, hi] holding every value each op can produce, from the program's constants."""
+    c = program.consts
+    r = {program.input["name"]: (int(program.input["qmin"]), int(program.input["qmax"]))}
+
+    def span(*keys: str) -> tuple[int, int]:
+        return min(int(c[k].min()) for k in keys), max(int(c[k].max()) for k in keys)
+
+    for op in program.ops:
+        kind, a, refs, ins = op["op"], op["attrs"], op["consts"], [r[n] for n in op["in"]]
+        if kind in ("linear", "requantize"):
+            out = span(refs["qmin"]), span(refs["qmax"])
+            out = (out[0][0], out[1][1])
+        elif kind == "layernorm":
+            out = (a["qmin"], a["qmax"])
+        elif kind == "lut":
+            out = span(refs["table"])
+        elif kind == "prepend":
+            tok = span(refs["token"])
+            out = (min(ins[0][0], tok[0]), max(ins[0][1], tok[1]))
+        elif kind == "add_const":
+            v = span(refs["value"])
+            out = (ins[0][0] + v[0], ins[0][1] + v[1])
+        elif kind == "add":
+            out = (ins[0][0] + ins[1][0], ins[0][1] + ins[1][1])
+        elif kind == "attention":  # sums of shifted values: stored as the int32 it is requantized from
+            out = (-(1 << 31), (1 << 31) - 1)
+        else:  # layout ops move values unchanged
+            out = ins[0]
+        r[op["out"]] = (int(out[0]), int(out[1]))
+    return r
+
+
+def operand_width(lo: int, hi: int, zero_point: int | np.ndarray) -> int:
+    """Signed bits of (x - zero_point) for x in [lo, hi]: what enters the multiplier."""
+    zp = np.asarray(zero_point, dtype=np.int64)
+    return signed_bits(int(lo - zp.max()), int(hi - zp.min()))
+
+
+def describe(op: dict, program: Program, ranges: dict[str, tuple[int, int]], shapes: list[tuple[int, ...]],
+             out_shape: tuple[int, ...]) -> list[Layer]:
+    """The accelerator work of `op` for one image, given its input and output shapes (batch first)."""
+    name, kind, a = op["out"], op["op"], op["attrs"]
+    per_image = int(np.prod(out_shape[1:]))
+    out_bits = storage_bits(*ranges[name])
+    in_bits = storage_bits(*ranges[op["in"][0]])
+    if kind == "linear":
+        w = program.consts[op["consts"]["weight"]].astype(np.int64)
+        w = w - program.consts[op["consts"]["weight_zp"]].astype(np.int64)[:, None]
+        n, k = w.shape
+        return [Layer(name, kind, "array", m=per_image // n, k=k, n=n,
+                      w_width=signed_bits(int(w.min()), int(w.max())),
+                      a_width=operand_width(*ranges[op["in"][0]], a["in_zp"]), in_bits=in_bits, out_bits=out_bits)]
+    if kind == "attention":
+        _, h, t, d = shapes[0]
+        qk = [operand_width(*ranges[n], a[z]) for n, z in zip(op["in"], ("q_zp", "k_zp", "v_zp"), strict=True)]
+        return [Layer(name + ".qk", kind, "array", m=t, k=d, n=t, count=h, w_width=qk[1], a_width=qk[0],
+                      in_bits=in_bits, out_bits=32),
+                Layer(name + ".softmax", kind, "softmax", elements=h * t * t, calls=h * t, passes=3,
+                      in_bits=32, out_bits=a["bits"]),
+                Layer(name + ".av", kind, "shift_av", m=t, k=t, n=d, count=h, a_width=qk[2],
+                      elements=h * t * t * d, calls=h * t, in_bits=storage_bits(*ranges[op["in"][2]]),
+                      out_bits=out_bits)]
+    unit = UNIT_OF[kind]
+    passes = 2 if kind == "layernorm" else 1  # statistics, then normalization
+    calls = per_image // out_shape[-1] if kind == "layernorm" else 1
+    return [Layer(name, kind, unit, elements=per_image if unit != "layout" else 0, calls=calls, passes=passes,
+                  in_bits=in_bits, out_bits=out_bits)]
