@@ -110,18 +110,20 @@ class _Builder:
         shift = np.asarray(shift, dtype=np.int64)
         if np.any(shift < 0) or np.any(shift > 62):
             raise ValueError(f"shift must be in 0..62, got {shift.min()}..{shift.max()}")
-        s = _c(shift)
-        if Rounding(rounding) is Rounding.FLOOR:
-            return self.emit(R.right_shift(x, s))
-        half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
-        up = self.emit(R.right_shift(R.add(x, _c(half)), s))
-        if Rounding(rounding) is Rounding.HALF_UP:
+        rounding = Rounding(rounding)
+        floor = self.emit(R.right_shift(x, _c(shift)))
+        if rounding is Rounding.FLOOR:
+            return floor
+        # the bit below the cut decides, as in the reference (no x + 2^(S-1) that could overflow int64)
+        below = np.maximum(shift - 1, 0)
+        half_bit = self.emit(R.bitwise_and(R.right_shift(x, _c(below)), _c((shift > 0).astype(np.int64))))
+        up = self.emit(R.add(floor, half_bit))
+        if rounding is Rounding.HALF_UP:
             return up
-        mask = np.left_shift(np.int64(1), shift) - 1
-        tie_at = np.where(shift > 0, half, -1)  # x & mask >= 0 never equals -1: no tie without a shift
-        tie = R.logical_and(R.equal(R.bitwise_and(x, _c(mask)), _c(tie_at)),
-                            R.equal(R.bitwise_and(up, _c(1)), _c(1)))
-        return self.emit(R.where(tie, R.subtract(up, _c(1)), up))
+        one = _c(1)
+        tie = R.logical_and(R.equal(half_bit, one),
+                            R.equal(R.bitwise_and(x, _c(np.left_shift(np.int64(1), below) - 1)), _c(0)))
+        return self.emit(R.where(R.logical_and(tie, R.equal(R.bitwise_and(up, one), one)), R.subtract(up, one), up))
 
     def clamp(self, x: relax.Expr, lo: np.ndarray, hi: np.ndarray) -> relax.Expr:
         return self.emit(R.minimum(R.maximum(x, _c(_scalar_or(lo))), _c(_scalar_or(hi))))
@@ -362,24 +364,30 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
+def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[dict],
+                consts: dict[str, np.ndarray], output: str) -> tvm.IRModule:
+    """main(*inputs) -> output for ops in the program format; inputs map name -> (shape, lo, hi),
+    each passed in the container of [lo, hi]; the output is int32 where its interval allows, else int64."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(name, relax.TensorType(shape, container(lo, hi))) for name, (shape, lo, hi) in inputs.items()]
+    b = _Builder(bb)
+    with bb.function("main", params):
+        with bb.dataflow():
+            values = {name: Value(p, lo, hi) for p, (name, (_, lo, hi)) in zip(params, inputs.items(), strict=True)}
+            for op in ops:
+                roles = {role: consts[key].astype(np.int64) for role, key in op["consts"].items()}
+                values[op["out"]] = KERNELS[op["op"]](b, [values[n] for n in op["in"]], op["attrs"], roles)
+            out = values[output]
+            result = bb.emit_output(b.wide(out, "int32" if out.lo >= -_I32 and out.hi < _I32 else "int64"))
+        bb.emit_func_output(result)
+    return bb.get()
+
+
 def lower(program: Program, batch: int = 1) -> Lowered:
     """The program as a Relax module: main(codes [batch, *input shape]) -> output integers."""
     spec = program.input
-    in_dtype = container(spec["qmin"], spec["qmax"])
-    in_shape = (batch, *spec["shape"])
-    bb = relax.BlockBuilder()
-    codes = relax.Var("codes", relax.TensorType(in_shape, in_dtype))
-    b = _Builder(bb)
-    with bb.function("main", [codes]):
-        with bb.dataflow():
-            values = {spec["name"]: Value(codes, spec["qmin"], spec["qmax"])}
-            for op in program.ops:
-                consts = {role: program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
-                values[op["out"]] = KERNELS[op["op"]](b, [values[n] for n in op["in"]], op["attrs"], consts)
-            out = values[program.output["name"]]
-            out_dtype = "int32" if out.lo >= -_I32 and out.hi < _I32 else "int64"
-            result = bb.emit_output(b.wide(out, out_dtype))
-        bb.emit_func_output(result)
-    mod = bb.get()
-    shape = tuple(int(d) for d in result.ty.shape)
-    return Lowered(mod, in_shape, in_dtype, shape, out_dtype)
+    shape = (batch, *spec["shape"])
+    mod = lower_graph({spec["name"]: (shape, spec["qmin"], spec["qmax"])}, program.ops, program.consts,
+                      program.output["name"])
+    ret = mod["main"].ret_ty
+    return Lowered(mod, shape, container(spec["qmin"], spec["qmax"]), tuple(int(d) for d in ret.shape), ret.dtype)
