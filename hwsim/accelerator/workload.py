@@ -24,8 +24,8 @@ UNIT_OF = {"linear": "array", "attention": "array", "layernorm": "layernorm", "l
 @dataclass
 class Layer:
     """One unit of work for one image. GEMM: `count` products of [m, k] x [k, n] operands of
-    `w_width` / `a_width` signed bits, outputs stored at `out_bits`; other units: `elements`
-    processed in `calls` rows (`passes` over the data)."""
+    `w_width` / `a_width` signed bits (weights stored at `w_bits`), outputs stored at `out_bits`;
+    other units: `elements` processed in `passes` passes over the data."""
 
     name: str
     op: str
@@ -35,11 +35,11 @@ class Layer:
     n: int = 0
     count: int = 1
     w_width: int = 0
+    w_bits: int = 0
     a_width: int = 0
     in_bits: int = 0
     out_bits: int = 0
     elements: int = 0
-    calls: int = 0
     passes: int = 1
 
     @property
@@ -107,20 +107,19 @@ def describe(op: dict, program: Program, ranges: dict[str, tuple[int, int]], sha
         w = w - program.consts[op["consts"]["weight_zp"]].astype(np.int64)[:, None]
         n, k = w.shape
         return [Layer(name, kind, "array", m=per_image // n, k=k, n=n,
-                      w_width=signed_bits(int(w.min()), int(w.max())),
+                      w_width=signed_bits(int(w.min()), int(w.max())), w_bits=a["weight_bits"],
                       a_width=operand_width(*ranges[op["in"][0]], a["in_zp"]), in_bits=in_bits, out_bits=out_bits)]
     if kind == "attention":
         _, h, t, d = shapes[0]
         qk = [operand_width(*ranges[n], a[z]) for n, z in zip(op["in"], ("q_zp", "k_zp", "v_zp"), strict=True)]
         return [Layer(name + ".qk", kind, "array", m=t, k=d, n=t, count=h, w_width=qk[1], a_width=qk[0],
                       in_bits=in_bits, out_bits=32),
-                Layer(name + ".softmax", kind, "softmax", elements=h * t * t, calls=h * t, passes=3,
+                Layer(name + ".softmax", kind, "softmax", elements=h * t * t, passes=3,
                       in_bits=32, out_bits=a["bits"]),
                 Layer(name + ".av", kind, "shift_av", m=t, k=t, n=d, count=h, a_width=qk[2],
-                      elements=h * t * t * d, calls=h * t, in_bits=storage_bits(*ranges[op["in"][2]]),
+                      elements=h * t * t * d, in_bits=storage_bits(*ranges[op["in"][2]]),
                       out_bits=out_bits)]
     unit = UNIT_OF[kind]
     passes = 2 if kind == "layernorm" else 1  # statistics, then normalization
-    calls = per_image // out_shape[-1] if kind == "layernorm" else 1
-    return [Layer(name, kind, unit, elements=per_image if unit != "layout" else 0, calls=calls, passes=passes,
+    return [Layer(name, kind, unit, elements=per_image if unit != "layout" else 0, passes=passes,
                   in_bits=in_bits, out_bits=out_bits)]

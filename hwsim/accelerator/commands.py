@@ -1,0 +1,84 @@
+"""`pfcr simulate`: an integer program on the accelerator model, values and time, as a result record.
+
+Light to import (numpy-only modules load inside the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MAIN_IMAGES = 300  # the main job's simulate stage: a few hundred test images (about a minute)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hwsim.accelerator.config import load_config
+    from hwsim.accelerator.simulate import make_simulate_record, simulate
+    from intprog.program import ProgramError, load
+    from pfcr import data
+    from pfcr.errors import SuiteError
+    from pfcr.export import quantize_images
+    from pfcr.records import write_record
+
+    try:
+        program = load(args.program)
+    except ProgramError as err:
+        raise SuiteError(str(err)) from None
+    changes = {k: v for k, v in (("acc_bits", args.acc_bits), ("overflow", args.overflow),
+                                 ("rounding", args.rounding)) if v is not None}
+    cfg = load_config(args.config)
+    cfg = cfg.replace(**changes) if changes else cfg
+    test = data.fmnist(args.split, limit=args.limit)
+    images, labels = test.tensors[0], test.tensors[1].numpy()
+    starts = range(0, len(labels), args.batch_size)
+    batches = ((quantize_images(program, images[s:s + args.batch_size]), labels[s:s + args.batch_size])
+               for s in tqdm(starts, desc=f"simulate on {cfg.name}", leave=False, disable=None))
+    metrics, rows = simulate(program, batches, cfg, compare=not args.no_compare)
+    record = make_simulate_record(args.program, program, cfg, metrics, rows,
+                                  {"name": "fashion-mnist", "split": args.split, "size": len(labels)},
+                                  args.seed, args.tag)
+    path = write_record(record, args.results)
+    print(f"{'layer':<18} {'unit':<9} {'MACs':>9} {'cycles':>9} {'stall':>7} {'util':>5} {'DRAM B':>8} "
+          f"{'energy nJ':>9} {'overflows':>9}")
+    for r in rows:
+        if r["unit"] == "layout":
+            continue
+        print(f"{r['name']:<18} {r['unit']:<9} {r['macs']:>9} {r['cycles']:>9} {r['stall_cycles']:>7} "
+              f"{r['utilization']:>5.2f} {r['dram_bytes']:>8.0f} {r['energy_pj'] / 1e3:>9.1f} {r['overflows']:>9}")
+    exact = {True: ", bit-exact vs reference", False: f", {metrics.get('mismatched_images')} images differ from "
+             "the reference", None: ""}[metrics.get("bit_exact")]
+    print(f"{args.program} on {cfg.name} ({cfg.rows}x{cfg.cols} {cfg.dataflow}, {cfg.acc_bits}-bit {cfg.overflow}): "
+          f"top-1 {100 * metrics['top1']:.2f}% on {metrics['images']} images{exact}; {metrics['overflows']} "
+          f"accumulator overflows; per image {metrics['cycles']} cycles = {metrics['latency_ms']:.3f} ms at "
+          f"{cfg.clock_mhz:g} MHz, {metrics['energy_uj']:.1f} uJ, utilization {100 * metrics['utilization']:.1f}%; "
+          f"simulated {metrics['sim_macs_per_second'] / 1e9:.2f} GMAC/s -> {path}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, common) -> None:
+    from hwsim.accelerator.config import OVERFLOW_MODES, ROUNDING_MODES
+
+    sp = sub.add_parser("simulate", help="run an integer program on the accelerator model (values, cycles, energy)")
+    sp.add_argument("program", help="an integer program file written by `pfcr export`")
+    sp.add_argument("--config", default="edge-npu",
+                    help="accelerator: a preset (edge-npu, mcu) or a TOML file (see docs/accelerator.md)")
+    sp.add_argument("--acc-bits", type=int, default=None, help="override the accumulator width")
+    sp.add_argument("--overflow", choices=OVERFLOW_MODES, default=None, help="override the overflow mode")
+    sp.add_argument("--rounding", choices=ROUNDING_MODES, default=None, help="override the requantization rounding")
+    sp.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
+    sp.add_argument("--limit", type=int, default=None, help="simulate only the first N images")
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--no-compare", action="store_true", help="skip the bit-for-bit comparison with the reference")
+    sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+    common(sp)
+    sp.set_defaults(func=cmd_simulate)
+
+
+def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
+    """The W4A4 program on the edge NPU over a few hundred test images (all of them with --full)."""
+    limit = [] if full else ["--limit", str(MAIN_IMAGES)]
+    return [("simulate vit_fmnist W4A4 on the edge-NPU accelerator model",
+             ["simulate", str(programs["W4A4"]), "--config", "edge-npu", "--tag", "main",
+              "--results", str(results), *limit])]
