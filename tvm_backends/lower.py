@@ -390,4 +390,4 @@ def lower(program: Program, batch: int = 1) -> Lowered:
     mod = lower_graph({spec["name"]: (shape, spec["qmin"], spec["qmax"])}, program.ops, program.consts,
                       program.output["name"])
     ret = mod["main"].ret_ty
-    return Lowered(mod, shape, container(spec["qmin"], spec["qmax"]), tuple(int(d) for d in ret.shape), ret.dtype)
+    return Lowered(mod, shape, container(spec["qmin"], spec["qmax"]), tuple(int(d) for d in ret.shape), str(ret.dtype))

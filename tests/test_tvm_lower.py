@@ -1,0 +1,185 @@
+"""TVM (llvm, this host) == the reference executor, bit for bit: per op on random and edge inputs
+(rounding ties, saturation, zero points, wide accumulators), and on the whole zoo ViT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from intprog import nonlinear, reference  # noqa: E402
+from intprog.arith import quantize_multiplier  # noqa: E402
+from tvm_backends.lower import _Builder, container, lower, lower_graph  # noqa: E402
+
+I32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def run_tvm(mod: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
+    dtypes = [str(p.ty.dtype) for p in mod["main"].params]
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a).astype(d)) for a, d in zip(arrays, dtypes, strict=True)]
+    return vm["main"](*args).numpy()
+
+
+def check_op(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict, consts: dict | None = None):
+    """One op through TVM and through the reference kernel; inputs are (values, lo, hi)."""
+    consts = {role: np.asarray(v, dtype=np.int64) for role, v in (consts or {}).items()}
+    names = [f"x{i}" for i in range(len(inputs))]
+    op = {"op": kind, "in": names, "out": "y", "attrs": attrs, "consts": {r: f"y.{r}" for r in consts}}
+    mod = lower_graph({n: (v.shape, lo, hi) for n, (v, lo, hi) in zip(names, inputs, strict=True)}, [op],
+                      {f"y.{r}": v for r, v in consts.items()}, "y")
+    got = run_tvm(mod, *(v for v, _, _ in inputs))
+    want = reference.KERNELS[kind]([v.astype(np.int64) for v, _, _ in inputs], attrs, consts)
+    np.testing.assert_array_equal(got, want)
+    return want
+
+
+def _requant(rng, n: int, scale_lo: float, scale_hi: float, zp, qmin, qmax) -> dict:
+    m, s = quantize_multiplier(rng.uniform(scale_lo, scale_hi, n))
+    full = np.ones(n, dtype=np.int64)
+    return {"multiplier": m, "shift": s, "out_zp": full * zp, "qmin": full * qmin, "qmax": full * qmax}
+
+
+@pytest.mark.parametrize("rounding", ["half_up", "half_even", "floor"])
+@pytest.mark.parametrize("w_bits, signed_w, x_lo, x_hi", [
+    (4, False, 0, 15),  # zoo W4A4: unsigned 4-bit weights with zero points, uint8 activations
+    (3, False, 0, 7),
+    (8, True, -128, 127),  # symmetric int8 weights, signed activations (shifted to u8 inside)
+    (8, False, 0, 255),  # asymmetric 8-bit weights: W - zp leaves int8, the wide GEMM path
+    (4, True, -40000, 40000),  # activations wider than 8 bits: the wide GEMM path
+])
+def test_linear(rounding, w_bits, signed_w, x_lo, x_hi):
+    rng = np.random.default_rng(w_bits)
+    n, k = 24, 40
+    lo, hi = (-(1 << (w_bits - 1)), (1 << (w_bits - 1)) - 1) if signed_w else (0, (1 << w_bits) - 1)
+    weight = rng.integers(lo, hi + 1, (n, k))
+    weight_zp = np.zeros(n, np.int64) if signed_w else rng.integers(lo, hi + 1, n)
+    x = rng.integers(x_lo, x_hi + 1, (3, 5, k))
+    x[0, 0] = x_lo  # extremes of the interval
+    x[0, 1] = x_hi
+    in_zp = int(rng.integers(x_lo, x_hi + 1))
+    span = (x_hi - x_lo) * (hi - lo) * k
+    # narrow outputs saturate at both ends; ties are frequent with M = 2^30 (x 1/2 per shift step)
+    req = _requant(rng, n, 4.0 / span, 64.0 / span, 3, -20, 40)
+    req["multiplier"][:4], req["shift"][:4] = 1 << 30, 31
+    consts = {"weight": weight, "weight_zp": weight_zp, "bias": rng.integers(-300, 300, n), **req}
+    out = check_op("linear", [(x, x_lo, x_hi)], {"in_zp": in_zp, "rounding": rounding, "weight_bits": w_bits}, consts)
+    assert (out == -20).any() and (out == 40).any()  # both saturation ends were exercised
+
+
+def test_linear_int32_output_and_wide_accumulator():
+    """A residual-stream linear: int32 outputs; |x| < 2^22 makes the proven bound exceed int32."""
+    rng = np.random.default_rng(1)
+    n, k = 8, 16
+    x = rng.integers(-(1 << 22), 1 << 22, (2, 3, k))
+    weight = rng.integers(-128, 128, (n, k))
+    req = _requant(rng, n, 1e-3, 1e-2, 0, *I32)
+    consts = {"weight": weight, "weight_zp": np.zeros(n), "bias": rng.integers(-1000, 1000, n), **req}
+    check_op("linear", [(x, -(1 << 22), 1 << 22)], {"in_zp": 5, "rounding": "half_up", "weight_bits": 8}, consts)
+
+
+@pytest.mark.parametrize("rounding", ["half_up", "half_even", "floor"])
+def test_requantize_ties_and_extremes(rounding):
+    # M = 2^30 with S = 31 and 33 halves and eighths odd values: ties at .5; the int32 extremes too
+    acc = np.array([[-(1 << 31), (1 << 31) - 1, -5, -3, -1, 1, 3, 5, 7, 0, -4, 4, 12, -12, 20, -20]])
+    for shift in (31, 33, 30):
+        consts = {"multiplier": np.array([1 << 30]), "shift": np.array([shift]), "out_zp": np.array([-2]),
+                  "qmin": np.array([-(1 << 28)]), "qmax": np.array([1 << 20])}
+        check_op("requantize", [(acc, *I32)], {"rounding": rounding}, consts)
+
+
+@pytest.mark.parametrize("bits, scale", [(4, 1.0), (3, 0.05), (8, 1e-4)])
+def test_layernorm(bits, scale):
+    rng = np.random.default_rng(bits)
+    c = 96
+    x = np.round(rng.normal(0, 1 << 19, (2, 5, c)) * scale).astype(np.int64) + rng.integers(-1000, 1000, (2, 5, 1))
+    x[0, 0] = 7  # a constant row: S2 = eps term only
+    x[0, 1, : c // 2], x[0, 1, c // 2:] = -(1 << 21), 1 << 21  # the largest S2 (near 2^62)
+    gamma = rng.normal(0, 1, c)
+    gamma[:2] = (-1.0, 1e-4)  # negative and small gammas
+    qmax = (1 << bits) - 1
+    ln = nonlinear.IntLayerNorm.build(gamma, rng.normal(0, 0.2, c), 1e-6, 1.0 / (1 << 18), 4.0 / qmax, qmax // 2,
+                                      0, qmax)
+    for eps_term in (ln.eps_term, 0):
+        attrs = {"sqrt_c": ln.sqrt_c, "eps_term": eps_term, "out_zp": ln.out_zp, "qmin": 0, "qmax": qmax}
+        consts = {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_q": ln.beta_q}
+        out = check_op("layernorm", [(x, -(1 << 22), 1 << 22)], attrs, consts)
+        assert (out == 0).any() and (out == qmax).any()
+
+
+def _kernel(fn, values: np.ndarray) -> np.ndarray:
+    """A _Builder kernel on an int64 vector (isqrt, ilog2) through TVM."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(values.shape, "int64"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(fn(_Builder(bb), x))
+        bb.emit_func_output(out)
+    return run_tvm(bb.get(), values)
+
+
+def test_isqrt_is_exact_to_2_62():
+    rng = np.random.default_rng(0)
+    roots = np.concatenate([np.arange(0, 3000), rng.integers(0, 1 << 31, 3000), [(1 << 31) - 1]])
+    n = np.concatenate([roots * roots, roots * roots - 1, roots * roots + 1, rng.integers(0, 1 << 62, 3000),
+                        [(1 << 62) - 1]])
+    n = n[(n >= 0) & (n < 1 << 62)]
+    np.testing.assert_array_equal(_kernel(lambda b, x: b.isqrt(x), n), nonlinear.isqrt(n))
+
+
+def test_ilog2_matches_the_reference():
+    rng = np.random.default_rng(0)
+    powers = np.left_shift(1, np.arange(62, dtype=np.int64))
+    v = np.concatenate([np.arange(1, 5000), powers, powers[1:] - 1, powers + 1, rng.integers(1, 1 << 62, 5000)])
+    np.testing.assert_array_equal(_kernel(lambda b, x: b.ilog2_fixed(x), v), nonlinear._ilog2_fixed(v))
+
+
+@pytest.mark.parametrize("bits, top, scale", [(4, 15, 0.02), (3, 7, 0.3), (8, 15, 0.01), (4, 9, 2.0)])
+def test_attention(bits, top, scale):
+    """Logit scales from smooth to peaked (many zero probabilities), top codes below 2^bits - 1 too."""
+    rng = np.random.default_rng(bits + top)
+    qmax = (1 << bits) - 1
+    q, k, v = (rng.integers(0, qmax + 1, (2, 3, 17, 32)) for _ in range(3))
+    q[0, 0, 0], k[0, 0] = qmax, qmax  # one row of equal logits
+    sm = nonlinear.IntSoftmaxLog2.build(scale / qmax, bits)
+    attrs = {"q_zp": qmax // 2, "k_zp": qmax // 2 + 1, "v_zp": 1, "sm_multiplier": sm.multiplier,
+             "sm_shift": sm.shift, "bits": bits, "max_code": top}
+    check_op("attention", [(t, 0, qmax) for t in (q, k, v)], attrs)
+
+
+def test_data_movement_and_tables():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2, 3, 8, 8))
+    patches = check_op("patchify", [(image, 0, 255)], {"patch": 4})
+    check_op("prepend", [(patches, 0, 255)], {}, {"token": rng.integers(-300, 300, 48)})
+    stream = rng.integers(*I32, (2, 5, 12), endpoint=True)
+    check_op("add_const", [(stream, *I32)], {}, {"value": rng.integers(-(1 << 40), 1 << 40, (5, 12))})
+    check_op("add", [(stream, *I32), (stream[::-1].copy(), *I32)], {})  # int32 + int32 needs int64
+    heads = check_op("split_heads", [(stream, *I32)], {"start": 4, "dim": 8, "heads": 2})
+    check_op("merge_heads", [(heads, *I32)], {})
+    check_op("take_token", [(stream, *I32)], {"index": 3})
+    codes = np.arange(-128, 128).reshape(2, 128)
+    check_op("lut", [(codes, -128, 127)], {"in_bits": 8}, {"table": rng.integers(0, 16, 256)})
+
+
+def test_containers_are_the_narrowest():
+    assert [container(0, 255), container(-1, 127), container(0, 256), container(-(1 << 31), 0),
+            container(0, 1 << 31)] == ["uint8", "int8", "int16", "int32", "int64"]
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3])
+def test_zoo_vit_matches_the_reference(zoo_program, bits):
+    program, codes, _ = zoo_program(bits)
+    lowered = lower(program, batch=16)
+    assert (lowered.input_dtype, lowered.output_dtype, lowered.output_shape) == ("uint8", "int32", (16, 10))
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.compile(lowered.mod, "llvm"), tvm.cpu())
+    got = np.concatenate([vm["main"](tvm.runtime.tensor(codes[i:i + 16].astype("uint8"))).numpy()
+                          for i in range(0, len(codes), 16)])
+    np.testing.assert_array_equal(got, reference.run(program, codes))
