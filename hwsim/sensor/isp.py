@@ -169,7 +169,7 @@ def resize(img: np.ndarray, out_shape: tuple[int, int], channel_axis: bool = Fal
     h, w = x.shape[-3:-1]
     oh, ow = out_shape
     # Crop: the largest centred window with the output's aspect ratio (integer arithmetic).
-    ch, cw = (h, h * ow // oh) if h * ow <= w * oh else (w * oh // ow, w)
+    ch, cw = (h, max(1, h * ow // oh)) if h * ow <= w * oh else (max(1, w * oh // ow), w)
     top, left = (h - ch) // 2, (w - cw) // 2
     x = x[..., top:top + ch, left:left + cw, :]
     k = min(ch // oh, cw // ow)

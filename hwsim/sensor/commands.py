@@ -1,0 +1,253 @@
+"""`pfcr sensor emva | photo | sweep`: characterize the simulated sensor, photograph a scene through
+it, and measure classifiers through it. Light to import: numpy, torch and skimage load inside."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pfcr.errors import SuiteError
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image samples that load offline
+
+
+def _sensor(args: argparse.Namespace):
+    from hwsim.sensor.config import load_sensor
+
+    cfg = load_sensor(args.sensor)
+    changes = {k: v for k, v in (("adc_bits", getattr(args, "adc_bits_one", None)),
+                                  ("analog_gain", getattr(args, "analog_gain", None))) if v is not None}
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _sensor_model(cfg) -> dict:
+    return {"name": f"sensor-{cfg.name}", "checkpoint_sha256": None}
+
+
+def cmd_emva(args: argparse.Namespace) -> int:
+    """EMVA 1288 photon transfer of the configured sensor; a `sensor` record with the curve."""
+    from hwsim.sensor import emva
+    from pfcr.records import make_record, write_record
+
+    cfg = _sensor(args)
+    t0 = time.perf_counter()
+    ptc = emva.photon_transfer(cfg, (args.size, args.size), steps=args.steps, seed=args.seed)
+    want = emva.expected(cfg, ptc.exposure_s[0])
+    got = ptc.to_dict()
+    metrics = {**{f"{k}": got[k] for k in want}, **{f"configured_{k}": v for k, v in want.items()},
+               **{f"rel_error_{k}": got[k] / v - 1 for k, v in want.items()},
+               "saturation_e": ptc.saturation_e, "seconds": round(time.perf_counter() - t0, 2)}
+    curve = {k: got[k] for k in ("exposure_s", "mu_p", "mu_y", "mu_y_dark", "var_y", "var_y_dark")}
+    record = make_record("sensor", model=_sensor_model(cfg),
+                         data={"name": "flat-field", "split": "emva1288", "size": 4 * args.steps},
+                         config={"method": "emva1288", "tag": args.tag or f"adc{cfg.adc_bits}",
+                                 "sensor": cfg.to_dict(), "frame": [args.size, args.size]},
+                         metrics=metrics, seed=args.seed, extra={"photon_transfer": curve})
+    path = write_record(record, args.results)
+    print(f"EMVA 1288 photon transfer of {cfg.name} ({cfg.adc_bits}-bit ADC, {args.size}x{args.size}, "
+          f"{args.steps} steps):")
+    for k, v in want.items():
+        print(f"  {k:<22} measured {got[k]:>10.4g}   configured {v:>10.4g}   ({100 * (got[k] / v - 1):+.2f}%)")
+    print(f"  {'saturation_e':<22} measured {ptc.saturation_e:>10.4g}   (EMVA: at the variance peak)\n-> {path}")
+    return 0
+
+
+def _load_photo(name: str):
+    import numpy as np
+
+    if name in PHOTOS:
+        import skimage.data
+
+        return getattr(skimage.data, name)()
+    path = Path(name)
+    if not path.is_file():
+        raise SuiteError(f"image {name!r} is neither a scikit-image sample ({', '.join(PHOTOS)}) nor a file")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise SuiteError(f"{path}: not an image PIL can read ({err})") from None
+
+
+def _save_png(array, path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    from pfcr.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="png")
+    return path
+
+
+def cmd_photo(args: argparse.Namespace) -> int:
+    """A photo through sensor and ISP: PNGs of the scene, the raw mosaic and the ISP output; a record."""
+    import numpy as np
+
+    from hwsim.sensor import camera, isp
+    from hwsim.sensor.sweep import psnr_db
+    from pfcr.records import make_record, results_dir, write_record
+
+    cfg = _sensor(args)
+    scene_u8 = _load_photo(args.image)
+    h, w = scene_u8.shape[:2]
+    scene_u8 = scene_u8[: h - h % 2, : w - w % 2]  # a Bayer mosaic needs even sizes
+    t0 = time.perf_counter()
+    exp = camera.exposure_program(cfg, args.lux)
+    raw = camera.capture(scene_u8, exp, cfg, args.seed)
+    out = isp.process(raw, camera.isp_for(cfg, exp, demosaic=args.demosaic))
+    seconds = time.perf_counter() - t0
+    ideal = scene_u8 if out.ndim == scene_u8.ndim else isp.luma(scene_u8)
+    folder = Path(args.out) if args.out else results_dir(args.results) / "sensor"
+    stem = f"photo_{Path(args.image).stem}_{cfg.name}_{args.lux:g}lux_adc{cfg.adc_bits}_{args.demosaic}"
+    white_dn = max(float(exp.white_e.max() * cfg.system_gain), 1.0)
+    raw_view = np.clip((raw - cfg.black_level_dn) * (255.0 / white_dn), 0, 255)
+    files = {"scene": _save_png(ideal, folder / f"{stem}_scene.png"),
+             "raw": _save_png(raw_view, folder / f"{stem}_raw.png"),
+             "isp": _save_png(out, folder / f"{stem}_isp.png")}
+    metrics = {"psnr_db": psnr_db(out, ideal), "lux": args.lux, "exposure_s": exp.exposure_s,
+               "white_electrons": float(exp.white_e.max()), "seconds": round(seconds, 2)}
+    tag = args.tag or f"{args.lux:g}lux-adc{cfg.adc_bits}-{args.demosaic}"
+    record = make_record("sensor", model=_sensor_model(cfg),
+                         data={"name": Path(args.image).stem, "split": "photo", "size": 1},
+                         config={"method": "isp-photo", "tag": tag,
+                                 "sensor": cfg.to_dict(), "lux": args.lux, "demosaic": args.demosaic},
+                         metrics=metrics, seed=args.seed, extra={"images": {k: str(v) for k, v in files.items()}})
+    path = write_record(record, args.results)
+    print(f"{args.image} at {args.lux:g} lux through {cfg.name}: exposure {1e3 * exp.exposure_s:.2f} ms, "
+          f"white {metrics['white_electrons']:.0f} e-, PSNR {metrics['psnr_db']:.1f} dB vs the scene -> "
+          f"{files['isp']}, {path}")
+    return 0
+
+
+def _evaluators(args: argparse.Namespace, shape: tuple[int, ...]):
+    """Evaluator per --fp model, --quantized fake-quant file and --program integer program."""
+    import numpy as np
+    import torch
+
+    from hwsim.sensor import isp
+    from hwsim.sensor.sweep import Evaluator
+    from intprog import reference
+    from intprog.program import ProgramError, load
+    from pfcr.data import FMNIST_MEAN, FMNIST_STD, fmnist_to_tensor
+    from pfcr.models import load_model, sha256_file
+    from pfcr.quantize import load_qmodel, read_qmodel_meta
+
+    def torch_predict(module):
+        @torch.inference_mode()
+        def predict(images):
+            module.eval()
+            return np.concatenate([module(fmnist_to_tensor(b)).argmax(1).numpy()
+                                   for b in np.array_split(images, max(1, len(images) // 256))])
+        return predict
+
+    def program_predict(program, lut):
+        def predict(images):
+            return np.concatenate([reference.run(program, lut[b][:, None]).argmax(1)
+                                   for b in np.array_split(images, max(1, len(images) // 256))])
+        return predict
+
+    def model_rec(loaded):
+        return {"name": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256}
+
+    out = []
+    for name in args.fp:
+        loaded = load_model(name)
+        out.append(Evaluator("sensor-fp32", None, None, model_rec(loaded), torch_predict(loaded.module)))
+    for q in args.quantized:
+        qcfg, meta = read_qmodel_meta(q)
+        loaded = load_model(meta["model"])
+        out.append(Evaluator("sensor-fake-quant", qcfg.w_bits, qcfg.a_bits, model_rec(loaded),
+                             torch_predict(load_qmodel(q, loaded.module)), str(q), sha256_file(q)))
+    for p in args.program:
+        try:
+            program = load(p)
+        except ProgramError as err:
+            raise SuiteError(str(err)) from None
+        if list(program.input["shape"]) != [1, *shape]:
+            raise SuiteError(f"{p} takes input {program.input['shape']}, but the sensor sees Fashion-MNIST scenes "
+                             f"{[1, *shape]}; use a program exported for a 28x28 grayscale model")
+        loaded = load_model(program.meta["model"], program.meta.get("checkpoint"),
+                            **program.meta.get("model_kwargs", {}))
+        lut = isp.input_code_lut(program.input, FMNIST_MEAN, FMNIST_STD)
+        out.append(Evaluator("sensor-intprog", program.meta.get("w_bits"), program.meta.get("a_bits"),
+                             model_rec(loaded), program_predict(program, lut), str(p), sha256_file(p)))
+    if not out:
+        raise SuiteError("nothing to evaluate: give --program, --quantized and/or --fp")
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Top-1 through the sensor over illuminance x ADC bits; one `sensor` record per point."""
+    from hwsim.sensor import sweep
+    from pfcr.data import load_fmnist_arrays
+
+    cfg = _sensor(args)
+    if cfg.cfa != "mono":
+        raise SuiteError(f"the sweep sees grayscale Fashion-MNIST scenes with a monochrome sensor; {cfg.name} is "
+                         f"{cfg.cfa} (use mono-3um or a JSON sensor with \"cfa\": \"mono\")")
+    images, labels = load_fmnist_arrays(args.split)
+    images, labels = images[: args.limit], labels[: args.limit]
+    evaluators = _evaluators(args, images.shape[1:])
+    data = {"name": "fashion-mnist", "split": args.split, "size": len(images)}
+    print(f"sweep: {len(evaluators)} models x {len(args.lux)} illuminances x {len(args.adc_bits)} ADC depths "
+          f"on {len(images)} {args.split} images through {cfg.name}", flush=True)
+    sweep.run(evaluators, images, labels, args.lux, args.adc_bits, cfg, args.seed, args.results, args.tag, data,
+              log=lambda s: print(s, flush=True))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, common) -> None:
+    sp = sub.add_parser("sensor", help="CMOS sensor + fixed-point ISP simulator (emva, photo, sweep)")
+    ssub = sp.add_subparsers(dest="sensor_command", required=True, metavar="SENSOR_COMMAND")
+
+    def sensor_args(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument("--sensor", default=default, help=f"a preset (mono-3um, rggb-1.4um) or a JSON file of "
+                       f"SensorConfig fields (default {default})")
+        p.add_argument("--analog-gain", type=float, default=None, help="override the sensor's analog gain")
+        p.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+        common(p)
+
+    p = ssub.add_parser("emva", help="EMVA 1288 photon-transfer measurement of the simulated sensor")
+    p.add_argument("--adc-bits", dest="adc_bits_one", type=int, default=None, help="override the ADC bits")
+    p.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
+    p.add_argument("--steps", type=int, default=80, help="exposure steps (default 80)")
+    sensor_args(p, "mono-3um")
+    p.set_defaults(func=cmd_emva)
+
+    p = ssub.add_parser("photo", help="a natural photo through the sensor and ISP, written as PNGs")
+    p.add_argument("--image", default="astronaut", help=f"a scikit-image sample ({', '.join(PHOTOS)}) or an image file")
+    p.add_argument("--lux", type=float, default=100.0, help="scene illuminance (default 100)")
+    p.add_argument("--adc-bits", dest="adc_bits_one", type=int, default=None, help="override the ADC bits")
+    p.add_argument("--demosaic", default="mhc", choices=["mhc", "bilinear"])
+    p.add_argument("--out", default=None, help="PNG folder (default <results>/sensor)")
+    sensor_args(p, "rggb-1.4um")
+    p.set_defaults(func=cmd_photo)
+
+    p = ssub.add_parser("sweep", help="top-1 of models seeing Fashion-MNIST through the sensor, vs lux and ADC bits")
+    p.add_argument("--program", nargs="*", default=[], help="integer program files (pfcr export)")
+    p.add_argument("--quantized", nargs="*", default=[], help="fake-quant model files (pfcr quantize)")
+    p.add_argument("--fp", nargs="*", default=[], help="float zoo models, e.g. vit_fmnist")
+    p.add_argument("--lux", type=float, nargs="+", default=[1.0, 10.0, 100.0], help="illuminances (default 1 10 100)")
+    p.add_argument("--adc-bits", type=int, nargs="+", default=[8, 12], help="ADC depths (default 8 12)")
+    p.add_argument("--limit", type=int, default=200, help="first N test images (default 200)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    sensor_args(p, "mono-3um")
+    p.set_defaults(func=cmd_sweep, tag="sweep")
+
+
+def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
+    """EMVA check, one photo, and a short sweep of the W4A4 program (a longer one with --full)."""
+    r = ["--results", str(results)]
+    grid = (["--lux", "0.3", "1", "3", "10", "100", "1000", "--adc-bits", "6", "8", "10", "12", "--limit", "1000"]
+            if full else ["--lux", "1", "10", "100", "--adc-bits", "6", "10", "--limit", "200"])
+    return [
+        ("sensor: EMVA 1288 photon transfer (mono-3um, 12-bit ADC)", ["sensor", "emva", "--adc-bits", "12", *r]),
+        ("sensor: a natural photo through the Bayer sensor and ISP", ["sensor", "photo", "--image", "astronaut",
+                                                                      "--lux", "100", *r]),
+        ("sensor: W4A4 integer program vs illuminance and ADC bits",
+         ["sensor", "sweep", "--program", str(programs["W4A4"]), *grid, "--tag", "main", *r]),
+    ]
