@@ -170,6 +170,8 @@ def _evaluators(args: argparse.Namespace, shape: tuple[int, ...]):
         if list(program.input["shape"]) != [1, *shape]:
             raise SuiteError(f"{p} takes input {program.input['shape']}, but the sensor sees Fashion-MNIST scenes "
                              f"{[1, *shape]}; use a program exported for a 28x28 grayscale model")
+        if "model" not in program.meta:
+            raise SuiteError(f"{p} does not name its model in its metadata; write it with `pfcr export`")
         loaded = load_model(program.meta["model"], program.meta.get("checkpoint"),
                             **program.meta.get("model_kwargs", {}))
         lut = isp.input_code_lut(program.input, FMNIST_MEAN, FMNIST_STD)
