@@ -139,13 +139,19 @@ class IntSoftmaxLog2:
             raise ValueError(f"softmax input scale {in_scale} is too coarse for the integer kernel")
         return cls(int(m), int(s), bits)
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray, masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and the zero mask; `masked` (broadcastable bools) marks entries of probability 0
+        whatever their logit (Swin's shifted-window mask), left out of the maximum and the sum."""
         x = np.asarray(x, dtype=np.int64)
+        if masked is not None:
+            x = np.where(masked, np.iinfo(np.int64).min >> 2, x)
         # <= 0; clamped so that d * M stays below 2^62 (anything that low is a zero probability)
         d = np.maximum(x - x.max(axis=-1, keepdims=True), -(1 << 31))
         t = -round_shift(-d * self.multiplier, self.shift - EXP_FRAC_BITS, Rounding.HALF_UP)  # <= 0, Q8
         whole, frac = (-t) >> EXP_FRAC_BITS, (-t) & ((1 << EXP_FRAC_BITS) - 1)
         e = np.where(whole > 62, 0, self.exp2_table[frac] >> np.minimum(whole, 62))
+        if masked is not None:
+            e = np.where(masked, 0, e)
         total = e.sum(axis=-1, keepdims=True)  # >= 2^30: the maximum contributes 2^0
         q = round_shift(_ilog2_fixed(total) - _ilog2_fixed(np.maximum(e, 1)), LOG_FRAC_BITS, Rounding.HALF_UP)
         zero = (e == 0) | (q >= 1 << self.bits)

@@ -20,7 +20,7 @@ import numpy as np
 
 FORMAT = "intprog"
 VERSION = 1
-# op kind -> (number of inputs, constant roles it needs)
+# op kind -> (number of inputs, constant roles it needs); attention may also carry "bias" and "mask" (Swin)
 OPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "patchify": (1, ()),
     "linear": (1, ("weight", "weight_zp", "bias", "multiplier", "shift", "out_zp", "qmin", "qmax")),
@@ -34,6 +34,8 @@ OPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "requantize": (1, ("multiplier", "shift", "out_zp", "qmin", "qmax")),
     "lut": (1, ("table",)),
     "take_token": (1, ()),
+    "gather_tokens": (1, ("index",)),
+    "sum_tokens": (1, ()),
 }
 _INT_DTYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64)
 
@@ -164,7 +166,7 @@ def validate(graph: dict, consts: dict[str, np.ndarray], where: str) -> None:
         for name in op["in"]:
             if name not in defined:
                 raise ProgramError(f"{where}: op {i} ({kind}) reads {name!r} before it is computed")
-        for role in roles:
+        for role in dict.fromkeys([*roles, *op["consts"]]):
             key = op["consts"].get(role)
             if key not in consts:
                 raise ProgramError(f"{where}: op {i} ({kind}) misses its constant {role!r} ({key})")

@@ -54,13 +54,32 @@ def _merge_heads(xs, attrs, c):
 
 
 def _attention(xs, attrs, c):
-    """softmax((q - zq)(k - zk)^T s_q s_k) as log2 codes, then sum_j (v_j - zv) 2^(L - code_j)."""
+    """softmax((q - zq)(k - zk)^T s_q s_k + bias) as log2 codes, then sum_j (v_j - zv) 2^(L - code_j).
+
+    With attrs["window"] = w > 0 the tokens form consecutive groups of w that attend only within
+    their group (Swin's windows, tokens already in window order); "bias" [H, w, w] is added to the
+    integer logits shifted left by attrs["logit_shift"], and "mask" [groups, w, w] (nonzero = masked)
+    zeroes probabilities.
+    """
     q, k, v = (xs[i] - attrs[z] for i, z in enumerate(("q_zp", "k_zp", "v_zp")))
-    logits = np.einsum("bhnd,bhmd->bhnm", q, k)
-    codes, zero = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])(logits)
+    b, h, n, d = q.shape
+    groups = n // attrs["window"] if attrs.get("window") else 1
+    q, k, v = (t.reshape(b, h, groups, -1, t.shape[-1]) for t in (q, k, v))
+    logits = np.einsum("bhgnd,bhgmd->bhgnm", q, k)
+    if "bias" in c:  # the bias has 2^logit_shift finer steps than q.k
+        logits = (logits << attrs["logit_shift"]) + c["bias"][None, :, None]
+    masked = c["mask"][None, None] != 0 if "mask" in c else None
+    codes, zero = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])(logits, masked)
     top = attrs["max_code"]
     weight = np.where(zero | (codes > top), 0, np.left_shift(np.int64(1), np.maximum(top - codes, 0)))
-    return np.einsum("bhnm,bhmd->bhnd", weight, v)
+    return np.einsum("bhgnm,bhgmd->bhgnd", weight, v).reshape(b, h, n, d)
+
+
+def _gather_tokens(xs, attrs, c):
+    """out[:, i] = concat_j x[:, index[i, j]]: token permutations (Swin's windows, k = 1) and 2x2
+    patch merging (k = 4)."""
+    x, idx = xs[0], c["index"]
+    return x[:, idx].reshape(x.shape[0], idx.shape[0], -1)
 
 
 KERNELS: dict[str, Kernel] = {
@@ -77,6 +96,8 @@ KERNELS: dict[str, Kernel] = {
     "requantize": _requantize,
     "lut": lambda xs, a, c: apply_lut(xs[0], c["table"], a["in_bits"]),
     "take_token": lambda xs, a, c: xs[0][:, a["index"]],
+    "gather_tokens": _gather_tokens,
+    "sum_tokens": lambda xs, a, c: xs[0].sum(axis=1),
 }
 
 

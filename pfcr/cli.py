@@ -251,14 +251,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from pfcr import data
-    from pfcr.export import export_vit
+    from pfcr.export import export_program
     from pfcr.models import sha256_file
     from pfcr.records import make_record, write_record
 
     torch.manual_seed(args.seed)
     loaded, qm, _ = _quantized_model(args)
     images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, loaded.module)
-    program = export_vit(qm, images)
+    program = export_program(qm, images)
     program.meta.update({"model": args.model, "model_kwargs": args.model_kwargs, "checkpoint": loaded.checkpoint,
                          "w_bits": qm.cfg.w_bits, "a_bits": qm.cfg.a_bits,
                          "quantized": str(args.quantized), "quantized_sha256": sha256_file(args.quantized)})

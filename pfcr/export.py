@@ -1,4 +1,4 @@
-"""Export a quantized timm ViT/DeiT to the integer program (intprog).
+"""Export a quantized timm ViT/DeiT or Swin to the integer program (intprog).
 
 Beyond the fake-quant model's own quantizers, the integer program needs three scales that the
 fake-quant protocol leaves float; they are measured on calibration images:
@@ -7,7 +7,13 @@ fake-quant protocol leaves float; they are measured on calibration images:
 - the logits: int32 at scale max|logits| / 2^20 (one scale for all classes, so argmax is exact).
 LayerNorm, softmax and GELU become the integer kernels of intprog/nonlinear.py; attention
 probabilities below 2^-15 are dropped in attention x V (documented approximations).
-Swin is not exported yet.
+
+Swin: tokens stay [B, H*W, C] in row-major order. A shifted-window attention gathers its tokens into
+window order (the cyclic shift and the partition are one fixed permutation), attends within
+consecutive groups of window-area tokens with the relative position bias rounded to the logit
+scale and the shift mask as "probability zero", and gathers the result back. Patch merging is a
+gather of 2x2 neighbours into 4C channels, then LayerNorm and the reduction. The head's average
+pool is an integer sum requantized by 1/N.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pfcr.quant.quantizers import UniformQuantizer
 
 STREAM_BITS = 20  # fraction of int32 used by the residual stream's largest calibration value
 ROUNDING = Rounding.HALF_UP
+BIAS_BITS = 8  # extra fraction bits of Swin's attention logits, for the relative position bias
 _I32 = (-(1 << 31), (1 << 31) - 1)
 
 
@@ -72,85 +79,193 @@ def _layernorm(p: Program, name: str, x: str, norm: nn.LayerNorm, s_stream: floa
 
 
 @torch.no_grad()
-def _ranges(qm: QuantModel, images: torch.Tensor) -> tuple[float, float, float]:
-    """max |residual stream|, max |fc1 output|, max |logits| of the fake-quant model on `images`."""
-    fc1_max = [0.0]
+def _ranges(qm: QuantModel, images: torch.Tensor) -> dict[str, float]:
+    """max |x| of the fake-quant model on `images`: the residual stream, the fc1 outputs, the
+    logits, and (Swin) the patch embedding's conv output and the final norm's output."""
+    seen = {"fc1": 0.0, "embed": 0.0, "norm": 0.0}
+    m = qm.model
 
-    def watch(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
-        fc1_max[0] = max(fc1_max[0], out.abs().max().item())
+    def watch(key: str):
+        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+            seen[key] = max(seen[key], out.abs().max().item())
+        return hook
 
-    hooks = [blk.mlp.fc1.register_forward_hook(watch) for blk in qm.model.blocks]
-    stream_max, x = 0.0, images
+    blocks = [blk for stage in m.layers for blk in stage.blocks] if qm.family == "swin" else m.blocks
+    hooks = [blk.mlp.fc1.register_forward_hook(watch("fc1")) for blk in blocks]
+    hooks += [m.patch_embed.proj.register_forward_hook(watch("embed")), m.norm.register_forward_hook(watch("norm"))]
+    stream, x = 0.0, images
     try:
         for unit in qm.units[:-1]:
             x = unit(x)
-            stream_max = max(stream_max, x.abs().max().item())
+            stream = max(stream, x.abs().max().item())
         logits = qm.units[-1](x)
     finally:
         for h in hooks:
             h.remove()
-    return stream_max, fc1_max[0], logits.abs().max().item()
+    return {**seen, "stream": stream, "logits": logits.abs().max().item()}
 
 
-@torch.no_grad()
-def export_vit(qm: QuantModel, images: torch.Tensor) -> Program:
-    """The integer program of a quantized ViT/DeiT; `images` (calibration) fix the extra scales."""
-    if qm.family != "vit":
-        raise ModelError("integer export supports ViT/DeiT for now; Swin export is not implemented yet")
-    m = qm.model.eval()
-    qm.eval()
-    stream_max, fc1_max, logit_max = _ranges(qm, images)
-    s_res = stream_max / (1 << STREAM_BITS)
-    s_gelu = fc1_max / 127
-    s_logit = logit_max / (1 << STREAM_BITS)
-    conv = m.patch_embed.proj
+class _Scales:
+    """The scales the integer program adds to the fake-quant model's (see the module docstring)."""
+
+    def __init__(self, qm: QuantModel, images: torch.Tensor):
+        r = _ranges(qm, images)
+        self.res = r["stream"] / (1 << STREAM_BITS)
+        self.gelu = r["fc1"] / 127
+        self.logit = r["logits"] / (1 << STREAM_BITS)
+        self.embed = r["embed"] / (1 << STREAM_BITS)
+        self.norm = r["norm"] / (1 << 15)  # Swin's final norm, summed by the pool: int16-like codes
+
+
+def _program(qm: QuantModel, images: torch.Tensor, s: _Scales) -> tuple[Program, tuple]:
+    conv = qm.model.patch_embed.proj
     in_q = _act(conv.a_quant)
     c, h, w = images.shape[1:]
     p = Program(input={"name": "image", "shape": [c, h, w], "scale": in_q[0], "zero_point": in_q[1],
                        "qmin": in_q[2], "qmax": in_q[3]},
-                output={"name": "logits", "scale": s_logit},
-                meta={"family": "vit", "residual_scale": s_res, "gelu_scale": s_gelu})
-    x = p.add("patchify", ["image"], "patches", {"patch": conv.weight.shape[-1]})
-    x = _linear(p, "embed", x, conv, in_q, s_res, 0, *_I32)
-    cls_token = np.round(_np(m.cls_token).reshape(-1) / s_res).astype(np.int64)
+                output={"name": "logits", "scale": s.logit},
+                meta={"family": qm.family, "residual_scale": s.res, "gelu_scale": s.gelu})
+    return p, in_q
+
+
+def _attention(p: Program, t: str, h_: str, a: nn.Module, s_res: float, window: dict | None = None) -> str:
+    """qkv -> heads -> integer softmax and attention x V -> merged heads -> proj, at the stream scale.
+
+    `window` (Swin): {"size": tokens per window, "bias": [H, w, w] float, "mask": [nW, w, w] bool or None}.
+    """
+    qkv_in = _act(a.qkv.a_quant)
+    qq, kq, vq = _act(a.matmul_qk.a_quant), _act(a.matmul_qk.b_quant), _act(a.matmul_av.b_quant)
+    dim = a.qkv.weight.shape[0] // 3
+    # One GEMM; each third of the columns requantized to its own operand's quantization.
+    per = [(qq, a.scale), (kq, 1.0), (vq, 1.0)]
+    out_scale = np.concatenate([np.full(dim, q[0] / f) for q, f in per])
+    zp, lo, hi = (np.concatenate([np.full(dim, q[j]) for q, _ in per]) for j in (1, 2, 3))
+    qkv = _linear(p, t + "qkv", h_, a.qkv, qkv_in, out_scale, zp, lo, hi)
+    heads = [p.add("split_heads", [qkv], t + n, {"start": j * dim, "dim": dim, "heads": a.num_heads})
+             for j, n in enumerate(("q", "k", "v"))]
+    # Swin's bias gets 2^BIAS_BITS finer steps than q.k (at 3-4 bits one q.k step is coarse).
+    shift = BIAS_BITS if window is not None else 0
+    sm = IntSoftmaxLog2.build(qq[0] * kq[0] / 2**shift, a.matmul_av.a_quant.bits)
+    top = min((1 << sm.bits) - 1, 15)
+    attrs = {"q_zp": qq[1], "k_zp": kq[1], "v_zp": vq[1], "sm_multiplier": sm.multiplier,
+             "sm_shift": sm.shift, "bits": sm.bits, "max_code": top}
+    consts = {}
+    if window is not None:
+        attrs.update(window=window["size"], logit_shift=shift)
+        consts["bias"] = np.round(window["bias"] * 2**shift / (qq[0] * kq[0])).astype(np.int64)
+        if window["mask"] is not None:
+            consts["mask"] = window["mask"].astype(np.int8)
+    att = p.add("attention", heads, t + "attn", attrs, consts)
+    att = p.add("merge_heads", [att], t + "attn_merged")
+    proj_in = _act(a.proj.a_quant)
+    att = p.add("requantize", [att], t + "proj_in", {"rounding": ROUNDING},
+                _requant_consts(vq[0] * 2.0**-top / proj_in[0], proj_in[1], proj_in[2], proj_in[3], 1))
+    return _linear(p, t + "proj", att, a.proj, proj_in, s_res, 0, *_I32)
+
+
+def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
+    """x + fc2(GELU(fc1(norm2(x)))): GELU is a table from fc1's int8 output to fc2's input codes."""
+    fc1_in = _act(blk.mlp.fc1.a_quant)
+    h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, fc1_in)
+    h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, s.gelu, 0, -127, 127)
+    fc2_in = _act(blk.mlp.fc2.a_quant)
+    table = build_lut(_gelu, s.gelu, 0, 8, *fc2_in)
+    h_ = p.add("lut", [h_], t + "gelu", {"in_bits": 8}, {"table": table})
+    h_ = _linear(p, t + "fc2", h_, blk.mlp.fc2, fc2_in, s.res, 0, *_I32)
+    return p.add("add", [x, h_], t + "stream")
+
+
+def export_program(qm: QuantModel, images: torch.Tensor) -> Program:
+    """The integer program of a quantized ViT/DeiT or Swin; `images` (calibration) fix the extra scales."""
+    return export_swin(qm, images) if qm.family == "swin" else export_vit(qm, images)
+
+
+def export_vit(qm: QuantModel, images: torch.Tensor) -> Program:
+    """The integer program of a quantized ViT/DeiT."""
+    if qm.family != "vit":
+        raise ModelError(f"export_vit takes a ViT/DeiT, got a {qm.family} model: use export_program")
+    m = qm.model.eval()
+    qm.eval()
+    s = _Scales(qm, images)
+    p, in_q = _program(qm, images, s)
+    x = p.add("patchify", ["image"], "patches", {"patch": m.patch_embed.proj.weight.shape[-1]})
+    x = _linear(p, "embed", x, m.patch_embed.proj, in_q, s.res, 0, *_I32)
+    cls_token = np.round(_np(m.cls_token).reshape(-1) / s.res).astype(np.int64)
     x = p.add("prepend", [x], "tokens", consts={"token": cls_token})
-    x = p.add("add_const", [x], "stream0", consts={"value": np.round(_np(m.pos_embed)[0] / s_res).astype(np.int64)})
+    x = p.add("add_const", [x], "stream0", consts={"value": np.round(_np(m.pos_embed)[0] / s.res).astype(np.int64)})
     for i, blk in enumerate(m.blocks):
-        a, t = blk.attn, f"b{i}."
-        qkv_in = _act(a.qkv.a_quant)
-        h_ = _layernorm(p, t + "ln1", x, blk.norm1, s_res, qkv_in)
-        qq, kq, vq = _act(a.matmul_qk.a_quant), _act(a.matmul_qk.b_quant), _act(a.matmul_av.b_quant)
-        dim = a.qkv.weight.shape[0] // 3
-        # One GEMM; each third of the columns requantized to its own operand's quantization.
-        per = [(qq, a.scale), (kq, 1.0), (vq, 1.0)]
-        out_scale = np.concatenate([np.full(dim, q[0] / f) for q, f in per])
-        zp, lo, hi = (np.concatenate([np.full(dim, q[j]) for q, _ in per]) for j in (1, 2, 3))
-        qkv = _linear(p, t + "qkv", h_, a.qkv, qkv_in, out_scale, zp, lo, hi)
-        heads = [p.add("split_heads", [qkv], t + n, {"start": j * dim, "dim": dim, "heads": a.num_heads})
-                 for j, n in enumerate(("q", "k", "v"))]
-        sm = IntSoftmaxLog2.build(qq[0] * kq[0], a.matmul_av.a_quant.bits)
-        top = min((1 << sm.bits) - 1, 15)
-        att = p.add("attention", heads, t + "attn",
-                    {"q_zp": qq[1], "k_zp": kq[1], "v_zp": vq[1], "sm_multiplier": sm.multiplier,
-                     "sm_shift": sm.shift, "bits": sm.bits, "max_code": top})
-        att = p.add("merge_heads", [att], t + "attn_merged")
-        proj_in = _act(a.proj.a_quant)
-        att = p.add("requantize", [att], t + "proj_in", {"rounding": ROUNDING},
-                    _requant_consts(vq[0] * 2.0**-top / proj_in[0], proj_in[1], proj_in[2], proj_in[3], 1))
-        att = _linear(p, t + "proj", att, a.proj, proj_in, s_res, 0, *_I32)
-        x = p.add("add", [x, att], t + "stream_attn")
-        fc1_in = _act(blk.mlp.fc1.a_quant)
-        h_ = _layernorm(p, t + "ln2", x, blk.norm2, s_res, fc1_in)
-        h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, s_gelu, 0, -127, 127)
-        fc2_in = _act(blk.mlp.fc2.a_quant)
-        table = build_lut(_gelu, s_gelu, 0, 8, *fc2_in)
-        h_ = p.add("lut", [h_], t + "gelu", {"in_bits": 8}, {"table": table})
-        h_ = _linear(p, t + "fc2", h_, blk.mlp.fc2, fc2_in, s_res, 0, *_I32)
-        x = p.add("add", [x, h_], t + "stream")
+        t = f"b{i}."
+        h_ = _layernorm(p, t + "ln1", x, blk.norm1, s.res, _act(blk.attn.qkv.a_quant))
+        x = p.add("add", [x, _attention(p, t, h_, blk.attn, s.res)], t + "stream_attn")
+        x = _mlp(p, t, x, blk, s)
     x = p.add("take_token", [x], "cls", {"index": 0})
     head_in = _act(m.head.a_quant)
-    x = _layernorm(p, "norm", x, m.norm, s_res, head_in)
-    _linear(p, "logits", x, m.head, head_in, s_logit, 0, *_I32)
+    x = _layernorm(p, "norm", x, m.norm, s.res, head_in)
+    _linear(p, "logits", x, m.head, head_in, s.logit, 0, *_I32)
+    return p
+
+
+def _token_grid(h: int, w: int) -> torch.Tensor:
+    """Token indices [1, H, W, 1], to push through timm's own reshapes and get their permutation."""
+    return torch.arange(h * w).view(1, h, w, 1)
+
+
+def _window_order(blk: nn.Module, h: int, w: int) -> np.ndarray:
+    """Row-major token index of each position in window order, after the cyclic shift."""
+    from timm.models.swin_transformer import window_partition
+
+    ws, shift = tuple(blk.window_size), tuple(blk.shift_size)
+    if h % ws[0] or w % ws[1]:
+        raise ModelError(f"Swin export needs resolutions divisible by the window: {h}x{w} tokens, window {ws}")
+    grid = _token_grid(h, w)
+    if any(shift):
+        grid = torch.roll(grid, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    return window_partition(grid, ws).reshape(-1).numpy()
+
+
+def export_swin(qm: QuantModel, images: torch.Tensor) -> Program:
+    """The integer program of a quantized Swin (see the module docstring for the window layout)."""
+    if qm.family != "swin":
+        raise ModelError(f"export_swin takes a Swin, got a {qm.family} model: use export_program")
+    m = qm.model.eval()
+    qm.eval()
+    s = _Scales(qm, images)
+    p, in_q = _program(qm, images, s)
+    pe = m.patch_embed
+    x = p.add("patchify", ["image"], "patches", {"patch": pe.proj.weight.shape[-1]})
+    x = _linear(p, "embed", x, pe.proj, in_q, s.embed, 0, *_I32)
+    x = _layernorm(p, "embed_norm", x, pe.norm, s.embed, (s.res, 0, *_I32))
+    h, w = pe.grid_size
+    for si, stage in enumerate(m.layers):
+        if not isinstance(stage.downsample, nn.Identity):
+            mg, t = stage.downsample, f"s{si}.merge."
+            if h % 2 or w % 2:
+                raise ModelError(f"Swin export needs even resolutions at patch merging, got {h}x{w} tokens")
+            index = _token_grid(h, w).reshape(1, h // 2, 2, w // 2, 2, 1).permute(0, 1, 3, 4, 2, 5).reshape(-1, 4)
+            x = p.add("gather_tokens", [x], t + "gather", consts={"index": index.numpy()})
+            red_in = _act(mg.reduction.a_quant)
+            x = _layernorm(p, t + "norm", x, mg.norm, s.res, red_in)
+            x = _linear(p, t + "reduction", x, mg.reduction, red_in, s.res, 0, *_I32)
+            h, w = h // 2, w // 2
+        for bi, blk in enumerate(stage.blocks):
+            t = f"s{si}.b{bi}."
+            order = _window_order(blk, h, w)
+            a = blk.attn
+            mask = blk.attn_mask
+            window = {"size": int(np.prod(blk.window_size)), "bias": _np(a.rel_pos._get_rel_pos_bias())[0],
+                      "mask": None if mask is None else _np(mask) < 0}
+            h_ = _layernorm(p, t + "ln1", x, blk.norm1, s.res, _act(a.qkv.a_quant))
+            h_ = p.add("gather_tokens", [h_], t + "to_windows", consts={"index": order[:, None]})
+            att = _attention(p, t, h_, a, s.res, window)
+            att = p.add("gather_tokens", [att], t + "from_windows", consts={"index": np.argsort(order)[:, None]})
+            x = p.add("add", [x, att], t + "stream_attn")
+            x = _mlp(p, t, x, blk, s)
+    head_in = _act(m.head.fc.a_quant)
+    x = _layernorm(p, "norm", x, m.norm, s.res, (s.norm, 0, *_I32))
+    x = p.add("sum_tokens", [x], "pooled_sum")
+    x = p.add("requantize", [x], "pooled", {"rounding": ROUNDING},
+              _requant_consts(s.norm / (h * w) / head_in[0], head_in[1], head_in[2], head_in[3], 1))
+    _linear(p, "logits", x, m.head.fc, head_in, s.logit, 0, *_I32)
     return p
 
 

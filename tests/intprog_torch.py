@@ -67,14 +67,32 @@ def layernorm(x: torch.Tensor, a: dict, c: dict) -> torch.Tensor:
     return torch.clamp(a["out_zp"] + c["beta_q"] + c["sign"] * y, a["qmin"], a["qmax"])
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: dict) -> torch.Tensor:
+def _window_structure(n: int, w: int, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windowed attention as dense attention over all n tokens: the bias [H, n, n] is block
+    diagonal and every pair outside a window (or masked inside one) is forbidden."""
+    group = torch.arange(n) // w
+    allowed = group[:, None] == group[None, :]
+    pos = torch.arange(n) % w
+    if "mask" in c:
+        allowed &= c["mask"][group[:, None], pos[:, None], pos[None, :]] == 0
+    bias = c["bias"][:, pos[:, None], pos[None, :]] if "bias" in c else torch.zeros(1, n, n, dtype=torch.int64)
+    return torch.where(allowed, bias, 0), allowed
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: dict, c: dict | None = None) -> torch.Tensor:
     logits = (q - a["q_zp"]) @ (k - a["k_zp"]).transpose(-1, -2)
-    d = torch.clamp(logits - logits.amax(-1, keepdim=True), min=-(1 << 31))
+    allowed = torch.ones_like(logits, dtype=torch.bool)
+    if a.get("window"):
+        bias, allowed = _window_structure(q.shape[-2], a["window"], c or {})
+        logits = logits * 2 ** a["logit_shift"] + bias
+        allowed = allowed.expand_as(logits)
+    row_max = torch.where(allowed, logits, torch.iinfo(torch.int64).min).amax(-1, keepdim=True)
+    d = torch.clamp(logits - row_max, min=-(1 << 31))
     t = -round_shift(-d * a["sm_multiplier"], a["sm_shift"] - _EXP_FRAC, "half_up")
     f = torch.arange(1 << _EXP_FRAC, dtype=torch.float64) / (1 << _EXP_FRAC)
     table = torch.round(torch.exp2(-f) * (1 << _EXP_ONE)).to(torch.int64)
     whole, frac = (-t) // (1 << _EXP_FRAC), (-t) % (1 << _EXP_FRAC)
-    e = torch.where(whole > 62, 0, table[frac] >> whole.clamp(max=62))
+    e = torch.where((whole > 62) | ~allowed, 0, table[frac.clamp(min=0)] >> whole.clamp(0, 62))
     code = round_shift(ilog2(e.sum(-1, keepdim=True)) - ilog2(e.clamp(min=1)), _LOG_FRAC, "half_up")
     top = a["max_code"]
     keep = (e > 0) & (code < (1 << a["bits"])) & (code <= top)
@@ -101,7 +119,12 @@ def _op(kind: str, xs: list[torch.Tensor], a: dict, c: dict) -> torch.Tensor:
         x = x[..., a["start"]:a["start"] + a["dim"]]
         return x.unflatten(-1, (a["heads"], -1)).transpose(1, 2)
     if kind == "attention":
-        return attention(*xs, a)
+        return attention(*xs, a, c)
+    if kind == "gather_tokens":
+        idx = c["index"]
+        return torch.cat([x[:, idx[:, j]] for j in range(idx.shape[1])], dim=-1)
+    if kind == "sum_tokens":
+        return x.sum(1)
     if kind == "merge_heads":
         return x.transpose(1, 2).flatten(2)
     if kind == "lut":
