@@ -71,6 +71,15 @@ def test_sweep_writes_one_record_per_point_and_resumes(zoo_program, results, tmp
     assert main(argv) == 0
     assert capsys.readouterr().out.count("record exists, skipped") == 4
 
+    from reports.load import records_frame
+    from reports.sensor import sections
+
+    _, accuracy, _ = sections(records_frame(results), tmp_path / "report")
+    assert sorted(accuracy.table["model"]) == ["FP32", "W4A4 integer program"]
+    assert {"0.1 lux", "1000 lux", "clean"} <= set(accuracy.table.columns)
+    (fig,) = accuracy.figures
+    assert fig.path.exists() and len(fig.records) == 4
+
 
 def test_main_stages_are_valid_command_lines(tmp_path):
     programs = {"W4A4": tmp_path / "w4.intprog.safetensors", "W3A3": tmp_path / "w3.intprog.safetensors"}
@@ -89,3 +98,22 @@ def test_sweep_on_the_real_w4a4_program_tracks_illuminance(zoo_program, results,
                  "--limit", "300", "--results", str(results)]) == 0
     top1 = {(r["config"]["lux"], r["config"]["adc_bits"]): r["metrics"]["top1"] for r in read_records(results)}
     assert top1[(100, 12)] > top1[(1, 12)] > top1[(1, 6)]
+
+
+def test_report_sections_from_sensor_records(results, tmp_path):
+    """EMVA table + photon-transfer plot, photo table + figure; each figure names its records."""
+    from PIL import Image
+
+    from reports.load import records_frame
+    from reports.sensor import sections
+
+    src = tmp_path / "flat.png"
+    Image.fromarray(np.full((16, 16, 3), 128, dtype=np.uint8)).save(src)
+    assert main(["sensor", "emva", "--size", "32", "--steps", "12", "--results", str(results)]) == 0
+    assert main(["sensor", "photo", "--image", str(src), "--results", str(results)]) == 0
+    emva, accuracy, photo = sections(records_frame(results), tmp_path / "report")
+    assert len(emva.table) == 1 and "(" in emva.table["system_gain"].iloc[0]
+    assert accuracy.table.empty and not accuracy.figures
+    assert photo.table["lux"].tolist() == [100.0]
+    for fig in emva.figures + photo.figures:
+        assert fig.path.stat().st_size > 1000 and len(fig.records) == 1
