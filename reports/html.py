@@ -22,10 +22,13 @@ img { max-width: 100%; }
 
 
 def render_html(sections: list[Section]) -> str:
+    """The page: a contents list (anchors, and each table's CSV beside the page), then the sections."""
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    body = [f"<h1>vit-edge-suite report</h1><p>Generated {created} from result records.</p>"]
+    toc = "".join(f'<li><a href="#{s.name}">{html.escape(s.title.split(" (")[0])}</a> '
+                  f'(<a href="{s.name}.csv">CSV</a>)</li>' for s in sections)
+    body = [f"<h1>vit-edge-suite report</h1><p>Generated {created} from result records.</p><ul>{toc}</ul>"]
     for s in sections:
-        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        body.append(f'<h2 id="{s.name}">{html.escape(s.title)}</h2>')
         body.append(s.table.to_html(index=False, border=0) if not s.table.empty else "<p><em>no records yet</em></p>")
         for f in s.figures:
             data = base64.b64encode(f.path.read_bytes()).decode("ascii")

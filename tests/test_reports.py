@@ -28,7 +28,9 @@ def test_report_tables_figures_and_html(tmp_path):
     assert "![ptq_m](ptq_m.png)" in md and "From 4 records: " in md
     assert "![ptq_m](report/ptq_m.png)" in readme.read_text()  # links relative to the README
     page = (tmp_path / "report" / "report.html").read_text()
-    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: self-contained
+    assert not re.search(r'src="(?!data:)', page)  # nothing to fetch: self-contained
+    for href in re.findall(r'href="([^"]+)"', page):  # the contents: anchors and the CSVs beside the page
+        assert f'id="{href[1:]}"' in page if href.startswith("#") else (tmp_path / "report" / href).is_file()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 1 and base64.b64decode(images[0]).startswith(b"\x89PNG")
     assert "<table" in page and "From 4 records" in page
