@@ -27,6 +27,8 @@ def _sensor_model(cfg) -> dict:
 
 def cmd_emva(args: argparse.Namespace) -> int:
     """EMVA 1288 photon transfer of the configured sensor; a `sensor` record with the curve."""
+    import numpy as np
+
     from hwsim.sensor import emva
     from pfcr.records import make_record, write_record
 
@@ -35,9 +37,11 @@ def cmd_emva(args: argparse.Namespace) -> int:
     ptc = emva.photon_transfer(cfg, (args.size, args.size), steps=args.steps, seed=args.seed)
     want = emva.expected(cfg, ptc.exposure_s[0])
     got = ptc.to_dict()
+    dark_dn = float(np.sqrt(ptc.var_y_dark[0]))
     metrics = {**{f"{k}": got[k] for k in want}, **{f"configured_{k}": v for k, v in want.items()},
                **{f"rel_error_{k}": got[k] / v - 1 for k, v in want.items()},
-               "saturation_e": ptc.saturation_e, "seconds": round(time.perf_counter() - t0, 2)}
+               "saturation_e": ptc.saturation_e, "dark_noise_dn": dark_dn,
+               "dark_noise_resolved": dark_dn >= emva.MIN_DARK_NOISE_DN, "seconds": round(time.perf_counter() - t0, 2)}
     curve = {k: got[k] for k in ("exposure_s", "mu_p", "mu_y", "mu_y_dark", "var_y", "var_y_dark")}
     record = make_record("sensor", model=_sensor_model(cfg),
                          data={"name": "flat-field", "split": "emva1288", "size": 4 * args.steps},
@@ -49,7 +53,12 @@ def cmd_emva(args: argparse.Namespace) -> int:
           f"{args.steps} steps):")
     for k, v in want.items():
         print(f"  {k:<22} measured {got[k]:>10.4g}   configured {v:>10.4g}   ({100 * (got[k] / v - 1):+.2f}%)")
-    print(f"  {'saturation_e':<22} measured {ptc.saturation_e:>10.4g}   (EMVA: at the variance peak)\n-> {path}")
+    print(f"  {'saturation_e':<22} measured {ptc.saturation_e:>10.4g}   (EMVA: at the variance peak)")
+    if not metrics["dark_noise_resolved"]:
+        print(f"  warning: the dark noise is {dark_dn:.2f} DN, below the {emva.MIN_DARK_NOISE_DN} DN EMVA 1288 needs: "
+              "the ADC's quantization hides it, so dark noise and dark current are not measurable here; "
+              "raise --analog-gain or --adc-bits")
+    print(f"-> {path}")
     return 0
 
 
@@ -93,6 +102,12 @@ def cmd_photo(args: argparse.Namespace) -> int:
 
     cfg = _sensor(args)
     scene_u8 = _load_photo(args.image)
+    if args.max_side and max(scene_u8.shape[:2]) > args.max_side:
+        from skimage.transform import rescale
+
+        # A coarser pixel grid over the same field of view: the scene as that sensor's optics deliver it.
+        factor = args.max_side / max(scene_u8.shape[:2])
+        scene_u8 = np.round(255 * rescale(scene_u8, factor, channel_axis=-1, anti_aliasing=True)).astype(np.uint8)
     h, w = scene_u8.shape[:2]
     scene_u8 = scene_u8[: h - h % 2, : w - w % 2]  # a Bayer mosaic needs even sizes
     t0 = time.perf_counter()
@@ -225,6 +240,7 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
     p.add_argument("--lux", type=float, default=100.0, help="scene illuminance (default 100)")
     p.add_argument("--adc-bits", dest="adc_bits_one", type=int, default=None, help="override the ADC bits")
     p.add_argument("--demosaic", default="mhc", choices=["mhc", "bilinear"])
+    p.add_argument("--max-side", type=int, default=None, help="scale the scene down to N pixels on its long side")
     p.add_argument("--out", default=None, help="PNG folder (default <results>/sensor)")
     sensor_args(p, "rggb-1.4um")
     p.set_defaults(func=cmd_photo)

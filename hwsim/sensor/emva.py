@@ -23,6 +23,8 @@ from hwsim.sensor.config import SensorConfig
 
 LINEAR_RANGE = 0.7  # fit K and the quantum efficiency below this fraction of saturation (EMVA 1288)
 QUANTIZATION_VAR_DN2 = 1 / 12
+# EMVA 1288 R4.0: below this temporal dark noise the ADC's quantization hides the dark noise.
+MIN_DARK_NOISE_DN = 0.5
 
 
 @dataclass
