@@ -169,13 +169,19 @@ def write_record(record: dict, directory: str | os.PathLike | None = None) -> Pa
 
 
 def read_records(directory: str | os.PathLike | None = None) -> list[dict]:
-    """Every valid record under `directory`, each with its file path in `_path`."""
+    """Every record under `directory`, each with its file path in `_path`.
+
+    JSON that does not claim to be a record (no "schema" key: job lists, artifact metadata) is
+    skipped; a file that claims to be one and breaks the schema is an error.
+    """
     out = []
     for path in sorted(results_dir(directory).rglob("*.json")):
         if path.name.startswith("."):
             continue  # state and temporary files, not records
         try:
             record = json.loads(path.read_text())
+            if not (isinstance(record, dict) and "schema" in record):
+                continue
             validate(record)
         except (json.JSONDecodeError, RecordError) as err:
             raise RecordError(f"{path}: {err}; fix or remove the file") from None

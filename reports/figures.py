@@ -70,3 +70,27 @@ def ablation(frame: pd.DataFrame, model: str, path: str | os.PathLike) -> list[s
     ax.invert_yaxis()
     _save(fig, path)
     return sorted(q["record"])
+
+
+def integer_vs_fake(frame: pd.DataFrame, path: str | os.PathLike) -> list[str]:
+    """Integer-only beside fake-quant top-1, per model and bit width (`run` records with both)."""
+    r = frame[(frame["kind"] == "run")] if not frame.empty else frame
+    if r.empty or "m.fake_quant_top1" not in r:
+        return []
+    r = r[r["m.fake_quant_top1"].notna()]
+    if r.empty:
+        return []
+    labels = [f"{row['model']}\nW{row['w_bits']:.0f}A{row['a_bits']:.0f} {row['tag'] or ''}\n{row['n']:.0f} img"
+              for _, row in r.iterrows()]
+    x = range(len(r))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(r)), 3.8))
+    ax.bar([i - 0.2 for i in x], 100 * r["m.fake_quant_top1"], 0.4, label="fake-quant (float nonlinearities)",
+           color="tab:blue")
+    ax.bar([i + 0.2 for i in x], 100 * r["m.top1"], 0.4, label="integer-only (reference executor)", color="tab:red")
+    lo = 100 * min(r["m.top1"].min(), r["m.fake_quant_top1"].min())
+    ax.set(ylim=(max(0.0, lo - 5), 100), ylabel="top-1 %", title="Fake-quant vs integer-only accuracy")
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+    return sorted(r["record"])

@@ -64,6 +64,9 @@ def build_sections(results: str | os.PathLike | None, out: Path) -> list[Section
                 ptq.figures.append(Figure(path, used))
     integer = Section("integer", "Integer-only accuracy (`pfcr run`, numpy reference executor) beside the "
                       "fake-quant model on the same images; agree = identical top-1 predictions", integer_table(frame))
+    used = figures.integer_vs_fake(frame, out / "integer_vs_fake.png")
+    if used:
+        integer.figures.append(Figure(out / "integer_vs_fake.png", used))
     sections = [fp, ptq, integer]
     for name in REPORT_MODULES:
         sections += importlib.import_module(name).sections(frame, out)
