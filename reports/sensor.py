@@ -33,6 +33,9 @@ def emva_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"sensor": r["model"].removeprefix("sensor-"), "tag": r["tag"]}
         for k in EMVA_KEYS:
             row[k] = f"{r[f'm.{k}']:.4g} ({100 * r[f'm.rel_error_{k}']:+.2f}%)"
+            resolved = r.get("m.dark_noise_resolved", True)
+            if k.startswith("dark") and not pd.isna(resolved) and not bool(resolved):
+                row[k] += " below 0.5 DN: not resolved"
         row["EMVA saturation e-"] = f"{r['m.saturation_e']:.4g}"
         row["record"] = Path(r["record"]).name
         rows.append(row)

@@ -34,6 +34,10 @@ class Evaluator:
     artifact: str | None = None
     artifact_sha256: str | None = None
 
+    @property
+    def label(self) -> str:
+        return self.method if self.w_bits is None else f"{self.method} W{self.w_bits}A{self.a_bits}"
+
 
 def sense(images_u8: np.ndarray, lux: float, cfg: SensorConfig, seed: int) -> tuple[np.ndarray, camera.Exposure]:
     """The camera's 8-bit output for scenes [N, H, W] at `lux`, and the exposure it chose."""
@@ -71,7 +75,7 @@ def run(evaluators: list[Evaluator], images: np.ndarray, labels: np.ndarray, lux
                 path = results_dir(results) / record_name({"kind": "sensor", "model": ev.model, "data": data,
                                                            "config": config, "seed": seed})
                 if path.exists() and json.loads(path.read_text())["config"].get("fingerprint") == fp:
-                    log(f"  {ev.method} W{ev.w_bits}A{ev.a_bits} {lux:g} lux {bits}-bit ADC: record exists, skipped")
+                    log(f"  {ev.label} {lux:g} lux {bits}-bit ADC: record exists, skipped")
                     continue
                 todo.append((i, ev, config))
             if not todo:
@@ -93,7 +97,7 @@ def run(evaluators: list[Evaluator], images: np.ndarray, labels: np.ndarray, lux
                 record = make_record("sensor", model=ev.model, data=data, config=config, metrics=metrics,
                                      seed=seed, extra=extra)
                 written.append(write_record(record, results))
-                log(f"  {ev.method} W{ev.w_bits}A{ev.a_bits} {lux:g} lux {bits}-bit ADC: top-1 {100 * top1:.1f}% "
+                log(f"  {ev.label} {lux:g} lux {bits}-bit ADC: top-1 {100 * top1:.1f}% "
                     f"(clean {100 * clean[i]:.1f}%), PSNR {quality['psnr_db']:.1f} dB, "
                     f"white {quality['white_electrons']:.0f} e- = {quality['white_dn']:.1f} DN")
     return written
