@@ -42,7 +42,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def _act(q: UniformQuantizer) -> tuple[float, int, int, int]:
     if q.scale.numel() != 1:
         raise ModelError("export needs per-tensor activation quantizers (reparameterize first)")
-    return float(q.scale), int(q.zero_point), q.qmin, q.qmax
+    return float(q.scale.detach()), int(q.zero_point), q.qmin, q.qmax
 
 
 def _requant_consts(real: np.ndarray, out_zp, qmin, qmax, n: int) -> dict[str, np.ndarray]:
