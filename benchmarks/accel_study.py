@@ -336,7 +336,7 @@ def main() -> int:
     sp.add_argument("--bits", nargs="+", default=["W4A4", "W3A3", "W8A8"])
     sp.add_argument("--widths", nargs="+", type=int, default=list(WIDTHS))
     sp.add_argument("--modes", nargs="+", default=["AP_SAT", "AP_WRAP"])
-    sp.add_argument("--limit", type=int, default=1000, help="test images (the first N)")
+    sp.add_argument("--limit", type=int, default=500, help="test images (the first N)")
     sp.set_defaults(func=accuracy)
     sp = sub.add_parser("speed")
     sp.add_argument("--limit", type=int, default=None)

@@ -93,9 +93,14 @@ def layer_cost(layer: Layer, cfg: AccelConfig) -> LayerCost:
     else:
         unit = cfg.units[layer.unit]
         compute = layer.passes * _ceil(layer.elements, unit.lanes) + unit.latency
-        sram = layer.elements * (layer.passes * layer.in_bits + layer.out_bits) / 8
+        if layer.unit == "shift_av":  # holds a head's V, streams its log2 codes, writes its outputs
+            sram = layer.count * (layer.m * layer.k * layer.w_bits + layer.k * layer.n * layer.in_bits
+                                  + layer.m * layer.n * layer.out_bits) / 8
+            on_chip = sram
+        else:  # streams its input `passes` times, writes its output once
+            sram = layer.elements * (layer.passes * layer.in_bits + layer.out_bits) / 8
+            on_chip = layer.elements * (layer.in_bits + layer.out_bits) / 8
         dram = 0.0
-        on_chip = layer.elements * (layer.in_bits + layer.out_bits) / 8
         energy = layer.elements * layer.passes * unit.pj_per_element
     energy += sram * cfg.sram_pj_per_byte + dram * cfg.dram_pj_per_byte
     cycles = max(compute, math.ceil(dram / cfg.dram_bytes_per_cycle))

@@ -116,7 +116,7 @@ def describe(op: dict, program: Program, ranges: dict[str, tuple[int, int]], sha
                       in_bits=in_bits, out_bits=32),
                 Layer(name + ".softmax", kind, "softmax", elements=h * t * t, passes=3,
                       in_bits=32, out_bits=a["bits"]),
-                Layer(name + ".av", kind, "shift_av", m=t, k=t, n=d, count=h, a_width=qk[2],
+                Layer(name + ".av", kind, "shift_av", m=t, k=t, n=d, count=h, a_width=qk[2], w_bits=a["bits"],
                       elements=h * t * t * d, in_bits=storage_bits(*ranges[op["in"][2]]),
                       out_bits=out_bits)]
     unit = UNIT_OF[kind]
