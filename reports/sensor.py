@@ -83,8 +83,15 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     pivot = (100 * pivot).round(1)
     pivot.columns = [f"{lux:g} lux" for lux in pivot.columns]
     clean = s.groupby(["study", "model_label", "m.adc_bits", "n"])["m.clean_top1"].first()
-    out = pivot.assign(**{"clean": (100 * clean).round(1)}).reset_index()
+    out = pivot.assign(clean=(100 * clean).round(1)).reset_index()
+    out["m.adc_bits"] = out["m.adc_bits"].astype(int)
     return out.rename(columns={"model_label": "model", "m.adc_bits": "ADC bits", "n": "images"})
+
+
+def _model_order(label: str) -> tuple:
+    """FP32 first, then wider bits first, fake-quant before the integer program of the same bits."""
+    bits = label.split()[0]
+    return (bits != "FP32", -int(bits[1:].split("A")[0]) if bits != "FP32" else 0, "integer" in label)
 
 
 def accuracy_figures(frame: pd.DataFrame, out: Path) -> list[Figure]:
@@ -92,7 +99,7 @@ def accuracy_figures(frame: pd.DataFrame, out: Path) -> list[Figure]:
     s = _sweeps(frame)
     figures = []
     for study, g in (s.groupby("study") if not s.empty else []):
-        models = sorted(g["model_label"].unique(), key=lambda m: (m.split()[0] != "FP32", m))
+        models = sorted(g["model_label"].unique(), key=_model_order)
         fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), sharey=True, squeeze=False)
         for ax, model in zip(axes[0], models, strict=True):
             m = g[g["model_label"] == model]
