@@ -1,0 +1,289 @@
+"""Integer program -> deployable artifact: a TVM shared library plus the metadata a runner needs.
+
+An artifact is a folder: `model.so` (the Relax VM executable, cross-linked for the board) and
+`artifact.json` (target, program sha256, input/output quantization, batch, versions). CUDA kernels
+are compiled ahead of time into the library as a fatbin: this machine has nvcc but no GPU, and
+without a loadable libcuda TVM silently embeds CUDA *source* instead (compiled on the board at load
+time). A stub libcuda that only satisfies the linker, plus TVM_CUDA_COMPILE_MODE=nvcc, makes TVM
+take its nvcc path (../shared/notes/tvm-0.27.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pfcr.atomic import atomic_path, atomic_write
+from pfcr.errors import SuiteError
+from tvm_backends.targets import Preset, check_toolchain, get, resolve
+
+FORMAT = "pfcr-tvm-artifact"
+VERSION = 1
+LIBRARY = "model.so"
+FP32_LIBRARY = "fp32.so"
+METADATA = "artifact.json"
+FATBIN_MAGIC = (0xBA55ED50).to_bytes(4, "little")
+
+
+class ArtifactError(SuiteError):
+    """A missing or malformed artifact, or one built from another program than the one given."""
+
+
+class BuildError(SuiteError):
+    """A build that did not produce what the target needs (e.g. CUDA source instead of a fatbin)."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """The suite's cache ($PFCR_CACHE, else ~/.cache/pfcr): stub libraries, the emulated Pi."""
+    return Path(os.environ.get("PFCR_CACHE") or Path.home() / ".cache" / "pfcr")
+
+
+def _stub_libcuda() -> Path:
+    """A libcuda.so.1 whose every driver entry point that TVM's CUDA runtime links returns
+    CUDA_ERROR_NO_DEVICE; built once per TVM version into the cache."""
+    import tvm
+    from tvm.base import _LOADED_LIBS
+
+    runtime = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent / "libtvm_runtime_cuda.so"
+    out = cache_dir() / f"stub-libcuda-tvm{tvm.__version__}" / "libcuda.so.1"
+    if out.exists():
+        return out
+    nm = subprocess.run(["nm", "-D", "--undefined-only", str(runtime)], capture_output=True, text=True, check=True)
+    symbols = sorted({line.split()[-1] for line in nm.stdout.splitlines()
+                      if line.split() and line.split()[-1].startswith("cu") and "@" not in line.split()[-1]})
+    source = "".join(f"int {s}(void) {{ return 100; }}\n" for s in symbols)
+    c_file = out.with_suffix(".c")
+    atomic_write(c_file, source)
+    with atomic_path(out) as tmp:
+        subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(tmp), str(c_file)],
+                       check=True, capture_output=True)
+    return out
+
+
+def enable_cuda_codegen() -> None:
+    """Make TVM compile CUDA kernels to a fatbin with nvcc, on a machine with or without a GPU."""
+    import tvm
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    if "tvm_runtime_cuda" in _LOADED_LIBS:
+        return
+    try:
+        ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        ctypes.CDLL(str(_stub_libcuda()), mode=ctypes.RTLD_GLOBAL)  # its soname satisfies TVM's runtime
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda",
+                                                       extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+    assert tvm.runtime.enabled("cuda")
+
+
+def check_cuda_library(path: str | os.PathLike, arch: str) -> dict[str, Any]:
+    """Prove that a library carries compiled kernels for `arch` and no CUDA source; BuildError if not."""
+    data = Path(path).read_bytes()
+    if b"__global__" in data:
+        raise BuildError(f"{path} embeds CUDA source, which the board would have to compile at load time; "
+                         "the build did not use nvcc (see tvm_backends/build.py: enable_cuda_codegen)")
+    if FATBIN_MAGIC not in data:
+        raise BuildError(f"{path} holds no CUDA fatbin")
+    if f"-arch {arch}".encode() not in data:
+        raise BuildError(f"{path} holds a fatbin, but not one compiled for {arch}")
+    return {"fatbin": True, "cuda_source": False, "cuda_arch": arch, "fatbin_count": data.count(FATBIN_MAGIC)}
+
+
+def _bind_threads(func, max_threads: int = 256):
+    """Every block's spatial loops fused and bound to CUDA blocks x threads, reductions serial per thread.
+
+    dlight's Fallback does the same after `normalize_prim_func`, which takes ~25 s on the integer
+    LayerNorm and softmax (their isqrt/log2 are long let-chains); this reads the loop kinds straight
+    from the block's iteration variables instead.
+    """
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        iters = sch.get(block).iter_vars
+        if len(loops) != len(iters):
+            return None  # not a plain loop nest: leave it to dlight
+        spatial = [lp for lp, it in zip(loops, iters, strict=True) if it.iter_type == 0]
+        reduce = [lp for lp, it in zip(loops, iters, strict=True) if it.iter_type != 0]
+        if not spatial:
+            spatial = [sch.add_unit_loop(block)]
+        sch.reorder(*spatial, *reduce)
+        bx, tx = sch.split(sch.fuse(*spatial), factors=[None, max_threads])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _cuda_schedule(mod, target):
+    """GEMMs by dlight's Matmul rule, marked `dlight.do_not_tensorize` (its int8 tensor-core path is
+    broken in TVM 0.27; the SIMT kernel uses dp4a); every other function by `_bind_threads`."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    mod = relax.get_pipeline("zero")(mod)
+    funcs = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            func = func.with_attr("dlight.do_not_tensorize", True)
+            scheduled = dl.ApplyDefaultSchedule(dl.gpu.Matmul())(tvm.IRModule({gv: func}))[gv.name_hint]
+            if "tirx.is_scheduled" not in (scheduled.attrs or {}):
+                scheduled = _bind_threads(func) or dl.ApplyDefaultSchedule(dl.gpu.Fallback())(
+                    tvm.IRModule({gv: func}))[gv.name_hint]
+            func = scheduled
+        funcs[gv] = func
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def compile_module(mod, preset: Preset, library: Path, cpu_schedule=None) -> dict[str, Any]:
+    """Schedule, compile and export a Relax module for `preset` to `library`; returns the build facts.
+
+    `cpu_schedule(mod, target)` schedules llvm targets (the integer schedules); None leaves TVM's
+    default pipeline (the FP32 baseline build).
+    """
+    import tvm
+
+    check_toolchain(preset)
+    if preset.device == "cuda":
+        enable_cuda_codegen()
+    target = tvm.target.Target(resolve(preset))
+    t0 = time.perf_counter()
+    with target:
+        if preset.device == "cuda":
+            mod = _cuda_schedule(mod, target)
+        elif cpu_schedule is not None:
+            mod = cpu_schedule(mod, target)
+        executable = tvm.compile(mod, target=target)
+    compile_s = time.perf_counter() - t0
+    partial = library.with_name(f".{library.stem}.partial.so")  # TVM picks the linker by the suffix
+    try:
+        executable.export_library(str(partial), **({"cc": preset.cc} if preset.cc else {}))
+        os.replace(partial, library)
+    finally:
+        partial.unlink(missing_ok=True)
+    facts = {"compile_seconds": round(compile_s, 3), "library_bytes": library.stat().st_size,
+             "library_sha256": sha256_file(library)}
+    if preset.device == "cuda":
+        facts.update(check_cuda_library(library, preset.cuda_arch))
+    return facts
+
+
+def _quantization(program, lowered) -> tuple[dict, dict]:
+    spec = program.input
+    inp = {"name": spec["name"], "shape": list(lowered.input_shape), "dtype": lowered.input_dtype,
+           "scale": spec["scale"], "zero_point": spec["zero_point"], "qmin": spec.get("qmin"), "qmax": spec.get("qmax")}
+    out = {"name": program.output["name"], "shape": list(lowered.output_shape), "dtype": lowered.output_dtype,
+           "scale": program.output["scale"], "zero_point": program.output.get("zero_point", 0)}
+    return inp, out
+
+
+def compile_program(program_path: str | os.PathLike, target: str, out_dir: str | os.PathLike,
+                    batch: int = 1) -> Artifact:
+    """Lower, schedule and compile an integer program file into an artifact folder."""
+    from intprog.program import ProgramError, load
+    from pfcr.records import versions
+    from tvm_backends.lower import lower
+
+    try:
+        from tvm_backends.schedules import schedule
+    except ImportError:  # TEMP until helper A's schedules land
+        schedule = None
+
+    preset = get(target)
+    check_toolchain(preset)  # before the slow part
+    try:
+        program = load(program_path)
+    except ProgramError as err:
+        raise SuiteError(str(err)) from None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lowered = lower(program, batch=batch)
+    lower_s = time.perf_counter() - t0
+    facts = compile_module(lowered.mod, preset, out_dir / LIBRARY, cpu_schedule=schedule)
+    inp, out = _quantization(program, lowered)
+    meta = {
+        "format": FORMAT, "version": VERSION,
+        "target": {"preset": preset.name, "description": preset.description, "tvm": resolve(preset),
+                   "device": preset.device, "cross_compiler": preset.cc},
+        "program": {"path": str(program_path), "sha256": sha256_file(program_path)},
+        "model": {k: program.meta.get(k) for k in ("model", "model_kwargs", "checkpoint", "w_bits", "a_bits")},
+        "input": inp, "output": out, "batch": batch, "library": LIBRARY,
+        "build": {"lower_seconds": round(lower_s, 3), **facts},
+        "versions": {**versions(), "tvm_ffi": _version("apache-tvm-ffi")},
+    }
+    atomic_write(out_dir / METADATA, json.dumps(meta, indent=1) + "\n")
+    return Artifact(out_dir, meta)
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def library(self) -> Path:
+        return self.path / self.meta["library"]
+
+    @property
+    def preset(self) -> Preset:
+        return get(self.meta["target"]["preset"])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Artifact:
+        """Read an artifact folder written by `pfcr compile`; ArtifactError says what is missing."""
+        path = Path(path)
+        meta_path = path / METADATA
+        if not meta_path.is_file():
+            raise ArtifactError(f"{path} is not a compiled artifact (no {METADATA}); make one with "
+                                f"`pfcr compile PROGRAM --target NAME --out {path}`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{meta_path} is not valid JSON ({err}); recompile with `pfcr compile`") from None
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ArtifactError(f"{meta_path} is not a version {VERSION} {FORMAT} file; recompile with `pfcr compile`")
+        art = cls(path, meta)
+        if not art.library.is_file():
+            raise ArtifactError(f"{art.library} is missing; recompile with `pfcr compile`")
+        if sha256_file(art.library) != meta["build"]["library_sha256"]:
+            raise ArtifactError(f"{art.library} is not the library {meta_path} describes (sha256 differs); "
+                                "recompile with `pfcr compile`")
+        return art
+
+    def check_program(self, program_path: str | os.PathLike) -> None:
+        """ArtifactError unless the artifact was compiled from exactly this program file."""
+        digest = sha256_file(program_path)
+        if digest != self.meta["program"]["sha256"]:
+            raise ArtifactError(f"artifact {self.path} was compiled from {self.meta['program']['path']} (sha256 "
+                                f"{self.meta['program']['sha256'][:12]}...), not from {program_path} (sha256 "
+                                f"{digest[:12]}...); recompile it: pfcr compile {program_path} "
+                                f"--target {self.meta['target']['preset']} --out {self.path}")

@@ -1,0 +1,150 @@
+"""Running an artifact: in this process, or on a board through TVM RPC (direct or via a tracker).
+
+A `Runner` loads the library on its device and runs the Relax VM there; `time_runs` times single
+inferences with the VM's time_evaluator, which measures on the device itself (over RPC the network
+is not in the timings). Connection problems become RemoteError with the address and the fix.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pfcr.errors import SuiteError
+
+START_SERVER = ("start one on the board with `python3 -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090` "
+                "(or an emulated Pi here with `pfcr emulate-pi --port 9090`)")
+
+
+class RemoteError(SuiteError):
+    """An RPC server or tracker that cannot be reached, or that went away during a run."""
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); RemoteError on anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RemoteError(f"{what} {text!r} is not of the form host:port, e.g. 192.168.1.20:9090")
+    return host, int(port)
+
+
+def _probe(host: str, port: int, what: str, hint: str) -> None:
+    """Fail fast (TVM's own connect retries for a minute) when nothing listens at host:port."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as err:
+        raise RemoteError(f"cannot reach the {what} at {host}:{port} ({err.strerror or err}); {hint}") from None
+
+
+@dataclass
+class Remote:
+    """Where an artifact runs: None for this process, else an open RPC session and how it was reached."""
+
+    session: Any = None
+    address: str | None = None
+    key: str | None = None
+    via_tracker: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        if self.session is None:
+            return {"where": "local"}
+        return {"where": "rpc", "address": self.address, "key": self.key, "tracker": self.via_tracker, **self.info}
+
+
+def connect(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
+            session_timeout: float = 0) -> Remote:
+    """Open an RPC session directly (rpc='host:port') or through a tracker (tracker='host:port', key)."""
+    if rpc is None and tracker is None:
+        return Remote()
+    import tvm.rpc
+
+    if rpc is not None:
+        host, port = parse_address(rpc, "--rpc")
+        _probe(host, port, "RPC server", START_SERVER)
+        try:
+            return Remote(tvm.rpc.connect(host, port, session_timeout=session_timeout), rpc)
+        except Exception as err:  # TVM raises RuntimeError/TVMError subclasses alike
+            raise RemoteError(f"{rpc} accepted the connection but is not a TVM RPC server ({_first_line(err)}); "
+                              f"{START_SERVER}") from None
+    if not key:
+        raise RemoteError("--tracker needs --key, the device key the board registered with (e.g. --key pi5)")
+    host, port = parse_address(tracker, "--tracker")
+    _probe(host, port, "RPC tracker", "start one with `python3 -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190`")
+    try:
+        tracker_session = tvm.rpc.connect_tracker(host, port)
+        summary = tracker_session.summary()
+    except Exception as err:
+        raise RemoteError(f"{tracker} is not a TVM RPC tracker ({_first_line(err)})") from None
+    keys = sorted({item["key"].split(":", 1)[-1] for item in summary.get("server_info", [])})
+    if key not in keys:
+        raise RemoteError(f"no board with key {key!r} is registered at the tracker {tracker} (registered: "
+                          f"{', '.join(keys) or 'none'}); on the board run `python3 -m tvm.exec.rpc_server "
+                          f"--tracker {tracker} --key {key}`")
+    try:
+        session = tracker_session.request(key, priority=1, session_timeout=session_timeout, max_retry=2)
+    except Exception as err:
+        raise RemoteError(f"the tracker {tracker} could not hand out a board with key {key!r} "
+                          f"({_first_line(err)})") from None
+    return Remote(session, tracker, key, via_tracker=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
+def is_remote_failure(err: BaseException) -> bool:
+    """Whether an exception from a remote call means the connection to the board broke."""
+    text = str(err)
+    return isinstance(err, (OSError, ConnectionError)) or any(
+        s in text for s in ("RPCSession", "RPC server", "socket", "Socket", "Connection", "connection", "closed"))
+
+
+class Runner:
+    """An artifact's library loaded on its device (local or remote), ready to run its `main`."""
+
+    def __init__(self, library: str | Path, device: str, remote: Remote | None = None) -> None:
+        import tvm
+        from tvm import relax
+
+        self.remote = remote or Remote()
+        library = Path(library)
+        where = self.remote.address or "this machine"
+        try:
+            if self.remote.session is None:
+                if device == "cuda" and not tvm.cuda(0).exist:
+                    raise RemoteError(f"{library} runs on a CUDA GPU and this machine has none; run it on the "
+                                      "board with --rpc or --tracker")
+                module = tvm.runtime.load_module(str(library))
+                self.dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+            else:
+                sess = self.remote.session
+                sess.upload(str(library), target=library.name)
+                module = sess.load_module(library.name)
+                self.dev = sess.cuda(0) if device == "cuda" else sess.cpu(0)
+            self.vm = relax.VirtualMachine(module, self.dev)
+        except RemoteError:
+            raise
+        except Exception as err:
+            raise RemoteError(f"could not load {library} on {where} ({_first_line(err)}); check that the "
+                              "artifact's target matches the device") from None
+
+    def tensor(self, x: np.ndarray):
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(x), self.dev)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One inference: input codes (already in the artifact's input dtype) -> output integers."""
+        return self.vm["main"](self.tensor(x)).numpy()
+
+    def timer(self, x: np.ndarray, runs: int):
+        """A callable that times `runs` single inferences on the device and returns their seconds."""
+        self.vm.set_input("main", self.tensor(x))
+        evaluate = self.vm.time_evaluator("invoke_stateful", self.dev, number=1, repeat=runs)
+        return lambda: list(evaluate("main").results)
