@@ -27,8 +27,10 @@ def main() -> int:
     ap.add_argument("--calib-size", default="256")
     ap.add_argument("--iters", default="20")
     ap.add_argument("--seed", default="0")
+    ap.add_argument("--limit", default=None, help="integer accuracy on the first N test images only")
     args = ap.parse_args()
     common = ["--results", str(args.results), "--seed", args.seed, "--tag", "integer"]
+    limit = ["--limit", args.limit] if args.limit else []
     for model, bits in itertools.product(args.models, args.bits):
         q = args.results / "quantized" / f"{model}_pfcr_{bits.lower()}.safetensors"
         prog = q.with_suffix(".intprog.safetensors")
@@ -37,7 +39,7 @@ def main() -> int:
             (q, ["quantize", model, "--bits", bits, "--calib-size", args.calib_size, "--iters", args.iters,
                  "--out", str(q), "--limit", "1000", *common]),
             (prog, ["export", model, "--quantized", str(q), "--out", str(prog), *common]),
-            (done, ["run", str(prog), "--quantized", str(q), *common]),
+            (done, ["run", str(prog), "--quantized", str(q), *common, *limit]),
         ]
         for output, argv in steps:
             if output.exists():
