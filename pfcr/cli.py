@@ -20,7 +20,7 @@ FMNIST = "fashion-mnist"
 # The other packages' commands: each module has `add_commands(sub, common)` (argparse subparsers and
 # the --results/--seed helper) and `main_stages(results, programs, full)` (its stages of the main job).
 # Importing one must stay light: heavy imports (tvm, torch) go inside the command functions.
-COMMAND_MODULES: tuple[str, ...] = ("hwsim.sensor.commands", "hwsim.accelerator.commands")
+COMMAND_MODULES: tuple[str, ...] = ("hwsim.sensor.commands", "hwsim.accelerator.commands", "tvm_backends.commands")
 
 
 def _dataset(args: argparse.Namespace, module):

@@ -287,3 +287,28 @@ class Artifact:
                                 f"{self.meta['program']['sha256'][:12]}...), not from {program_path} (sha256 "
                                 f"{digest[:12]}...); recompile it: pfcr compile {program_path} "
                                 f"--target {self.meta['target']['preset']} --out {self.path}")
+
+
+def compile_fp32(art: Artifact) -> Path:
+    """The FP32 model behind an artifact, built by TVM for the same target: the baseline measured on
+    the same board. Imported with TVM's torch frontend (from_exported_program, which imports float
+    ViTs correctly) and compiled with TVM's default pipeline; cached in the artifact folder."""
+    model = art.meta["model"]
+    stamp = {"model": model, "target": art.meta["target"]["tvm"], "batch": art.meta["batch"],
+             "tvm": _version("apache-tvm")}
+    lib, stamp_path = art.path / FP32_LIBRARY, art.path / "fp32.json"
+    if lib.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()).get("stamp") == stamp:
+        return lib
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from pfcr.models import load_model
+
+    loaded = load_model(model["model"], model.get("checkpoint"), **(model.get("model_kwargs") or {}))
+    x = torch.zeros(art.meta["batch"], *art.meta["input"]["shape"][1:])
+    with torch.no_grad():
+        exported = torch.export.export(loaded.module.eval(), (x,))
+        mod = from_exported_program(exported, keep_params_as_input=False)
+    facts = compile_module(mod, art.preset, lib)
+    atomic_write(stamp_path, json.dumps({"stamp": stamp, "build": facts}, indent=1) + "\n")
+    return lib

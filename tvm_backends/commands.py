@@ -1,0 +1,291 @@
+"""`pfcr compile`, `pfcr bench` and `pfcr emulate-pi`: the TVM backends on the command line.
+
+Light to import (tvm and torch load inside the commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from pfcr.errors import SuiteError
+
+EMULATED_TAG = "emulated"
+
+
+def _tag(preset: str, batch: int, user: str | None, emulated: bool = False) -> str:
+    parts = [preset] + ([f"b{batch}"] if batch != 1 else []) + ([EMULATED_TAG] if emulated else []) + \
+        ([user] if user else [])
+    return "-".join(parts)
+
+
+def _model(meta: dict) -> dict:
+    return {"name": meta["model"].get("model") or "unknown", "checkpoint_sha256": None}
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Integer program -> artifact folder (library + artifact.json) and a `compile` record."""
+    from pfcr.records import make_record, write_record
+    from tvm_backends.build import compile_program
+
+    t0 = time.perf_counter()
+    art = compile_program(args.program, args.target, args.out, batch=args.batch)
+    meta = art.meta
+    metrics = {**meta["build"], "seconds": round(time.perf_counter() - t0, 3)}
+    record = make_record(
+        "compile", model=_model(meta), data={"name": Path(args.program).name, "split": "program", "size": 0},
+        config={"method": "tvm", "w_bits": meta["model"].get("w_bits"), "a_bits": meta["model"].get("a_bits"),
+                "tag": _tag(meta["target"]["preset"], args.batch, args.tag), "batch": args.batch},
+        metrics=metrics, seed=args.seed,
+        extra={"artifact": str(art.path), "target": meta["target"], "program_sha256": meta["program"]["sha256"],
+               "input": meta["input"], "output": meta["output"]})
+    path = write_record(record, args.results)
+    cuda = f", fatbin for {meta['build']['cuda_arch']}, no CUDA source" if meta["build"].get("fatbin") else ""
+    print(f"{args.program} -> {art.library} ({meta['target']['preset']}, {meta['build']['library_bytes'] / 1e6:.1f} MB"
+          f"{cuda}) in {metrics['seconds']:.0f} s -> {path}")
+    return 0
+
+
+def _check_codes(program, n: int, seed: int):
+    """The first n Fashion-MNIST test images as the program's input codes, and their labels."""
+    from pfcr import data
+    from pfcr.export import quantize_images
+
+    test = data.fmnist("test", limit=n)
+    return quantize_images(program, test.tensors[0]), test.tensors[1].numpy()
+
+
+def _latency_input(meta: dict, codes, seed: int):
+    import numpy as np
+
+    batch, dtype = meta["batch"], meta["input"]["dtype"]
+    if codes is not None and len(codes) >= batch:
+        return codes[:batch].astype(dtype)
+    rng = np.random.default_rng(seed)
+    return rng.integers(meta["input"]["qmin"], meta["input"]["qmax"] + 1, meta["input"]["shape"]).astype(dtype)
+
+
+def _fp32(args, art, remote, x_int, protocol, log) -> tuple[str, object]:
+    """(method, Measurement) of the FP32 baseline on the same device, or ('none', None)."""
+    import numpy as np
+
+    from tvm_backends.bench import measure, torch_timer
+    from tvm_backends.build import compile_fp32
+    from tvm_backends.rpc import Runner
+
+    mode = args.fp32
+    if mode == "auto":
+        mode = "torch" if remote.session is None and art.preset.device == "cpu" else "tvm"
+    if mode == "none":
+        return "none", None
+    shape = [art.meta["batch"], *art.meta["input"]["shape"][1:]]
+    if mode == "torch":
+        if remote.session is not None or art.preset.device != "cpu":
+            raise SuiteError("--fp32 torch measures torch on this machine's CPU; for a board use --fp32 tvm")
+        import torch
+
+        from pfcr.models import load_model
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        m = art.meta["model"]
+        module = load_model(m["model"], m.get("checkpoint"), **(m.get("model_kwargs") or {})).module.eval()
+        log("FP32 baseline: torch eager on this CPU")
+        return "torch-eager", measure(torch_timer(module, torch.zeros(shape)), protocol, log, "fp32")
+    lib = compile_fp32(art)
+    log(f"FP32 baseline: TVM build ({lib}) on the same device")
+    runner = Runner(lib, art.preset.device, remote)
+    return "tvm-fp32", measure(lambda k: runner.timer(np.zeros(shape, "float32"), k)(), protocol, log, "fp32")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Bit-exact check and latency of an artifact, here or on a board; a `bench` record."""
+    import contextlib
+
+    from intprog.program import ProgramError, load
+    from pfcr.records import make_record, write_record
+    from tvm_backends.bench import Protocol, check_outputs, measure
+    from tvm_backends.build import Artifact
+    from tvm_backends.emulate import running
+    from tvm_backends.rpc import RemoteError, Runner, connect
+
+    if args.emulated_pi and (args.rpc or args.tracker):
+        raise SuiteError("--emulated-pi starts its own RPC server; leave out --rpc/--tracker")
+    if args.threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    art = Artifact.load(args.artifact)
+    meta = art.meta
+    program = codes = labels = None
+    if args.program:
+        art.check_program(args.program)
+        try:
+            program = load(args.program)
+        except ProgramError as err:
+            raise SuiteError(str(err)) from None
+        if args.check_images:
+            codes, labels = _check_codes(program, args.check_images, args.seed)
+    protocol = Protocol(args.warmup, args.min_runs, args.min_seconds)
+    emulated = bool(args.emulated_pi)
+    with contextlib.ExitStack() as stack:
+        rpc = args.rpc
+        if emulated:
+            if art.preset.device != "cpu" or "aarch64" not in meta["target"]["tvm"].get("mtriple", ""):
+                raise SuiteError(f"the emulated Pi runs aarch64 CPU artifacts; {args.artifact} is for "
+                                 f"{meta['target']['preset']}")
+            host, port = stack.enter_context(running(cache=args.cache))
+            rpc = f"{host}:{port}"
+        remote = connect(rpc, args.tracker, args.key)
+        runner = Runner(art.library, art.preset.device, remote)
+        metrics, extra = {}, {}
+        if codes is not None:
+            check = check_outputs(runner.run, program, codes, meta["batch"], meta["input"]["dtype"])
+            pred = check.pop("outputs").reshape(len(codes), -1).argmax(1)
+            metrics.update(check, top1=float((pred == labels).mean()))
+            print(f"bit-exact vs the reference executor on {len(codes)} test images: {check['bit_exact']} "
+                  f"({check['mismatched_images']} differ)")
+        x = _latency_input(meta, codes, args.seed)
+        latency = measure(lambda k: runner.timer(x, k)(), protocol, print, "latency")
+        fp32_method, fp32 = ("none", None) if (emulated and args.fp32 == "auto") or not latency.complete \
+            else _fp32(args, art, remote, x, protocol, print)
+    stats = latency.stats()
+    timing = {**stats, "complete": latency.complete, "stopped": latency.stopped,
+              "runs_ms": [round(s * 1e3, 5) for s in latency.runs_s]}
+    if fp32 is not None:
+        extra["fp32"] = {"method": fp32_method, **fp32.stats(), "complete": fp32.complete,
+                         "runs_ms": [round(s * 1e3, 5) for s in fp32.runs_s]}
+    if emulated:
+        # Emulated timings are not latency: kept out of the metrics so no table can show them as such.
+        extra["emulated_timing"] = timing
+    else:
+        extra["latency"] = timing
+        metrics.update({k: v for k, v in stats.items() if k != "runs"}, runs=stats["runs"], complete=latency.complete)
+        if fp32 is not None and fp32.runs_s:
+            f = fp32.stats()
+            metrics.update({f"fp32_{k}": f[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")},
+                           speedup_vs_fp32_p50=round(f["p50_ms"] / stats["p50_ms"], 3))
+    metrics["emulated"] = emulated
+    device = remote.describe()
+    if emulated:
+        device.update(emulated="qemu-aarch64-static user-mode emulation of a Raspberry Pi (aarch64)")
+    env = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "threads_arg": args.threads}
+    record = make_record(
+        "bench", model=_model(meta),
+        data={"name": "fashion-mnist", "split": "test", "size": len(codes)} if codes is not None
+        else {"name": "random-codes", "split": "latency", "size": 0},
+        config={"method": "tvm", "w_bits": meta["model"].get("w_bits"), "a_bits": meta["model"].get("a_bits"),
+                "tag": _tag(meta["target"]["preset"], meta["batch"], args.tag, emulated), "batch": meta["batch"],
+                "fp32": fp32_method, "protocol": protocol.describe()},
+        metrics=metrics, seed=args.seed,
+        extra={**extra, "artifact": str(art.path), "target": meta["target"], "emulated": emulated,
+               "device": device, "environment": env, "program_sha256": meta["program"]["sha256"],
+               "library_sha256": meta["build"]["library_sha256"]})
+    path = write_record(record, args.results)
+    what = "emulated (not latency)" if emulated else "latency"
+    line = f"{what}: p50 {stats.get('p50_ms', float('nan')):.3f} ms over {stats['runs']} runs"
+    if "speedup_vs_fp32_p50" in metrics:
+        line += f"; FP32 ({fp32_method}) p50 {metrics['fp32_p50_ms']:.3f} ms, ratio {metrics['speedup_vs_fp32_p50']}x"
+    print(f"{line} -> {path}")
+    if latency.stopped.startswith("remote failure"):
+        raise RemoteError(f"the board went away during the benchmark ({latency.stopped}); the {stats['runs']} "
+                          f"finished runs are recorded in {path}")
+    if latency.stopped == "interrupted":
+        return 130
+    if codes is not None and not metrics["bit_exact"]:
+        raise SuiteError(f"{args.artifact} is NOT bit-exact with the reference executor on "
+                         f"{metrics['mismatched_images']} of {len(codes)} images (recorded in {path})")
+    return 0
+
+
+def cmd_emulate_pi(args: argparse.Namespace) -> int:
+    """Prepare (once) and run the emulated Raspberry Pi's RPC server until Ctrl-C."""
+    from tvm_backends.emulate import command, prepare
+
+    t0 = time.perf_counter()
+    cache = prepare(Path(args.cache) if args.cache else None)
+    print(f"emulated Pi ready in {time.perf_counter() - t0:.0f} s (cache {cache})", flush=True)
+    if args.prepare:
+        return 0
+    import subprocess
+
+    argv, env = command(cache, args.port, host=args.host, tracker=args.tracker, key=args.key)
+    print(f"serving TVM RPC on {args.host}:{args.port}"
+          + (f" (registered at {args.tracker} as {args.key})" if args.tracker else "")
+          + "; connect with `pfcr bench ARTIFACT --rpc "
+          + f"{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}`. Emulated: no latency.",
+          flush=True)
+    try:
+        return subprocess.run(argv, env=env).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
+def add_commands(sub, common) -> None:
+    from tvm_backends.targets import PRESETS
+
+    names = ", ".join(PRESETS)
+    sp = sub.add_parser("compile", help="integer program -> deployable TVM library + metadata for a target")
+    sp.add_argument("program", help="integer program file (`pfcr export`)")
+    sp.add_argument("--target", required=True, help=f"target preset: {names}")
+    sp.add_argument("--out", required=True, help="artifact folder (model.so + artifact.json)")
+    sp.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
+    sp.add_argument("--tag", default=None, help="extra tag in the record's name")
+    common(sp)
+    sp.set_defaults(func=cmd_compile)
+
+    sp = sub.add_parser("bench", help="bit-exact check and latency of an artifact, here or on a board via TVM RPC")
+    sp.add_argument("artifact", help="artifact folder made by `pfcr compile`")
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--rpc", default=None, help="host:port of the board's RPC server")
+    where.add_argument("--tracker", default=None, help="host:port of an RPC tracker (with --key)")
+    sp.add_argument("--key", default=None, help="device key at the tracker")
+    sp.add_argument("--emulated-pi", action="store_true",
+                    help="start the emulated Pi (qemu) and run there: correctness only, never latency")
+    sp.add_argument("--cache", default=None, help="emulated Pi cache folder (default $PFCR_CACHE or ~/.cache/pfcr)")
+    sp.add_argument("--program", default=None, help="the program the artifact was compiled from: checks it is the "
+                    "same file and compares outputs with the reference executor")
+    sp.add_argument("--check-images", type=int, default=64, help="test images for the bit-exact check (default 64)")
+    sp.add_argument("--warmup", type=int, default=10, help="warm-up runs (default 10)")
+    sp.add_argument("--min-runs", type=int, default=100, help="at least this many timed runs (default 100)")
+    sp.add_argument("--min-seconds", type=float, default=5.0, help="and at least this long (default 5 s)")
+    sp.add_argument("--fp32", choices=["auto", "torch", "tvm", "none"], default="auto",
+                    help="FP32 baseline on the same device: torch eager (this CPU) or a TVM FP32 build "
+                    "(default: torch here, tvm on a board, none when emulated)")
+    sp.add_argument("--threads", type=int, default=None, help="TVM (and torch) threads here (default: all)")
+    sp.add_argument("--tag", default=None, help="extra tag in the record's name")
+    common(sp)
+    sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("emulate-pi", help="run an emulated Raspberry Pi (aarch64 under qemu) with a TVM RPC server")
+    sp.add_argument("--port", type=int, default=9090)
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--tracker", default=None, help="register at this RPC tracker (host:port)")
+    sp.add_argument("--key", default="pi-emulated", help="device key at the tracker (default pi-emulated)")
+    sp.add_argument("--cache", default=None, help="cache folder (default $PFCR_CACHE/emulated-pi or "
+                    "~/.cache/pfcr/emulated-pi)")
+    sp.add_argument("--prepare", action="store_true", help="only build the cache, do not serve")
+    sp.set_defaults(func=cmd_emulate_pi)
+
+
+def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
+    """Host build + bit-exact check + latency vs FP32; Pi 4/5 cross builds + emulated bit-exact check;
+    Jetson Orin CUDA build with the fatbin check."""
+    prog = str(programs["W4A4"])
+    art = results / "tvm"
+    common = ["--results", str(results)]
+    runs = ["--min-runs", "300", "--min-seconds", "10"] if full else ["--min-runs", "100", "--min-seconds", "3"]
+    stages = [("TVM: compile W4A4 for the host", ["compile", prog, "--target", "host", "--out", str(art / "host"),
+                                                 *common]),
+              ("TVM: host bit-exact check and latency vs FP32",
+               ["bench", str(art / "host"), "--program", prog, "--check-images", "256" if full else "64",
+                "--threads", "1", *runs, *common])]
+    for pi in ("pi4", "pi5"):
+        stages.append((f"TVM: cross-compile W4A4 for {pi}",
+                       ["compile", prog, "--target", pi, "--out", str(art / pi), *common]))
+    stages += [("TVM: bit-exact check on the emulated Pi 5 (qemu, RPC)",
+                ["bench", str(art / "pi5"), "--emulated-pi", "--program", prog, "--check-images", "8",
+                 "--warmup", "1", "--min-runs", "3", "--min-seconds", "0", *common]),
+               ("TVM: CUDA build for Jetson Orin (sm_87, fatbin check)",
+                ["compile", prog, "--target", "jetson-orin", "--out", str(art / "jetson-orin"), *common])]
+    return stages
