@@ -1,0 +1,239 @@
+"""Target presets, `pfcr compile` artifacts (host, cross-compiled aarch64, CUDA fatbin), `pfcr bench` on
+the host (bit-exact check, latency protocol, interrupted runs), and the errors a user can cause."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from intprog.arith import quantize_multiplier
+from intprog.program import Program
+from pfcr.cli import main
+from tvm_backends import targets
+from tvm_backends.bench import Protocol, measure
+from tvm_backends.build import BuildError, check_cuda_library
+
+
+def _requant(n: int, real: float, zp: int, qmin: int, qmax: int) -> dict:
+    m, s = quantize_multiplier(np.full(n, real))
+    full = np.ones(n, dtype=np.int64)
+    return {"multiplier": m, "shift": s, "out_zp": full * zp, "qmin": full * qmin, "qmax": full * qmax}
+
+
+def tiny_program(path: Path, seed: int = 0) -> Path:
+    """A two-layer integer program on 28x28 images (patchify 7, 4-bit linear, int32 head, class token):
+    the real op kinds at a size that compiles in seconds."""
+    rng = np.random.default_rng(seed)
+    p = Program(input={"name": "image", "shape": [1, 28, 28], "scale": 1 / 255, "zero_point": 0, "qmin": 0,
+                       "qmax": 255},
+                output={"name": "logits", "scale": 1e-3}, meta={"model": "tiny", "w_bits": 4, "a_bits": 4})
+    x = p.add("patchify", ["image"], "patches", {"patch": 7})
+    x = p.add("linear", [x], "fc1", {"in_zp": 3, "rounding": "half_up", "weight_bits": 4},
+              {"weight": rng.integers(0, 16, (8, 49)).astype(np.uint8), "weight_zp": rng.integers(6, 10, 8),
+               "bias": rng.integers(-500, 500, 8), **_requant(8, 1 / 3000, 2, 0, 15)})
+    x = p.add("linear", [x], "fc2", {"in_zp": 2, "rounding": "half_up", "weight_bits": 4},
+              {"weight": rng.integers(-8, 8, (5, 8)).astype(np.int8), "weight_zp": np.zeros(5, np.int64),
+               "bias": rng.integers(-50, 50, 5), **_requant(5, 0.7, 0, -(1 << 31), (1 << 31) - 1)})
+    p.add("take_token", [x], "logits", {"index": 0})
+    return p.save(path)
+
+
+@pytest.fixture(scope="module")
+def host_artifact(tmp_path_factory) -> tuple[Path, Path]:
+    """(program file, artifact folder) of the tiny program compiled for the host."""
+    root = tmp_path_factory.mktemp("tvm_host")
+    prog = tiny_program(root / "tiny.intprog.safetensors")
+    assert main(["compile", str(prog), "--target", "host", "--out", str(root / "art"),
+                 "--results", str(root / "results")]) == 0
+    return prog, root / "art"
+
+
+def _bench(art: Path, results: Path, *extra: str) -> int:
+    return main(["bench", str(art), "--fp32", "none", "--warmup", "2", "--min-runs", "20", "--min-seconds", "0.2",
+                 "--results", str(results), *extra])
+
+
+def _record(results: Path, kind: str) -> dict:
+    (path,) = sorted(results.glob(f"{kind}_*.json"))
+    return json.loads(path.read_text())
+
+
+def test_presets_carry_the_right_cpus_and_architectures():
+    assert targets.get("pi4").target["mcpu"] == "cortex-a72" and "+dotprod" not in targets.get("pi4").target["mattr"]
+    assert targets.get("pi5").target["mattr"] == ["+neon", "+dotprod"]
+    orin = targets.get("orin")  # alias
+    assert orin.name == "jetson-orin" and orin.cuda_arch == "sm_87" and orin.target["host"]["mcpu"] == "cortex-a78ae"
+    assert targets.get("jetson-xavier").cuda_arch == "sm_72" and targets.get("jetson-nano").cuda_arch == "sm_53"
+    assert targets.resolve(targets.get("host"))["mcpu"] not in ("", "native")
+
+
+def test_unknown_target_lists_the_known_ones(capsys, tmp_path):
+    with pytest.raises(targets.TargetError, match="unknown target 'pi3'") as err:
+        targets.get("pi3")
+    assert all(name in str(err.value) for name in targets.PRESETS)
+    prog = tiny_program(tmp_path / "p.safetensors")
+    assert main(["compile", str(prog), "--target", "pi3", "--out", str(tmp_path / "a")]) == 2
+    assert "jetson-orin" in capsys.readouterr().err
+
+
+def test_missing_cross_toolchain_names_the_debian_package(monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(targets.shutil, "which", lambda name: None if "aarch64" in name else real(name))
+    with pytest.raises(targets.TargetError, match="gcc-aarch64-linux-gnu"):
+        targets.check_toolchain(targets.get("pi5"))
+
+
+def test_nvcc_that_cannot_target_the_board_is_named(monkeypatch):
+    monkeypatch.setattr(targets.shutil, "which", lambda name: f"/usr/bin/{name}")
+    outputs = {"--list-gpu-arch": "compute_75\ncompute_87\n", "--version": "Cuda compilation tools, release 13.0\nx\n"}
+    monkeypatch.setattr(targets.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, outputs[cmd[1]], ""))
+    with pytest.raises(targets.TargetError, match=r"sm_53.*release 13\.0"):
+        targets.check_toolchain(targets.get("jetson-nano"))
+    targets.check_toolchain(targets.get("jetson-orin"))  # sm_87 is listed: no error
+
+
+def test_host_artifact_metadata_and_compile_record(host_artifact):
+    prog, art = host_artifact
+    meta = json.loads((art / "artifact.json").read_text())
+    assert meta["target"]["preset"] == "host" and meta["batch"] == 1
+    assert meta["input"] == {"name": "image", "shape": [1, 1, 28, 28], "dtype": "uint8", "scale": 1 / 255,
+                             "zero_point": 0, "qmin": 0, "qmax": 255}
+    assert meta["output"]["shape"] == [1, 5] and meta["output"]["scale"] == 1e-3
+    from tvm_backends.build import sha256_file
+
+    assert meta["program"]["sha256"] == sha256_file(prog)
+    assert meta["build"]["library_sha256"] == sha256_file(art / "model.so")
+    assert {"tvm", "numpy", "python"} <= set(meta["versions"])
+    record = _record(art.parent / "results", "compile")
+    assert record["config"]["tag"] == "host" and record["metrics"]["library_bytes"] > 0
+
+
+def test_host_bench_is_bit_exact_and_follows_the_protocol(host_artifact, fake_fmnist, tmp_path):
+    prog, art = host_artifact
+    assert _bench(art, tmp_path, "--program", str(prog), "--check-images", "20") == 0
+    r = _record(tmp_path, "bench")
+    m = r["metrics"]
+    assert m["bit_exact"] and m["checked_images"] == 20 and m["mismatched_images"] == 0
+    assert m["runs"] >= 20 and r["latency"]["wall_seconds"] >= 0.2 and r["latency"]["complete"]
+    assert m["min_ms"] <= m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"] <= m["max_ms"]
+    assert len(r["latency"]["runs_ms"]) == m["runs"] and not r["emulated"] and r["device"] == {"where": "local"}
+
+
+def test_bench_notices_outputs_that_differ(host_artifact, fake_fmnist, tmp_path, monkeypatch, capsys):
+    """The check can fail: a runner that flips one output element is caught."""
+    from tvm_backends import rpc
+
+    prog, art = host_artifact
+    real = rpc.Runner.run
+
+    def wrong(self, x):
+        out = real(self, x)
+        out[0, 0] += 1
+        return out
+
+    monkeypatch.setattr(rpc.Runner, "run", wrong)
+    assert _bench(art, tmp_path, "--program", str(prog), "--check-images", "4") == 2
+    assert "NOT bit-exact" in capsys.readouterr().err
+    assert _record(tmp_path, "bench")["metrics"]["mismatched_images"] == 4
+
+
+def test_artifact_program_mismatch(host_artifact, tmp_path, capsys):
+    _, art = host_artifact
+    other = tiny_program(tmp_path / "other.safetensors", seed=1)
+    assert _bench(art, tmp_path, "--program", str(other)) == 2
+    err = capsys.readouterr().err
+    assert "was compiled from" in err and "pfcr compile" in err and not list(tmp_path.glob("bench_*.json"))
+
+
+def test_not_an_artifact(tmp_path, capsys):
+    assert _bench(tmp_path, tmp_path) == 2
+    assert "not a compiled artifact" in capsys.readouterr().err
+
+
+def test_interrupted_bench_keeps_its_runs(host_artifact, tmp_path, monkeypatch):
+    from tvm_backends import rpc
+
+    _, art = host_artifact
+    real, calls = rpc.Runner.timer, []
+
+    def timer(self, x, runs):
+        calls.append(runs)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, x, runs)
+
+    monkeypatch.setattr(rpc.Runner, "timer", timer)
+    assert _bench(art, tmp_path, "--min-runs", "100000") == 130
+    r = _record(tmp_path, "bench")
+    assert not r["metrics"]["complete"] and r["latency"]["stopped"] == "interrupted"
+    assert r["metrics"]["runs"] == sum(calls[1:3]) > 0  # the two chunks after warm-up
+
+
+def test_protocol_needs_both_min_runs_and_min_seconds():
+    clock = {"calls": 0}
+
+    def timer(k):
+        clock["calls"] += 1
+        return [1e-4] * k
+
+    m = measure(timer, Protocol(warmup=1, min_runs=50, min_seconds=0.0, chunk_seconds=1e-3))
+    assert m.complete and len(m.runs_s) >= 50 and m.stats()["p50_ms"] == pytest.approx(0.1)
+    m = measure(timer, Protocol(warmup=1, min_runs=1, min_seconds=0.05, chunk_seconds=1e-3))
+    assert m.wall_seconds >= 0.05
+
+
+def test_remote_failure_keeps_finished_runs():
+    calls = []
+
+    def timer(k):
+        calls.append(k)
+        if len(calls) == 3:
+            raise ConnectionResetError("connection reset by peer")
+        return [2e-3] * k
+
+    m = measure(timer, Protocol(warmup=1, min_runs=10**6, min_seconds=0), log=lambda s: None)
+    assert not m.complete and m.stopped.startswith("remote failure") and len(m.runs_s) == calls[1]
+
+
+def test_cross_compiled_library_is_aarch64(tmp_path):
+    if shutil.which(targets.AARCH64_CC) is None:
+        pytest.skip("gcc-aarch64-linux-gnu is not installed")
+    from tvm_backends.build import compile_program
+
+    art = compile_program(tiny_program(tmp_path / "p.safetensors"), "pi5", tmp_path / "pi5")
+    head = art.library.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    assert art.meta["target"]["tvm"]["mattr"] == ["+neon", "+dotprod"]
+
+
+def test_cuda_library_check_rejects_source_and_wrong_arch(tmp_path):
+    lib = tmp_path / "x.so"
+    lib.write_bytes(b"ELF ... extern \"C\" __global__ void k() {}")
+    with pytest.raises(BuildError, match="embeds CUDA source"):
+        check_cuda_library(lib, "sm_87")
+    lib.write_bytes(b"ELF" + (0xBA55ED50).to_bytes(4, "little") + b"-arch sm_90 ")
+    with pytest.raises(BuildError, match="not one compiled for sm_87"):
+        check_cuda_library(lib, "sm_87")
+    assert check_cuda_library(lib, "sm_90")["fatbin"]
+
+
+def test_cuda_build_embeds_a_fatbin_ahead_of_time(tmp_path):
+    """Orin (sm_87): kernels compiled by nvcc into the library, no CUDA source left for the board."""
+    try:
+        targets.check_toolchain(targets.get("jetson-orin"))
+    except targets.TargetError as err:
+        pytest.skip(str(err))
+    from tvm_backends.build import compile_program
+
+    art = compile_program(tiny_program(tmp_path / "p.safetensors"), "jetson-orin", tmp_path / "orin")
+    facts = check_cuda_library(art.library, "sm_87")
+    assert facts["fatbin"] and not facts["cuda_source"] and art.meta["build"]["cuda_arch"] == "sm_87"
+    assert int.from_bytes(art.library.read_bytes()[18:20], "little") == 183  # host code for the Orin's CPU
