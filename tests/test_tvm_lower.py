@@ -10,7 +10,7 @@ tvm = pytest.importorskip("tvm")
 
 from intprog import nonlinear, reference  # noqa: E402
 from intprog.arith import quantize_multiplier  # noqa: E402
-from tvm_backends.lower import _Builder, container, lower, lower_graph  # noqa: E402
+from tvm_backends.lower import container, ilog2_fixed, isqrt, lower, lower_graph  # noqa: E402
 
 I32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -111,14 +111,14 @@ def test_layernorm(bits, scale):
 
 
 def _kernel(fn, values: np.ndarray) -> np.ndarray:
-    """A _Builder kernel on an int64 vector (isqrt, ilog2) through TVM."""
+    """An elementwise TE kernel (isqrt, ilog2) on an int64 vector through TVM."""
     from tvm import relax
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(values.shape, "int64"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            out = bb.emit_output(fn(_Builder(bb), x))
+            out = bb.emit_output(bb.emit_te(fn, x))
         bb.emit_func_output(out)
     return run_tvm(bb.get(), values)
 
@@ -129,14 +129,14 @@ def test_isqrt_is_exact_to_2_62():
     n = np.concatenate([roots * roots, roots * roots - 1, roots * roots + 1, rng.integers(0, 1 << 62, 3000),
                         [(1 << 62) - 1]])
     n = n[(n >= 0) & (n < 1 << 62)]
-    np.testing.assert_array_equal(_kernel(lambda b, x: b.isqrt(x), n), nonlinear.isqrt(n))
+    np.testing.assert_array_equal(_kernel(isqrt, n), nonlinear.isqrt(n))
 
 
 def test_ilog2_matches_the_reference():
     rng = np.random.default_rng(0)
     powers = np.left_shift(1, np.arange(62, dtype=np.int64))
     v = np.concatenate([np.arange(1, 5000), powers, powers[1:] - 1, powers + 1, rng.integers(1, 1 << 62, 5000)])
-    np.testing.assert_array_equal(_kernel(lambda b, x: b.ilog2_fixed(x), v), nonlinear._ilog2_fixed(v))
+    np.testing.assert_array_equal(_kernel(ilog2_fixed, v), nonlinear._ilog2_fixed(v))
 
 
 @pytest.mark.parametrize("bits, top, scale", [(4, 15, 0.02), (3, 7, 0.3), (8, 15, 0.01), (4, 9, 2.0)])

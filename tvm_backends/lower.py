@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 from tvm.relax import op as R
 
 from intprog.arith import Rounding
@@ -83,8 +83,98 @@ def _c(value: np.ndarray | int, dtype: str = "int64") -> relax.Constant:
     return relax.const(np.asarray(value).astype(dtype), dtype)
 
 
+def _i64(value: int) -> tirx.PrimExpr:
+    return tirx.const(int(value), "int64")
+
+
+# --- integer kernels on int64 TIR (intprog.arith / intprog.nonlinear) ---
+# Iterative kernels (msb, isqrt, ilog2) are staged: one te.compute per step, so that no step's
+# expression repeats the previous one (inlined Selects would grow exponentially, and TIR's
+# simplifier substitutes let-bound values back).
+
+def stage(like: te.Tensor, fn: Callable[[tuple], tirx.PrimExpr], name: str) -> te.Tensor:
+    """An int64 tensor of like's shape, element i = fn(i)."""
+    return te.compute(like.shape, lambda *i: fn(i).astype("int64"), name=name)
+
+
+def round_shift(x: tirx.PrimExpr, shift: tirx.PrimExpr, rounding: str) -> tirx.PrimExpr:
+    """intprog.arith.round_shift: the bit below the cut decides (no x + 2^(S-1) that could overflow)."""
+    rounding = Rounding(rounding)
+    floor = x >> shift
+    if rounding is Rounding.FLOOR:
+        return floor
+    below = tirx.max(shift - 1, _i64(0))
+    half_bit = tirx.Select(shift > 0, (x >> below) & 1, _i64(0))
+    up = floor + half_bit
+    if rounding is Rounding.HALF_UP:
+        return up
+    tie = tirx.all(half_bit == 1, (x & ((_i64(1) << below) - 1)) == 0, (up & 1) == 1)
+    return tirx.Select(tie, up - 1, up)
+
+
+def requantize(acc: tirx.PrimExpr, m, s, zp, qmin, qmax, rounding: str) -> tirx.PrimExpr:
+    """intprog.arith.requantize on an int64 accumulator: clamp(zp + round_shift(acc * M, S), qmin, qmax)."""
+    return tirx.min(tirx.max(round_shift(acc * m, s, rounding) + zp, qmin), qmax)
+
+
+def msb(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Index of the highest set bit of int64 v >= 1 (0 for v = 0): count leading zeros."""
+    return tirx.Select(v == 0, _i64(0), 63 - tirx.clz(v).astype("int64"))
+
+
+def isqrt(n: te.Tensor) -> te.Tensor:
+    """intprog.nonlinear.isqrt in integers only, exact for 0 <= n < 2^62: Newton steps down from the
+    power of two 2^ceil((msb + 1) / 2) >= sqrt(n), then the reference's +-1 correction."""
+    r = stage(n, lambda i: _i64(1) << ((msb(n[i]) + 2) >> 1), "isqrt")
+    for _ in range(7):  # from within 2x of sqrt(n), 6 steps reach floor(sqrt(n)) for n < 2^62
+        r = stage(n, lambda i, r=r: tirx.max(tirx.min(r[i], (r[i] + tirx.floordiv(n[i], r[i])) >> 1), _i64(1)),
+                  "isqrt")
+    r = stage(n, lambda i, r=r: tirx.Select(r[i] * r[i] > n[i], r[i] - 1, r[i]), "isqrt_down")
+    return stage(n, lambda i: tirx.Select((r[i] + 1) * (r[i] + 1) <= n[i], r[i] + 1, r[i]), "isqrt_up")
+
+
+def ilog2_fixed(v: te.Tensor) -> te.Tensor:
+    """intprog.nonlinear._ilog2_fixed: log2(v) with LOG_FRAC_BITS fraction bits, for int64 v >= 1."""
+    def step(mant: te.Tensor, frac: te.Tensor, bit: int) -> list[te.Tensor]:
+        def body(*i):
+            sq = (mant[i] * mant[i]) >> 30  # < 2^32: its bit 31 is the next fraction bit
+            return [tirx.Select(sq >= _i64(1 << 31), sq >> 1, sq), frac[i] | ((sq >> 31) << bit)]
+        return te.compute(v.shape, body, name="log2_step")
+
+    m = stage(v, lambda i: msb(v[i]), "msb")
+    mant = stage(v, lambda i: tirx.Select(m[i] >= 30, v[i] >> tirx.max(m[i] - 30, _i64(0)),
+                                          v[i] << tirx.max(30 - m[i], _i64(0))), "mantissa")
+    frac = stage(v, lambda i: _i64(0), "frac")
+    for bit in range(LOG_FRAC_BITS - 1, -1, -1):  # one fraction bit per squaring of the mantissa in [1, 2)
+        mant, frac = step(mant, frac, bit)
+    return stage(v, lambda i: (m[i] << LOG_FRAC_BITS) + frac[i], "log2")
+
+
+def elementwise(shape, body: Callable[[tuple], tirx.PrimExpr], dtype: str, name: str) -> te.Tensor:
+    """te.compute of body(i) cast to dtype."""
+    return te.compute(shape, lambda *i: body(i).astype(dtype), name=name)
+
+
+class Channels:
+    """Integer constants per last axis as TE inputs; a constant equal in every channel is inlined."""
+
+    def __init__(self, consts: dict[str, np.ndarray]):
+        self.uniform = {k: int(v.reshape(-1)[0]) for k, v in consts.items() if v.size and np.all(v == v.reshape(-1)[0])}
+        self.varying = {k: np.asarray(v, np.int64).reshape(-1) for k, v in consts.items() if k not in self.uniform}
+        self.tensors: dict[str, te.Tensor] = {}
+
+    def args(self) -> list[relax.Expr]:
+        return [_c(v) for v in self.varying.values()]
+
+    def bind(self, tensors: tuple[te.Tensor, ...]) -> None:
+        self.tensors = dict(zip(self.varying, tensors, strict=True))
+
+    def __call__(self, name: str, c: tirx.PrimExpr) -> tirx.PrimExpr:
+        return _i64(self.uniform[name]) if name in self.uniform else self.tensors[name][c]
+
+
 class _Builder:
-    """Emits the Relax bindings of one program; each method mirrors one reference kernel."""
+    """Emits the Relax bindings of one program; each op function below mirrors one reference kernel."""
 
     def __init__(self, bb: relax.BlockBuilder):
         self.bb = bb
@@ -103,100 +193,36 @@ class _Builder:
     def wide(self, v: Value, dtype: str = "int64") -> relax.Expr:
         return v.expr if v.dtype == dtype else self.emit(R.astype(v.expr, dtype))
 
-    # --- arithmetic shared by several kernels (intprog.arith / intprog.nonlinear) ---
+    def te(self, name: str, fn: Callable, inputs: list[relax.Expr], chans: Channels | None = None) -> relax.Expr:
+        """One fused TIR kernel: fn(channels, *input tensors) -> te.Tensor."""
+        chans = chans or Channels({})
 
-    def round_shift(self, x: relax.Expr, shift: np.ndarray, rounding: Rounding) -> relax.Expr:
-        """intprog.arith.round_shift on int64 x with constant shifts (scalar or per last axis)."""
-        shift = np.asarray(shift, dtype=np.int64)
-        if np.any(shift < 0) or np.any(shift > 62):
-            raise ValueError(f"shift must be in 0..62, got {shift.min()}..{shift.max()}")
-        rounding = Rounding(rounding)
-        floor = self.emit(R.right_shift(x, _c(shift)))
-        if rounding is Rounding.FLOOR:
-            return floor
-        # the bit below the cut decides, as in the reference (no x + 2^(S-1) that could overflow int64)
-        below = np.maximum(shift - 1, 0)
-        half_bit = self.emit(R.bitwise_and(R.right_shift(x, _c(below)), _c((shift > 0).astype(np.int64))))
-        up = self.emit(R.add(floor, half_bit))
-        if rounding is Rounding.HALF_UP:
-            return up
-        one = _c(1)
-        tie = R.logical_and(R.equal(half_bit, one),
-                            R.equal(R.bitwise_and(x, _c(np.left_shift(np.int64(1), below) - 1)), _c(0)))
-        return self.emit(R.where(R.logical_and(tie, R.equal(R.bitwise_and(up, one), one)), R.subtract(up, one), up))
+        def compute(*tensors):
+            chans.bind(tensors[len(inputs):])
+            return fn(chans, *tensors[:len(inputs)])
 
-    def clamp(self, x: relax.Expr, lo: np.ndarray, hi: np.ndarray) -> relax.Expr:
-        return self.emit(R.minimum(R.maximum(x, _c(_scalar_or(lo))), _c(_scalar_or(hi))))
-
-    def requantize(self, acc: Value, multiplier, shift, out_zp, qmin, qmax, rounding: str) -> Value:
-        """intprog.arith.requantize: clamp(zp + round_shift(acc * M, S), qmin, qmax), product in int64."""
-        prod = self.emit(R.multiply(self.wide(acc), _c(_scalar_or(multiplier))))
-        y = self.emit(R.add(self.round_shift(prod, _scalar_or(shift), rounding), _c(_scalar_or(out_zp))))
-        return self.value(self.clamp(y, qmin, qmax), np.min(qmin), np.max(qmax))
-
-    def msb(self, v: relax.Expr) -> relax.Expr:
-        """Index of the highest set bit of int64 v >= 1 (0 for v = 0), by binary search."""
-        msb, t = self.emit(R.zeros_like(v)), v
-        for step in (32, 16, 8, 4, 2, 1):
-            big = self.emit(R.greater_equal(t, _c(1 << step)))
-            msb = self.emit(R.where(big, R.add(msb, _c(step)), msb))
-            t = self.emit(R.where(big, R.right_shift(t, _c(step)), t))
-        return msb
-
-    def isqrt(self, n: relax.Expr) -> relax.Expr:
-        """intprog.nonlinear.isqrt in integers only: Newton steps from a power of two above sqrt(n),
-        then the reference's +-1 correction. Exact for 0 <= n < 2^62."""
-        one = _c(1)
-        r = self.emit(R.left_shift(one, R.right_shift(R.add(self.msb(n), _c(2)), one)))
-        for _ in range(7):  # from within 2x of sqrt(n), 6 steps reach floor(sqrt(n)) for n < 2^62
-            r = self.emit(R.maximum(R.minimum(r, R.right_shift(R.add(r, R.floor_divide(n, r)), one)), one))
-        r = self.emit(R.where(R.greater(R.multiply(r, r), n), R.subtract(r, one), r))
-        r1 = R.add(r, one)
-        return self.emit(R.where(R.less_equal(R.multiply(r1, r1), n), r1, r))
-
-    def ilog2_fixed(self, v: relax.Expr) -> relax.Expr:
-        """intprog.nonlinear._ilog2_fixed: log2(v), LOG_FRAC_BITS fraction bits, for int64 v >= 1."""
-        msb = self.msb(v)
-        zero = _c(0)
-        mant = self.emit(R.where(R.greater_equal(msb, _c(30)),
-                                 R.right_shift(v, R.maximum(R.subtract(msb, _c(30)), zero)),
-                                 R.left_shift(v, R.maximum(R.subtract(_c(30), msb), zero))))
-        frac = self.emit(R.zeros_like(v))
-        for bit in range(LOG_FRAC_BITS - 1, -1, -1):
-            mant = self.emit(R.right_shift(R.multiply(mant, mant), _c(30)))
-            ge2 = self.emit(R.greater_equal(mant, _c(1 << 31)))
-            frac = self.emit(R.where(ge2, R.bitwise_or(frac, _c(1 << bit)), frac))
-            mant = self.emit(R.where(ge2, R.right_shift(mant, _c(1)), mant))
-        return self.emit(R.add(R.left_shift(msb, _c(LOG_FRAC_BITS)), frac))
-
-    def contract(self, a: relax.Expr, b: relax.Expr, acc: str, b_rows: bool, name: str) -> relax.Expr:
-        """Integer sum of products a[..., k] * b in `acc`, b as rows [.., N, K] (b_rows) or [.., K, N]."""
-        return self.bb.emit_te(_contract_te(acc, b_rows), a, b, primfunc_name_hint=name)
+        return self.bb.emit_te(compute, *inputs, *chans.args(), primfunc_name_hint=name)
 
 
-def _contract_te(acc: str, b_rows: bool) -> Callable[[te.Tensor, te.Tensor], te.Tensor]:
-    """TE of a GEMM with constant weights [N, K] (2-D b) or of a batched matmul (b with a's batch)."""
+def _contract(a: te.Tensor, b: te.Tensor, acc: str, b_rows: bool, a_off: int = 0, b_off: int = 0,
+              name: str = "matmul") -> te.Tensor:
+    """sum_k (a[..., k] - a_off) (b - b_off) in `acc`, b with constant rows [N, K] (2-D) or a's batch
+    dimensions and [.., N, K] (b_rows) or [.., K, N]."""
+    k = te.reduce_axis((0, a.shape[-1]), "k")
 
-    def compute(a: te.Tensor, b: te.Tensor) -> te.Tensor:
-        k = te.reduce_axis((0, a.shape[-1]), "k")
+    def term(x: tirx.PrimExpr, off: int) -> tirx.PrimExpr:
+        x = x.astype(acc)
+        return x - tirx.const(off, acc) if off else x
+
+    def body(*i):
         if len(b.shape) == 2:
-            def body(*i):
-                return te.sum(a[(*i[:-1], k)].astype(acc) * b[i[-1], k].astype(acc), axis=k)
-            return te.compute([*a.shape[:-1], b.shape[0]], body, name="dense")
-
-        def batched(*i):
+            rhs = b[i[-1], k]
+        else:
             rhs = b[(*i[:-2], i[-1], k)] if b_rows else b[(*i[:-2], k, i[-1])]
-            return te.sum(a[(*i[:-1], k)].astype(acc) * rhs.astype(acc), axis=k)
-        n = b.shape[-2] if b_rows else b.shape[-1]
-        return te.compute([*a.shape[:-1], n], batched, name="batch_matmul")
+        return te.sum(term(a[(*i[:-1], k)], a_off) * term(rhs, b_off), axis=k)
 
-    return compute
-
-
-def _scalar_or(a) -> np.ndarray:
-    """A constant that is the same in every channel becomes a scalar (a cheaper broadcast)."""
-    a = np.asarray(a, dtype=np.int64)
-    return a.reshape(-1)[:1].reshape(()) if a.size and np.all(a == a.reshape(-1)[0]) else a
+    n = b.shape[0] if len(b.shape) == 2 else b.shape[-2] if b_rows else b.shape[-1]
+    return te.compute([*a.shape[:-1], n], body, name=name)
 
 
 # --- one function per op kind, mirroring intprog.reference.KERNELS ---
@@ -213,34 +239,46 @@ def _patchify(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
 
 
 def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
-    """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel.
+    """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel, as one kernel.
 
-    With W - W_zp in int8 and x spanning at most 256 codes, the GEMM runs on (x - lo) as uint8 and
-    int8 weights, and bias' = bias - (in_zp - lo) * rowsum(W - W_zp) restores the exact sum.
+    With W - W_zp in int8 and x spanning at most 256 codes, the GEMM multiplies (x - lo) (uint8
+    range) by int8 weights, and bias' = bias - (in_zp - lo) * rowsum(W - W_zp) restores the exact sum.
     """
     x = xs[0]
     w = c["weight"].astype(np.int64) - c["weight_zp"][:, None]
-    k = w.shape[1]
-    if w.min(initial=0) >= -128 and w.max(initial=0) <= 127 and x.hi - x.lo <= 255:
-        shift = x.lo
-        a = x.expr if x.dtype == "uint8" and shift == 0 else b.emit(
-            R.astype(R.subtract(b.wide(x, "int32"), _c(shift, "int32")), "uint8"))
-        weight, a_mag = _c(w, "int8"), x.hi - x.lo
-    else:
-        shift = attrs["in_zp"]
-        a_mag = max(abs(x.lo - shift), abs(x.hi - shift))
-        wide = acc_dtype(k * a_mag * int(np.abs(w).max(initial=0)))
-        a = b.emit(R.subtract(b.wide(x, wide), _c(shift, wide)))
-        weight = _c(w, wide)
-    bias = c["bias"] - (attrs["in_zp"] - shift) * w.sum(axis=1)
-    acc = acc_dtype(k * a_mag * int(np.abs(w).max(initial=0)) + int(np.abs(bias).max(initial=0)))
-    s = b.emit(R.add(b.contract(a, weight, acc, True, "dense"), _c(bias, acc)))
-    return b.requantize(Value(s, -(1 << 63), (1 << 63) - 1), c["multiplier"], c["shift"], c["out_zp"],
-                        c["qmin"], c["qmax"], attrs["rounding"])
+    narrow = w.min(initial=0) >= -128 and w.max(initial=0) <= 127 and x.hi - x.lo <= 255
+    off = x.lo if narrow else attrs["in_zp"]
+    bound = w.shape[1] * max(abs(x.lo - off), abs(x.hi - off)) * int(np.abs(w).max(initial=0))
+    acc = acc_dtype(bound)
+    weight = _c(w, "int8" if narrow else acc)
+    chans = Channels({"bias": c["bias"] - (attrs["in_zp"] - off) * w.sum(axis=1),
+                      **{r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax")}})
+    out_lo, out_hi = int(np.min(c["qmin"])), int(np.max(c["qmax"]))
+
+    def kernel(ch: Channels, a: te.Tensor, wt: te.Tensor) -> te.Tensor:
+        dot = _contract(a, wt, acc, True, a_off=off, name="dense")
+
+        def body(i: tuple) -> tirx.PrimExpr:
+            n = i[-1]
+            return requantize(dot[i].astype("int64") + ch("bias", n), ch("multiplier", n), ch("shift", n),
+                              ch("out_zp", n), ch("qmin", n), ch("qmax", n), attrs["rounding"])
+        return elementwise(dot.shape, body, container(out_lo, out_hi), "requantize")
+
+    return Value(b.te("linear", kernel, [x.expr, weight], chans), out_lo, out_hi)
 
 
 def _requantize(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
-    return b.requantize(xs[0], c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"], attrs["rounding"])
+    chans = Channels({r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax")})
+    lo, hi = int(np.min(c["qmin"])), int(np.max(c["qmax"]))
+
+    def kernel(ch: Channels, x: te.Tensor) -> te.Tensor:
+        def body(i: tuple) -> tirx.PrimExpr:
+            n = i[-1] if ch.varying else 0
+            return requantize(x[i].astype("int64"), ch("multiplier", n), ch("shift", n), ch("out_zp", n),
+                              ch("qmin", n), ch("qmax", n), attrs["rounding"])
+        return elementwise(x.shape, body, container(lo, hi), "requantize")
+
+    return Value(b.te("requantize", kernel, [xs[0].expr], chans), lo, hi)
 
 
 def _prepend(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
@@ -261,19 +299,32 @@ def _add(b: _Builder, x: Value, y: Value | np.ndarray) -> Value:
 
 
 def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
-    """intprog.nonlinear.IntLayerNorm.__call__ in int64."""
-    x = b.wide(xs[0])
-    ch = xs[0].shape[-1]
-    centered = b.emit(R.subtract(R.multiply(x, _c(ch)), R.sum(x, axis=[-1], keepdims=True)))
-    s2 = b.emit(R.add(R.sum(R.multiply(centered, centered), axis=[-1], keepdims=True), _c(attrs["eps_term"])))
-    r = b.emit(R.maximum(b.isqrt(s2), _c(1)))
-    two = _c(2)
-    num = R.add(R.multiply(R.multiply(centered, _c(attrs["sqrt_c"])), two), r)  # div_half_up: (2a + b) // 2b
-    norm = b.emit(R.floor_divide(num, R.multiply(r, two)))
-    y = b.round_shift(b.emit(R.multiply(norm, _c(_scalar_or(c["multiplier"])))),
-                      _scalar_or(c["shift"] + NORM_FRAC_BITS), Rounding.HALF_UP)
-    y = R.add(_c(_scalar_or(attrs["out_zp"] + c["beta_q"])), R.multiply(_c(_scalar_or(c["sign"])), y))
-    return b.value(b.clamp(b.emit(y), attrs["qmin"], attrs["qmax"]), attrs["qmin"], attrs["qmax"])
+    """intprog.nonlinear.IntLayerNorm.__call__ in int64, as one kernel (two row sums, isqrt per row)."""
+    chans = Channels({"multiplier": c["multiplier"], "shift": c["shift"] + NORM_FRAC_BITS, "sign": c["sign"],
+                      "offset": attrs["out_zp"] + c["beta_q"]})
+    qmin, qmax = attrs["qmin"], attrs["qmax"]
+
+    def kernel(ch: Channels, x: te.Tensor) -> te.Tensor:
+        rows, width = x.shape[:-1], x.shape[-1]
+        k = te.reduce_axis((0, width), "k")
+        total = te.compute(rows, lambda *r: te.sum(x[(*r, k)].astype("int64"), axis=k), name="row_sum")
+
+        def centered(i: tuple) -> tirx.PrimExpr:
+            return x[i].astype("int64") * width - total[i[:-1]]
+
+        k2 = te.reduce_axis((0, width), "k2")
+        squares = te.compute(rows, lambda *r: te.sum(centered((*r, k2)) * centered((*r, k2)), axis=k2),
+                             name="row_s2")
+        root = isqrt(te.compute(rows, lambda *r: squares[r] + _i64(attrs["eps_term"]), name="row_s2_eps"))
+
+        def body(i: tuple) -> tirx.PrimExpr:
+            r, n = tirx.max(root[i[:-1]], _i64(1)), i[-1]
+            norm = tirx.floordiv(centered(i) * (2 * attrs["sqrt_c"]) + r, r * 2)  # div_half_up: (x - mean)/std, Q15
+            y = round_shift(norm * ch("multiplier", n), ch("shift", n), Rounding.HALF_UP)
+            return tirx.min(tirx.max(ch("offset", n) + ch("sign", n) * y, qmin), qmax)
+        return elementwise(x.shape, body, container(qmin, qmax), "layernorm")
+
+    return Value(b.te("layernorm", kernel, [xs[0].expr], chans), qmin, qmax)
 
 
 def _split_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
@@ -290,44 +341,53 @@ def _merge_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     return Value(b.emit(R.reshape(R.permute_dims(x.expr, (0, 2, 1, 3)), (n, t, h * d))), x.lo, x.hi)
 
 
-def _centered(b: _Builder, x: Value, zp: int, dtype: str) -> tuple[relax.Expr, int]:
-    return b.emit(R.subtract(b.wide(x, dtype), _c(zp, dtype))), max(abs(x.lo - zp), abs(x.hi - zp))
-
-
 def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
-    """The reference's _attention: integer logits, IntSoftmaxLog2 codes, then sum_j (v_j - zv) 2^(L - code_j)."""
+    """The reference's _attention as three kernels: integer logits; IntSoftmaxLog2 codes turned into
+    weights 2^(L - code) (0 for dropped probabilities); sum_j weight_j (v_j - zv)."""
     q, k, v = xs
-    d, m, bits, top = q.shape[-1], k.shape[-2], attrs["bits"], attrs["max_code"]
-    mag_q, mag_k = (max(abs(t.lo - attrs[z]), abs(t.hi - attrs[z])) for t, z in ((q, "q_zp"), (k, "k_zp")))
-    acc = acc_dtype(d * mag_q * mag_k)
-    qc, _ = _centered(b, q, attrs["q_zp"], acc)
-    kc, _ = _centered(b, k, attrs["k_zp"], acc)
-    logits = b.contract(qc, kc, acc, True, "attention_logits")
-    logits = logits if acc == "int64" else b.emit(R.astype(logits, "int64"))
-    codes, zero = _softmax_log2(b, logits, IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], bits))
-    drop = R.logical_or(zero, R.greater(codes, _c(top)))
-    weight = R.left_shift(_c(1), R.maximum(R.subtract(_c(top), codes), _c(0)))
-    acc = acc_dtype(m * (1 << top) * max(abs(v.lo - attrs["v_zp"]), abs(v.hi - attrs["v_zp"])))
-    weight = b.emit(R.astype(R.where(drop, _c(0), weight), acc))
-    vc, mag_v = _centered(b, v, attrs["v_zp"], acc)
-    bound = m * (1 << top) * mag_v
-    return b.value(b.contract(weight, vc, acc, False, "attention_values"), -bound, bound)
+    zq, zk, zv, top = attrs["q_zp"], attrs["k_zp"], attrs["v_zp"], attrs["max_code"]
+    mag = {name: max(abs(t.lo - attrs[z]), abs(t.hi - attrs[z])) for name, t, z in
+           (("q", q, "q_zp"), ("k", k, "k_zp"), ("v", v, "v_zp"))}
+    acc = acc_dtype(q.shape[-1] * mag["q"] * mag["k"])
+    logits = b.te("attention_logits", lambda ch, a, bt: _contract(a, bt, acc, True, zq, zk, "logits"),
+                  [q.expr, k.expr])
+    bound = k.shape[-2] * (1 << top) * mag["v"]
+    weight_dtype = acc_dtype(bound)
+    sm = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])
+    weights = b.te("softmax_log2", lambda ch, x, table: _softmax_log2(x, table, sm, top, weight_dtype),
+                   [logits, _c(sm.exp2_table)])
+    out = b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, weight_dtype, False, 0, zv, "values"),
+               [weights, v.expr])
+    return b.value(out, -bound, bound)
 
 
-def _softmax_log2(b: _Builder, x: relax.Expr, sm: IntSoftmaxLog2) -> tuple[relax.Expr, relax.Expr]:
-    """IntSoftmaxLog2.__call__ on int64 logits: (codes, zero mask)."""
-    d = b.emit(R.maximum(R.subtract(x, R.max(x, axis=[-1], keepdims=True)), _c(-(1 << 31))))
-    neg_t = b.round_shift(b.emit(R.multiply(R.negative(d), _c(sm.multiplier))), sm.shift - EXP_FRAC_BITS,
-                          Rounding.HALF_UP)  # -t >= 0
-    whole = b.emit(R.right_shift(neg_t, _c(EXP_FRAC_BITS)))
-    frac = b.emit(R.bitwise_and(neg_t, _c((1 << EXP_FRAC_BITS) - 1)))
-    table = R.take(_c(sm.exp2_table), frac, axis=0, mode="clip")
-    e = b.emit(R.where(R.greater(whole, _c(62)), _c(0), R.right_shift(table, R.minimum(whole, _c(62)))))
-    total = b.emit(R.sum(e, axis=[-1], keepdims=True))
-    diff = b.emit(R.subtract(b.ilog2_fixed(total), b.ilog2_fixed(b.emit(R.maximum(e, _c(1))))))
-    q = b.round_shift(diff, LOG_FRAC_BITS, Rounding.HALF_UP)
-    zero = b.emit(R.logical_or(R.equal(e, _c(0)), R.greater_equal(q, _c(1 << sm.bits))))
-    return b.emit(R.where(zero, _c((1 << sm.bits) - 1), q)), zero
+def _softmax_log2(x: te.Tensor, table: te.Tensor, sm: IntSoftmaxLog2, top: int, dtype: str) -> te.Tensor:
+    """IntSoftmaxLog2.__call__ over the last axis, then the attention weight of each code."""
+    rows, width = x.shape[:-1], x.shape[-1]
+    j = te.reduce_axis((0, width), "j")
+    peak = te.compute(rows, lambda *r: te.max(x[(*r, j)].astype("int64"), axis=j), name="row_max")
+
+    def exp2(i: tuple) -> tirx.PrimExpr:
+        d = tirx.max(x[i].astype("int64") - peak[i[:-1]], _i64(-(1 << 31)))
+        neg_t = round_shift(-d * _i64(sm.multiplier), _i64(sm.shift - EXP_FRAC_BITS), Rounding.HALF_UP)
+        return neg_t
+
+    neg_t = stage(x, exp2, "neg_t")  # -t >= 0, Q8
+    e = stage(x, lambda i: tirx.Select((neg_t[i] >> EXP_FRAC_BITS) > 62, _i64(0),
+                                       table[neg_t[i] & ((1 << EXP_FRAC_BITS) - 1)]
+                                       >> tirx.min(neg_t[i] >> EXP_FRAC_BITS, _i64(62))), "exp2")
+    j2 = te.reduce_axis((0, width), "j2")
+    total = te.compute(rows, lambda *r: te.sum(e[(*r, j2)], axis=j2), name="row_total")
+    log_total = ilog2_fixed(total)
+    log_e = ilog2_fixed(stage(e, lambda i: tirx.max(e[i], _i64(1)), "e_at_least_1"))
+
+    def weight(i: tuple) -> tirx.PrimExpr:
+        code = round_shift(log_total[i[:-1]] - log_e[i], _i64(LOG_FRAC_BITS), Rounding.HALF_UP)
+        # zero probability (e = 0 or code >= 2^bits) or a code above the top: no weight
+        drop = tirx.any(e[i] == 0, code >= (1 << sm.bits), code > top)
+        return tirx.Select(drop, _i64(0), _i64(1) << tirx.max(top - code, _i64(0)))
+
+    return elementwise(x.shape, weight, dtype, "weight")
 
 
 def _lut(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
