@@ -19,6 +19,7 @@ from pfcr.cli import main
 from tvm_backends import targets
 from tvm_backends.bench import Protocol, measure
 from tvm_backends.build import BuildError, check_cuda_library
+from tvm_backends.rpc import RemoteLost
 
 
 def _requant(n: int, real: float, zp: int, qmin: int, qmax: int) -> dict:
@@ -196,7 +197,7 @@ def test_remote_failure_keeps_finished_runs():
     def timer(k):
         calls.append(k)
         if len(calls) == 3:
-            raise ConnectionResetError("connection reset by peer")
+            raise RemoteLost("127.0.0.1:9090 stopped answering (connection reset)")
         return [2e-3] * k
 
     m = measure(timer, Protocol(warmup=1, min_runs=10**6, min_seconds=0), log=lambda s: None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tvm_backends.rpc import is_remote_failure
+from tvm_backends.rpc import RemoteLost
 
 Timer = Callable[[int], list[float]]  # timer(k) times k single runs, returns their seconds
 
@@ -66,10 +66,8 @@ def measure(timer: Timer, protocol: Protocol, log=print, what: str = "") -> Meas
     except KeyboardInterrupt:
         m.stopped = "interrupted"
         log(f"{what}: interrupted after {len(m.runs_s)} runs; keeping them")
-    except Exception as err:
-        if not is_remote_failure(err):
-            raise
-        m.stopped = f"remote failure: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
+    except RemoteLost as err:
+        m.stopped = f"remote failure: {err}"
         log(f"{what}: the device went away after {len(m.runs_s)} runs; keeping them")
     return m
 

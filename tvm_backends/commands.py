@@ -97,7 +97,7 @@ def _fp32(args, art, remote, x_int, protocol, log) -> tuple[str, object]:
     lib = compile_fp32(art)
     log(f"FP32 baseline: TVM build ({lib}) on the same device")
     runner = Runner(lib, art.preset.device, remote)
-    return "tvm-fp32", measure(lambda k: runner.timer(np.zeros(shape, "float32"), k)(), protocol, log, "fp32")
+    return "tvm-fp32", measure(lambda k: runner.timer(np.zeros(shape, "float32"), k), protocol, log, "fp32")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -146,7 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"bit-exact vs the reference executor on {len(codes)} test images: {check['bit_exact']} "
                   f"({check['mismatched_images']} differ)")
         x = _latency_input(meta, codes, args.seed)
-        latency = measure(lambda k: runner.timer(x, k)(), protocol, print, "latency")
+        latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
         fp32_method, fp32 = ("none", None) if (emulated and args.fp32 == "auto") or not latency.complete \
             else _fp32(args, art, remote, x, protocol, print)
     stats = latency.stats()

@@ -98,11 +98,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[-1] if text else type(err).__name__
 
 
-def is_remote_failure(err: BaseException) -> bool:
-    """Whether an exception from a remote call means the connection to the board broke."""
-    text = str(err)
-    return isinstance(err, (OSError, ConnectionError)) or any(
-        s in text for s in ("RPCSession", "RPC server", "socket", "Socket", "Connection", "connection", "closed"))
+class RemoteLost(RemoteError):
+    """The board stopped answering in the middle of a run."""
 
 
 class Runner:
@@ -143,8 +140,13 @@ class Runner:
         """One inference: input codes (already in the artifact's input dtype) -> output integers."""
         return self.vm["main"](self.tensor(x)).numpy()
 
-    def timer(self, x: np.ndarray, runs: int):
-        """A callable that times `runs` single inferences on the device and returns their seconds."""
-        self.vm.set_input("main", self.tensor(x))
-        evaluate = self.vm.time_evaluator("invoke_stateful", self.dev, number=1, repeat=runs)
-        return lambda: list(evaluate("main").results)
+    def timer(self, x: np.ndarray, runs: int) -> list[float]:
+        """Time `runs` single inferences on the device; their seconds. Over RPC, any failure is RemoteLost."""
+        try:
+            self.vm.set_input("main", self.tensor(x))
+            evaluate = self.vm.time_evaluator("invoke_stateful", self.dev, number=1, repeat=runs)
+            return list(evaluate("main").results)
+        except Exception as err:
+            if self.remote.session is None:
+                raise
+            raise RemoteLost(f"{self.remote.address} stopped answering ({_first_line(err)})") from None
