@@ -46,7 +46,7 @@ class Section:
 
 # Sections of the other parts: each module has `sections(frame, out) -> list[Section]`, drawing its
 # figures into `out` and naming the records each came from.
-REPORT_MODULES: tuple[str, ...] = ("reports.sensor", "reports.accelerator")
+REPORT_MODULES: tuple[str, ...] = ("reports.sensor", "reports.accelerator", "reports.latency")
 
 
 def build_sections(results: str | os.PathLike | None, out: Path) -> list[Section]:

@@ -238,3 +238,27 @@ def test_cuda_build_embeds_a_fatbin_ahead_of_time(tmp_path):
     facts = check_cuda_library(art.library, "sm_87")
     assert facts["fatbin"] and not facts["cuda_source"] and art.meta["build"]["cuda_arch"] == "sm_87"
     assert int.from_bytes(art.library.read_bytes()[18:20], "little") == 183  # host code for the Orin's CPU
+
+
+def test_report_shows_latency_beside_fp32_and_leaves_emulated_timings_out(host_artifact, fake_fmnist, tmp_path):
+    from reports.latency import sections
+    from reports.load import records_frame
+
+    prog, art = host_artifact
+    results = tmp_path / "results"
+    assert main(["bench", str(art), "--fp32", "torch", "--warmup", "2", "--min-runs", "20", "--min-seconds", "0.1",
+                 "--program", str(prog), "--check-images", "4", "--results", str(results)]) == 2  # no such zoo model
+    assert not list(results.glob("bench_*.json"))  # the baseline fails before anything is measured
+    shutil.copytree(art.parent / "results", results, dirs_exist_ok=True)  # the compile record
+    assert _bench(art, results, "--program", str(prog), "--check-images", "4") == 0
+    record = _record(results, "bench")
+    emulated = {**record, "emulated": True, "metrics": {k: v for k, v in record["metrics"].items()
+                                                       if not k.endswith("_ms") and k != "runs"},
+                "config": {**record["config"], "tag": "pi5-emulated"}}
+    emulated["metrics"]["emulated"] = True
+    (results / "bench_emulated.json").write_text(json.dumps(emulated))
+    latency, checks, compiles = sections(records_frame(results), tmp_path / "report")
+    assert list(latency.table["target"]) == ["host"] and latency.table["p50 ms"].iloc[0] > 0
+    assert latency.figures and latency.figures[0].path.exists()
+    assert sorted(checks.table["target"]) == ["host", "pi5-emulated"] and checks.table["bit-exact"].all()
+    assert list(compiles.table["target"]) == ["host"]

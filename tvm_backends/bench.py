@@ -59,7 +59,7 @@ def measure(timer: Timer, protocol: Protocol, log=print, what: str = "") -> Meas
         per_run = max(min(warm[-3:]) if warm else 1e-3, 1e-6)
         chunk = int(min(max(protocol.chunk_seconds / per_run, 1), 1000))
         t0 = time.perf_counter()
-        while len(m.runs_s) < protocol.min_runs or time.perf_counter() - t0 < protocol.min_seconds:
+        while len(m.runs_s) < protocol.min_runs or m.wall_seconds < protocol.min_seconds:
             m.runs_s += timer(chunk)
             m.wall_seconds = time.perf_counter() - t0
         m.complete = True

@@ -67,17 +67,19 @@ def _latency_input(meta: dict, codes, seed: int):
     return rng.integers(meta["input"]["qmin"], meta["input"]["qmax"] + 1, meta["input"]["shape"]).astype(dtype)
 
 
-def _fp32(args, art, remote, x_int, protocol, log) -> tuple[str, object]:
-    """(method, Measurement) of the FP32 baseline on the same device, or ('none', None)."""
+def _fp32_timer(args, art, remote, log):
+    """(method, timer) of the FP32 baseline on the same device, or ('none', None); set up before any
+    timing so that its errors cost no measurement."""
     import numpy as np
 
-    from tvm_backends.bench import measure, torch_timer
+    from tvm_backends.bench import torch_timer
     from tvm_backends.build import compile_fp32
     from tvm_backends.rpc import Runner
 
     mode = args.fp32
     if mode == "auto":
-        mode = "torch" if remote.session is None and art.preset.device == "cpu" else "tvm"
+        mode = "none" if args.emulated_pi else "torch" if remote.session is None and art.preset.device == "cpu" \
+            else "tvm"
     if mode == "none":
         return "none", None
     shape = [art.meta["batch"], *art.meta["input"]["shape"][1:]]
@@ -93,11 +95,12 @@ def _fp32(args, art, remote, x_int, protocol, log) -> tuple[str, object]:
         m = art.meta["model"]
         module = load_model(m["model"], m.get("checkpoint"), **(m.get("model_kwargs") or {})).module.eval()
         log("FP32 baseline: torch eager on this CPU")
-        return "torch-eager", measure(torch_timer(module, torch.zeros(shape)), protocol, log, "fp32")
+        return "torch-eager", torch_timer(module, torch.zeros(shape))
     lib = compile_fp32(art)
     log(f"FP32 baseline: TVM build ({lib}) on the same device")
     runner = Runner(lib, art.preset.device, remote)
-    return "tvm-fp32", measure(lambda k: runner.timer(np.zeros(shape, "float32"), k), protocol, log, "fp32")
+    x = np.zeros(shape, "float32")
+    return "tvm-fp32", lambda k: runner.timer(x, k)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -145,10 +148,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             metrics.update(check, top1=float((pred == labels).mean()))
             print(f"bit-exact vs the reference executor on {len(codes)} test images: {check['bit_exact']} "
                   f"({check['mismatched_images']} differ)")
+        fp32_method, fp32_timer = _fp32_timer(args, art, remote, print)
         x = _latency_input(meta, codes, args.seed)
         latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
-        fp32_method, fp32 = ("none", None) if (emulated and args.fp32 == "auto") or not latency.complete \
-            else _fp32(args, art, remote, x, protocol, print)
+        fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
     stats = latency.stats()
     timing = {**stats, "complete": latency.complete, "stopped": latency.stopped,
               "runs_ms": [round(s * 1e3, 5) for s in latency.runs_s]}
