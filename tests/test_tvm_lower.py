@@ -11,14 +11,21 @@ tvm = pytest.importorskip("tvm")
 from intprog import nonlinear, reference  # noqa: E402
 from intprog.arith import quantize_multiplier  # noqa: E402
 from tvm_backends.lower import container, ilog2_fixed, isqrt, lower, lower_graph  # noqa: E402
+from tvm_backends.schedules import schedule  # noqa: E402
 
 I32 = (-(1 << 31), (1 << 31) - 1)
 
 
-def run_tvm(mod: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
+def build(mod: tvm.IRModule):
+    """What ships: fused and scheduled for this host, on the Relax VM."""
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
+    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    return relax.VirtualMachine(tvm.compile(schedule(mod, target), target), tvm.cpu())
+
+
+def run_tvm(mod: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
+    vm = build(mod)
     dtypes = [str(p.ty.dtype) for p in mod["main"].params]
     args = [tvm.runtime.tensor(np.ascontiguousarray(a).astype(d)) for a, d in zip(arrays, dtypes, strict=True)]
     return vm["main"](*args).numpy()
@@ -177,9 +184,7 @@ def test_zoo_vit_matches_the_reference(zoo_program, bits):
     program, codes, _ = zoo_program(bits)
     lowered = lower(program, batch=16)
     assert (lowered.input_dtype, lowered.output_dtype, lowered.output_shape) == ("uint8", "int32", (16, 10))
-    from tvm import relax
-
-    vm = relax.VirtualMachine(tvm.compile(lowered.mod, "llvm"), tvm.cpu())
+    vm = build(lowered.mod)
     got = np.concatenate([vm["main"](tvm.runtime.tensor(codes[i:i + 16].astype("uint8"))).numpy()
                           for i in range(0, len(codes), 16)])
     np.testing.assert_array_equal(got, reference.run(program, codes))
