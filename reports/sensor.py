@@ -126,8 +126,13 @@ def photo_figure(frame: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[Fig
                           "lux": rows["m.lux"], "exposure ms": (1e3 * rows["m.exposure_s"]).round(2),
                           "white e-": rows["m.white_electrons"].round(0), "PSNR dB": rows["m.psnr_db"].round(1),
                           "record": rows["record"].map(lambda p: Path(p).name)}).sort_values(["image", "lux"])
-    records = [json.loads(Path(p).read_text()) for p in sorted(rows["record"])]
-    records = [r for r in records if all(Path(f).exists() for f in r["images"].values())]
+    records = []
+    for p in sorted(rows["record"]):
+        rec = json.loads(Path(p).read_text())
+        # The PNG paths are relative to the results folder the record was written to (its folder).
+        rec["images"] = {k: Path(p).parent / f for k, f in rec["images"].items()}
+        if all(f.exists() for f in rec["images"].values()):
+            records.append(rec)
     if not records:
         return table, []
     fig, axes = plt.subplots(len(records), 3, figsize=(10, 3.4 * len(records)), squeeze=False)

@@ -32,7 +32,7 @@ def test_photo_command_writes_pngs(results, tmp_path):
                  "--results", str(results)]) == 0
     (rec,) = read_records(results)
     for path in rec["images"].values():
-        assert Image.open(path).size == (46, 32)  # cropped to even sides for the Bayer mosaic
+        assert Image.open(results / path).size == (46, 32)  # cropped to even sides for the Bayer mosaic
     assert rec["metrics"]["psnr_db"] > 15 and rec["config"]["demosaic"] == "bilinear"
 
 

@@ -4,6 +4,7 @@ it, and measure classifiers through it. Light to import: numpy, torch and skimag
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def _save_png(array, path: Path) -> Path:
 
 
 def cmd_photo(args: argparse.Namespace) -> int:
-    """A photo through sensor and ISP: PNGs of the scene, the raw mosaic and the ISP output; a record."""
+    """A photo through sensor and ISP: PNGs of the scene, the raw mosaic and the ISP output; a record
+    naming them relative to the results folder (so a moved or cloned folder keeps its figures)."""
     import numpy as np
 
     from hwsim.sensor import camera, isp
@@ -130,7 +132,8 @@ def cmd_photo(args: argparse.Namespace) -> int:
                          data={"name": Path(args.image).stem, "split": "photo", "size": 1},
                          config={"method": "isp-photo", "tag": tag,
                                  "sensor": cfg.to_dict(), "lux": args.lux, "demosaic": args.demosaic},
-                         metrics=metrics, seed=args.seed, extra={"images": {k: str(v) for k, v in files.items()}})
+                         metrics=metrics, seed=args.seed,
+                         extra={"images": {k: os.path.relpath(v, results_dir(args.results)) for k, v in files.items()}})
     path = write_record(record, args.results)
     print(f"{args.image} at {args.lux:g} lux through {cfg.name}: exposure {1e3 * exp.exposure_s:.2f} ms, "
           f"white {metrics['white_electrons']:.0f} e-, PSNR {metrics['psnr_db']:.1f} dB vs the scene -> "
