@@ -100,7 +100,10 @@ def layer_cost(layer: Layer, cfg: AccelConfig) -> LayerCost:
         else:  # streams its input `passes` times, writes its output once
             sram = layer.elements * (layer.passes * layer.in_bits + layer.out_bits) / 8
             on_chip = layer.elements * (layer.in_bits + layer.out_bits) / 8
-        dram = 0.0
+        total_sram = cfg.ifmap_sram_bytes + cfg.filter_sram_bytes + cfg.ofmap_sram_bytes
+        # operands that do not fit the SRAMs stream from and to DRAM once
+        dram = on_chip if on_chip > total_sram else 0.0
+        on_chip = min(on_chip, total_sram)
         energy = layer.elements * layer.passes * unit.pj_per_element
     energy += sram * cfg.sram_pj_per_byte + dram * cfg.dram_pj_per_byte
     cycles = max(compute, math.ceil(dram / cfg.dram_bytes_per_cycle))
