@@ -23,7 +23,8 @@ def _bits(r: pd.Series) -> str:
 def _runs(sim: pd.DataFrame) -> pd.DataFrame:
     runs = sim[~sim["tag"].fillna("").str.startswith("accwidth-")]
     cols = ["accelerator", "bits", "tag", "images", "top1 %", "bit-exact", "overflows", "cycles/image",
-            "latency ms", "energy uJ", "util %", "stall %", "DRAM KiB", "peak on-chip KiB", "sim GMAC/s", "record"]
+            "latency ms", "energy uJ", "util %", "stall %", "DRAM KiB", "peak on-chip KiB", "sim GMAC/s",
+            "sim GMAC/CPU-s", "record"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame({
@@ -35,7 +36,9 @@ def _runs(sim: pd.DataFrame) -> pd.DataFrame:
         "stall %": (100 * runs["m.stall_cycles"] / runs["m.cycles"]).round(1),
         "DRAM KiB": (runs["m.dram_bytes"] / 1024).round(1),
         "peak on-chip KiB": (runs["m.peak_on_chip_bytes"] / 1024).round(1),
-        "sim GMAC/s": (runs["m.sim_macs_per_second"] / 1e9).round(2), "record": runs["record"]})
+        "sim GMAC/s": (runs["m.sim_macs_per_second"] / 1e9).round(2),
+        "sim GMAC/CPU-s": (runs["m.macs"] * runs["m.images"] / runs["m.sim_cpu_seconds"] / 1e9).round(2),
+        "record": runs["record"]})
     return out.sort_values(["accelerator", "bits", "tag"]).reset_index(drop=True)
 
 
@@ -71,10 +74,12 @@ def width_figure(sim: pd.DataFrame, path: Path) -> list[str]:
     w = w.assign(mode=w["tag"].str.extract(WIDTH_TAG)[0].str.upper(),
                  width=w["tag"].str.extract(WIDTH_TAG)[1].astype(int), bits=w.apply(_bits, axis=1))
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = dict(zip(sorted(set(w["bits"])), ("tab:red", "tab:blue", "tab:gray", "tab:green"), strict=False))
     for (bits, mode), g in w.groupby(["bits", "mode"]):
         g = g.sort_values("width")
         ax.plot(g["width"], 100 * g["m.top1"], marker="o", ls="-" if mode == "AP_SAT" else "--",
-                label=f"{bits} {mode}")
+                color=colors.get(bits), label=f"{bits} {mode}")
+    ax.set_xticks(sorted(set(w["width"])))
     ax.set(title=f"top-1 vs accumulator width ({int(w['m.images'].iloc[0])} test images)",
            xlabel="accumulator bits", ylabel="top-1 %")
     ax.grid(alpha=0.3)
