@@ -106,3 +106,41 @@ def check_outputs(run: Callable[[np.ndarray], np.ndarray], program, codes: np.nd
     diff = np.any(got.reshape(n, -1) != want.reshape(n, -1), axis=1)
     return {"bit_exact": bool(not diff.any()), "checked_images": n, "mismatched_images": int(diff.sum()),
             "max_abs_diff": int(np.abs(got - want).max()) if n else 0, "outputs": got}
+
+
+def model_field(meta: dict) -> dict:
+    """The record's `model` of an artifact (the program names its model; the checkpoint is hashed by
+    the export record)."""
+    return {"name": meta["model"].get("model") or "unknown", "checkpoint_sha256": None}
+
+
+def _timing(m: Measurement) -> dict:
+    return {**m.stats(), "complete": m.complete, "stopped": m.stopped, "runs_ms": [round(s * 1e3, 5) for s in m.runs_s]}
+
+
+def bench_record(art, checks: dict, latency: Measurement, fp32_method: str, fp32: Measurement | None,
+                 protocol: Protocol, *, data: dict, device: dict, env: dict, seed: int, tag: str,
+                 emulated: bool = False) -> dict:
+    """The `bench` record of one artifact on one device: checks and latency in `metrics`, every run
+    time in `latency` (and `fp32`). Emulated timings go to `emulated_timing` only, never to metrics."""
+    from pfcr.records import make_record
+
+    meta, stats = art.meta, latency.stats()
+    metrics, extra = {**checks, "emulated": emulated}, {}
+    if fp32 is not None:
+        extra["fp32"] = {"method": fp32_method, **_timing(fp32)}
+    if emulated:
+        extra["emulated_timing"] = _timing(latency)
+    else:
+        extra["latency"] = _timing(latency)
+        metrics.update(stats, complete=latency.complete)
+        if fp32 is not None and fp32.runs_s and latency.runs_s:
+            f = fp32.stats()
+            metrics.update({f"fp32_{k}": f[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")},
+                           speedup_vs_fp32_p50=round(f["p50_ms"] / stats["p50_ms"], 3))
+    config = {"method": "tvm", "w_bits": meta["model"].get("w_bits"), "a_bits": meta["model"].get("a_bits"),
+              "tag": tag, "batch": meta["batch"], "fp32": fp32_method, "protocol": protocol.describe()}
+    return make_record("bench", model=model_field(meta), data=data, config=config, metrics=metrics, seed=seed,
+                       extra={**extra, "artifact": str(art.path), "target": meta["target"], "emulated": emulated,
+                              "device": device, "environment": env, "program_sha256": meta["program"]["sha256"],
+                              "library_sha256": meta["build"]["library_sha256"]})

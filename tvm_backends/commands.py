@@ -21,13 +21,10 @@ def _tag(preset: str, batch: int, user: str | None, emulated: bool = False) -> s
     return "-".join(parts)
 
 
-def _model(meta: dict) -> dict:
-    return {"name": meta["model"].get("model") or "unknown", "checkpoint_sha256": None}
-
-
 def cmd_compile(args: argparse.Namespace) -> int:
     """Integer program -> artifact folder (library + artifact.json) and a `compile` record."""
     from pfcr.records import make_record, write_record
+    from tvm_backends.bench import model_field
     from tvm_backends.build import compile_program
 
     t0 = time.perf_counter()
@@ -35,7 +32,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     meta = art.meta
     metrics = {**meta["build"], "seconds": round(time.perf_counter() - t0, 3)}
     record = make_record(
-        "compile", model=_model(meta), data={"name": Path(args.program).name, "split": "program", "size": 0},
+        "compile", model=model_field(meta), data={"name": Path(args.program).name, "split": "program", "size": 0},
         config={"method": "tvm", "w_bits": meta["model"].get("w_bits"), "a_bits": meta["model"].get("a_bits"),
                 "tag": _tag(meta["target"]["preset"], args.batch, args.tag), "batch": args.batch},
         metrics=metrics, seed=args.seed,
@@ -108,8 +105,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import contextlib
 
     from intprog.program import ProgramError, load
-    from pfcr.records import make_record, write_record
-    from tvm_backends.bench import Protocol, check_outputs, measure
+    from pfcr.records import write_record
+    from tvm_backends.bench import Protocol, bench_record, check_outputs, measure
     from tvm_backends.build import Artifact
     from tvm_backends.emulate import running
     from tvm_backends.rpc import RemoteError, Runner, connect
@@ -141,49 +138,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rpc = f"{host}:{port}"
         remote = connect(rpc, args.tracker, args.key)
         runner = Runner(art.library, art.preset.device, remote)
-        metrics, extra = {}, {}
+        checks = {}
         if codes is not None:
             check = check_outputs(runner.run, program, codes, meta["batch"], meta["input"]["dtype"])
             pred = check.pop("outputs").reshape(len(codes), -1).argmax(1)
-            metrics.update(check, top1=float((pred == labels).mean()))
+            checks = {**check, "top1": float((pred == labels).mean())}
             print(f"bit-exact vs the reference executor on {len(codes)} test images: {check['bit_exact']} "
                   f"({check['mismatched_images']} differ)")
         fp32_method, fp32_timer = _fp32_timer(args, art, remote, print)
         x = _latency_input(meta, codes, args.seed)
         latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
         fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
-    stats = latency.stats()
-    timing = {**stats, "complete": latency.complete, "stopped": latency.stopped,
-              "runs_ms": [round(s * 1e3, 5) for s in latency.runs_s]}
-    if fp32 is not None:
-        extra["fp32"] = {"method": fp32_method, **fp32.stats(), "complete": fp32.complete,
-                         "runs_ms": [round(s * 1e3, 5) for s in fp32.runs_s]}
-    if emulated:
-        # Emulated timings are not latency: kept out of the metrics so no table can show them as such.
-        extra["emulated_timing"] = timing
-    else:
-        extra["latency"] = timing
-        metrics.update({k: v for k, v in stats.items() if k != "runs"}, runs=stats["runs"], complete=latency.complete)
-        if fp32 is not None and fp32.runs_s:
-            f = fp32.stats()
-            metrics.update({f"fp32_{k}": f[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")},
-                           speedup_vs_fp32_p50=round(f["p50_ms"] / stats["p50_ms"], 3))
-    metrics["emulated"] = emulated
     device = remote.describe()
     if emulated:
         device.update(emulated="qemu-aarch64-static user-mode emulation of a Raspberry Pi (aarch64)")
-    env = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "threads_arg": args.threads}
-    record = make_record(
-        "bench", model=_model(meta),
-        data={"name": "fashion-mnist", "split": "test", "size": len(codes)} if codes is not None
-        else {"name": "random-codes", "split": "latency", "size": 0},
-        config={"method": "tvm", "w_bits": meta["model"].get("w_bits"), "a_bits": meta["model"].get("a_bits"),
-                "tag": _tag(meta["target"]["preset"], meta["batch"], args.tag, emulated), "batch": meta["batch"],
-                "fp32": fp32_method, "protocol": protocol.describe()},
-        metrics=metrics, seed=args.seed,
-        extra={**extra, "artifact": str(art.path), "target": meta["target"], "emulated": emulated,
-               "device": device, "environment": env, "program_sha256": meta["program"]["sha256"],
-               "library_sha256": meta["build"]["library_sha256"]})
+    data = {"name": "fashion-mnist", "split": "test", "size": len(codes)} if codes is not None \
+        else {"name": "random-codes", "split": "latency", "size": 0}
+    record = bench_record(art, checks, latency, fp32_method, fp32, protocol, data=data, device=device,
+                          env={"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "threads_arg": args.threads},
+                          seed=args.seed, tag=_tag(meta["target"]["preset"], meta["batch"], args.tag, emulated),
+                          emulated=emulated)
+    metrics, stats = record["metrics"], latency.stats()
     path = write_record(record, args.results)
     what = "emulated (not latency)" if emulated else "latency"
     line = f"{what}: p50 {stats.get('p50_ms', float('nan')):.3f} ms over {stats['runs']} runs"
