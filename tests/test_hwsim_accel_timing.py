@@ -122,7 +122,7 @@ def test_operands_wider_than_the_multipliers_are_refused(zoo_program):
         Accelerator(program, cfg).run(codes[:1])
 
 
-def test_simulate_command_writes_a_record_with_a_layer_table(zoo_program, fake_fmnist, results, tmp_path, capsys):
+def test_simulate_command_writes_a_record_with_a_layer_table(zoo_program, results, tmp_path, capsys):
     from pfcr.cli import main
 
     program, _, _ = zoo_program(4)
@@ -137,3 +137,7 @@ def test_simulate_command_writes_a_record_with_a_layer_table(zoo_program, fake_f
     assert record["metrics"]["cycles"] == sum(row["cycles"] for row in record["layers"]) + -(-(784 + 40) // 2)
     assert "b0.fc1" in capsys.readouterr().out
     assert main(["simulate", str(path), "--config", "nope"]) == 2
+    assert main(["simulate", str(path), "--acc-bits", "4"]) == 2
+    assert main(["simulate", str(path), "--limit", "0"]) == 2
+    assert main(["simulate", str(tmp_path / "missing.safetensors")]) == 2
+    assert "accumulator.bits = 4" in capsys.readouterr().err

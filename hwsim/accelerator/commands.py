@@ -32,6 +32,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = cfg.replace(**changes) if changes else cfg
     test = data.fmnist(args.split, limit=args.limit)
     images, labels = test.tensors[0], test.tensors[1].numpy()
+    if len(labels) == 0:
+        raise SuiteError(f"--limit {args.limit} leaves no images to simulate; give a positive number")
+    if list(images.shape[1:]) != list(program.input["shape"]):
+        raise SuiteError(f"{args.program} takes {program.input['shape']} inputs; `pfcr simulate` feeds Fashion-MNIST "
+                         f"images of {list(images.shape[1:])} (programs exported from the zoo ViT)")
     starts = range(0, len(labels), args.batch_size)
     batches = ((quantize_images(program, images[s:s + args.batch_size]), labels[s:s + args.batch_size])
                for s in tqdm(starts, desc=f"simulate on {cfg.name}", leave=False, disable=None))
