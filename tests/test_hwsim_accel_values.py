@@ -125,3 +125,18 @@ def test_attention_v_is_shifts_of_v_by_the_log2_codes():
 
 def test_signed_bits():
     assert [signed_bits(-8, 7), signed_bits(-8, 8), signed_bits(0, 255), signed_bits(-73, 182)] == [4, 5, 9, 9]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [8, 4, 3])
+def test_whole_test_set_is_bit_exact_on_the_edge_npu(zoo_program, bits):
+    from hwsim.accelerator.simulate import simulate
+    from pfcr import data
+    from pfcr.export import quantize_images
+
+    program, _, _ = zoo_program(bits)
+    test = data.fmnist("test")
+    images, labels = test.tensors[0], test.tensors[1].numpy()
+    batches = ((quantize_images(program, images[s:s + 500]), labels[s:s + 500]) for s in range(0, len(labels), 500))
+    metrics, _ = simulate(program, batches, load_config("edge-npu"))
+    assert metrics["images"] == 10000 and metrics["bit_exact"] and metrics["overflows"] == 0
