@@ -16,19 +16,17 @@ from intprog.arith import requantize
 @pytest.mark.parametrize("preset", ["edge-npu", "mcu"])
 def test_wide_accumulators_match_the_reference_bit_for_bit(zoo_program, bits, preset):
     program, codes, _ = zoo_program(bits)
-    cfg = load_config(preset).replace(acc_bits=40)
-    acc = Accelerator(program, cfg)
-    assert np.array_equal(acc.run(codes), reference.run(program, codes))
-    assert sum(acc.trace.overflows.values()) == 0
-    assert sum(acc.trace.updates.values()) > 0
+    ref = reference.run(program, codes)
+    for cfg in (load_config(preset).replace(acc_bits=40), load_config(preset)):  # the preset's own width too
+        acc = Accelerator(program, cfg)
+        assert np.array_equal(acc.run(codes), ref)
+        assert sum(acc.trace.overflows.values()) == 0
+        assert sum(acc.trace.updates.values()) > 0
 
 
-def test_preset_accumulators_are_exact_on_the_zoo_and_narrow_ones_are_not(zoo_program):
+def test_narrow_accumulators_overflow_and_change_outputs(zoo_program):
     program, codes, _ = zoo_program(4)
     ref = reference.run(program, codes)
-    for preset in ("edge-npu", "mcu"):  # 32 and 24 bits: wide enough for the zoo ViT
-        acc = Accelerator(program, load_config(preset))
-        assert np.array_equal(acc.run(codes), ref)
     narrow = Accelerator(program, load_config("edge-npu").replace(acc_bits=14))
     out = narrow.run(codes)
     assert sum(narrow.trace.overflows.values()) > 0
