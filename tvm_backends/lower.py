@@ -92,9 +92,12 @@ def _i64(value: int) -> tirx.PrimExpr:
 # expression repeats the previous one (inlined Selects would grow exponentially, and TIR's
 # simplifier substitutes let-bound values back).
 
+MATERIALIZE = "intprog.materialize"  # block annotation: a step of an iterative kernel, never inline it
+
+
 def stage(like: te.Tensor, fn: Callable[[tuple], tirx.PrimExpr], name: str) -> te.Tensor:
-    """An int64 tensor of like's shape, element i = fn(i)."""
-    return te.compute(like.shape, lambda *i: fn(i).astype("int64"), name=name)
+    """An int64 tensor of like's shape, element i = fn(i): one step of an iterative kernel."""
+    return te.compute(like.shape, lambda *i: fn(i).astype("int64"), name=name, attrs={MATERIALIZE: 1})
 
 
 def round_shift(x: tirx.PrimExpr, shift: tirx.PrimExpr, rounding: str) -> tirx.PrimExpr:
@@ -139,7 +142,7 @@ def ilog2_fixed(v: te.Tensor) -> te.Tensor:
         def body(*i):
             sq = (mant[i] * mant[i]) >> 30  # < 2^32: its bit 31 is the next fraction bit
             return [tirx.Select(sq >= _i64(1 << 31), sq >> 1, sq), frac[i] | ((sq >> 31) << bit)]
-        return te.compute(v.shape, body, name="log2_step")
+        return te.compute(v.shape, body, name="log2_step", attrs={MATERIALIZE: 1})
 
     m = stage(v, lambda i: msb(v[i]), "msb")
     mant = stage(v, lambda i: tirx.Select(m[i] >= 30, v[i] >> tirx.max(m[i] - 30, _i64(0)),

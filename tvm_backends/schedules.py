@@ -15,8 +15,10 @@ from __future__ import annotations
 import tvm
 from tvm import relax, s_tir, tirx
 
+from tvm_backends.lower import MATERIALIZE
+
 # below this many multiply-adds a parallel loop costs more than it saves
-_PARALLEL_MIN_MACS = 1 << 16
+_PARALLEL_MIN_MACS = 1 << 21
 _VECTOR = 16
 
 
@@ -39,9 +41,24 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target | dict | str) -> tvm.I
         if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
             sch = s_tir.Schedule(func)
             for block in sch.get_child_blocks(sch.get_sblock("root")):
+                _inline(sch, block)
+            for block in sch.get_child_blocks(sch.get_sblock("root")):
                 _schedule_block(sch, block)
             mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return relax.transform.DeadCodeElimination()(mod)
+
+
+def _inline(sch: s_tir.Schedule, block) -> None:
+    """Inline an elementwise stage into its consumers (casts, adds, requantization epilogues),
+    except the steps of isqrt and ilog2 that `lower` marks MATERIALIZE: each is read several times
+    by the next, and inlining them would repeat their expressions exponentially."""
+    stmt = sch.get(block)
+    if MATERIALIZE in stmt.annotations or any(int(iv.iter_type) != 0 for iv in stmt.iter_vars):
+        return
+    try:
+        sch.compute_inline(block)
+    except s_tir.ScheduleError:  # e.g. a block that writes the function's output
+        pass
 
 
 def _iter_types(sch: s_tir.Schedule, block) -> list[int]:
@@ -83,9 +100,8 @@ def _schedule_reduction(sch: s_tir.Schedule, block, spatial: list, reduce_: list
 
 
 def _schedule_elementwise(sch: s_tir.Schedule, spatial: list) -> None:
-    """One flat loop, vectorized in chunks where its length allows."""
-    loop = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-    n = _extent(sch, loop)
+    """The innermost (contiguous) axis vectorized in chunks where its length allows."""
+    n = _extent(sch, spatial[-1])
     if n >= _VECTOR and n % _VECTOR == 0:
-        _, inner = sch.split(loop, [None, _VECTOR])
+        _, inner = sch.split(spatial[-1], [None, _VECTOR])
         sch.vectorize(inner)
