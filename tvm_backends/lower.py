@@ -1,12 +1,12 @@
 """Integer program -> Relax module of integer ops only, bit-exact with intprog.reference.
 
-Each op kind of intprog.program.OPS becomes Relax integer ops (elementwise, reductions, take) or a
-TE contraction (`_contract`: a GEMM with weights as [N, K], or a batched attention matmul) whose
-inputs are integers in narrow containers and whose sums are int32 or int64. No float and no float
-scale is used. The reference computes in int64; here every value carries a proven integer interval
-(propagated op by op from the program's constants and clamps), which picks the narrowest container
-that holds it and the width of every accumulator: int32 where the interval proves it exact, int64
-otherwise. 3/4-bit values sit in int8/uint8 containers (TVM's int4 is broken in 0.27).
+Each op kind of intprog.program.OPS becomes one fused TE kernel (linear with its requantization,
+requantize, layernorm, and attention as logits / log2 softmax / weighted sum) or Relax data-movement
+ops (reshape, permute, slice, concat, take, add). No float and no float scale is used. The reference
+computes in int64; here every value carries a proven integer interval (propagated op by op from the
+program's constants and clamps), which picks the narrowest container that holds it and the width of
+every sum: int32 where the interval proves it exact, int64 otherwise. 3/4-bit values sit in
+int8/uint8 containers (TVM's int4 is broken in 0.27).
 
 Linear layers are lowered as u8 x s8 GEMMs where possible: weights minus their zero points become
 int8 constants, activations are shifted to start at 0 (uint8), and the shift and the input zero
