@@ -119,6 +119,8 @@ def _bind_threads(func, max_threads: int = 256):
     sch = tvm.s_tir.Schedule(func)
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)
+        if any(sch.get(loop).thread_binding is not None for loop in loops):
+            continue  # shares a loop nest with a block bound before
         iters = sch.get(block).iter_vars
         if len(loops) != len(iters):
             return None  # not a plain loop nest: leave it to dlight
@@ -147,8 +149,9 @@ def _cuda_schedule(mod, target):
             func = func.with_attr("dlight.do_not_tensorize", True)
             scheduled = dl.ApplyDefaultSchedule(dl.gpu.Matmul())(tvm.IRModule({gv: func}))[gv.name_hint]
             if "tirx.is_scheduled" not in (scheduled.attrs or {}):
-                scheduled = _bind_threads(func) or dl.ApplyDefaultSchedule(dl.gpu.Fallback())(
-                    tvm.IRModule({gv: func}))[gv.name_hint]
+                scheduled = _bind_threads(func)
+            if scheduled is None:
+                scheduled = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(tvm.IRModule({gv: func}))[gv.name_hint]
             func = scheduled
         funcs[gv] = func
     return tvm.IRModule(funcs, attrs=mod.attrs)
