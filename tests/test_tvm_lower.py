@@ -98,6 +98,14 @@ def test_requantize_ties_and_extremes(rounding):
         check_op("requantize", [(acc, *I32)], {"rounding": rounding}, consts)
 
 
+def test_requantize_per_channel():
+    rng = np.random.default_rng(2)
+    acc = rng.integers(-(1 << 24), 1 << 24, (2, 5, 6))
+    consts = _requant(rng, 6, 1e-6, 1e-3, rng.integers(-3, 4, 6), rng.integers(-20, 0, 6), rng.integers(1, 20, 6))
+    out = check_op("requantize", [(acc, -(1 << 24), 1 << 24)], {"rounding": "half_even"}, consts)
+    assert (out == consts["qmax"]).any() and (out == consts["qmin"]).any()
+
+
 @pytest.mark.parametrize("bits, scale", [(4, 1.0), (3, 0.05), (8, 1e-4)])
 def test_layernorm(bits, scale):
     rng = np.random.default_rng(bits)
