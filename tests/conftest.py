@@ -76,28 +76,29 @@ def image_folder(root: Path, classes: tuple[str, ...], per_class: int, size: int
 
 @pytest.fixture(scope="session")
 def zoo_program():
-    """`zoo_program(bits)` -> (Program, test codes [64, 1, 28, 28] int64, labels [64]) for the zoo ViT.
+    """`zoo_program(bits, model="vit_fmnist")` -> (Program, test codes [64, 1, 28, 28] int64, labels [64]).
 
-    Quantized by calibration alone (rtn, 128 seeded Fashion-MNIST training images) and exported:
-    the real model's shapes and value ranges in seconds, cached for the session. bits is 8, 4 or 3.
+    A zoo model quantized by calibration alone (rtn, 128 seeded Fashion-MNIST training images) and
+    exported: the real model's shapes and value ranges in seconds, cached for the session. bits is
+    8, 4 or 3; model "vit_fmnist" or "swin_fmnist".
     """
     import functools
 
     import torch
 
     from pfcr import data, models
-    from pfcr.export import export_vit, quantize_images
+    from pfcr.export import export_program, quantize_images
     from pfcr.quant.model import QuantConfig
     from pfcr.quantize import QuantizeConfig, quantize
 
     @functools.cache
-    def build(bits: int):
+    def build(bits: int, model: str = "vit_fmnist"):
         torch.manual_seed(0)
-        fp = models.load_model("vit_fmnist").module.eval()
+        fp = models.load_model(model).module.eval()
         calib, _ = data.fmnist_calibration(128, seed=0)
         x = calib.tensors[0]
         qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(bits, bits), init_size=128))
-        program = export_vit(qm, x)
+        program = export_program(qm, x)
         test = data.fmnist("test", limit=64)
         return program, quantize_images(program, test.tensors[0]), test.tensors[1].numpy()
 

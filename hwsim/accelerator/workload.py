@@ -18,7 +18,8 @@ from intprog.program import Program
 # op kind -> the unit that executes it; "array" ops are GEMMs, "layout" ops are address generation only
 UNIT_OF = {"linear": "array", "attention": "array", "layernorm": "layernorm", "lut": "lut",
            "add": "vector", "add_const": "vector", "requantize": "vector", "patchify": "layout",
-           "prepend": "layout", "split_heads": "layout", "merge_heads": "layout", "take_token": "layout"}
+           "prepend": "layout", "split_heads": "layout", "merge_heads": "layout", "take_token": "layout",
+           "gather_tokens": "layout", "sum_tokens": "vector"}
 
 
 @dataclass
@@ -81,7 +82,7 @@ def value_ranges(program: Program) -> dict[str, tuple[int, int]]:
             out = (ins[0][0] + v[0], ins[0][1] + v[1])
         elif kind == "add":
             out = (ins[0][0] + ins[1][0], ins[0][1] + ins[1][1])
-        elif kind == "attention":  # sums of shifted values: stored as the int32 it is requantized from
+        elif kind in ("attention", "sum_tokens"):  # sums: stored as the int32 they are requantized from
             out = (-(1 << 31), (1 << 31) - 1)
         else:  # layout ops move values unchanged
             out = ins[0]
@@ -111,6 +112,8 @@ def describe(op: dict, program: Program, ranges: dict[str, tuple[int, int]], sha
                       a_width=operand_width(*ranges[op["in"][0]], a["in_zp"]), in_bits=in_bits, out_bits=out_bits)]
     if kind == "attention":
         _, h, t, d = shapes[0]
+        if a.get("window"):  # Swin: h x (t / w) independent windows of w tokens
+            h, t = h * (t // a["window"]), a["window"]
         qk = [operand_width(*ranges[n], a[z]) for n, z in zip(op["in"], ("q_zp", "k_zp", "v_zp"), strict=True)]
         return [Layer(name + ".qk", kind, "array", m=t, k=d, n=t, count=h, w_width=qk[1], a_width=qk[0],
                       in_bits=in_bits, out_bits=32),
