@@ -84,7 +84,10 @@ def test_zoo_eval_reproduces_card(results, capsys):
 
 @pytest.mark.slow
 def test_main_job_runs_and_resumes(tmp_path, capsys):
-    """The main job end to end on a slice of the test set; a second run skips every stage."""
+    """The main job end to end on a slice of the test set; every part writes its records; a second
+    run skips every stage."""
+    from pfcr.pipeline import stages
+
     argv = ["main", "--limit", "200", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "rep")]
     assert main(argv) == 0
     first = capsys.readouterr().out
@@ -92,6 +95,9 @@ def test_main_job_runs_and_resumes(tmp_path, capsys):
     for kind in ("quantize", "export", "run"):
         assert len(list((tmp_path / "res").glob(f"{kind}_*.json"))) == 2, kind
     assert (tmp_path / "rep" / "report.html").exists()
+    kinds = {p.name.split("_")[0] for p in (tmp_path / "res").rglob("*.json")}
+    assert {"eval", "quantize", "export", "run", "compile", "bench", "simulate", "sensor"} <= kinds
     assert main(argv) == 0
     second = capsys.readouterr().out
-    assert second.count("up to date") == second.count("== stage") == 8
+    n = len(stages(tmp_path / "res", full=False, limit=200))
+    assert second.count("up to date") == second.count("== stage") == n
