@@ -8,7 +8,10 @@ images, then timed with the suite's single-stream protocol (tvm_backends.bench.m
 then at least N runs and S seconds, every run kept). The FP32 model is timed with the same
 protocol, same thread count, in the same process; the measurements are interleaved in rounds so
 that load from other processes on a shared machine hits all of them alike. The unscheduled TVM
-build (default fused pipeline) of W4A4 is timed beside them, to show what the schedules buy.
+build (default fused pipeline) of W4A4 is timed beside them, to show what the schedules buy, and
+so is what a user would pick instead: onnxruntime (CPU) on an int8 QDQ ONNX export of the FP32
+model (static quantization, per-channel int8 weights, uint8 activations, calibrated on the same 128
+seeded training images as the integer programs' rtn baseline).
 Writes one `bench` record per TVM build to benchmarks/results/tvm/.
 """
 
@@ -27,6 +30,36 @@ RESULTS = ROOT / "benchmarks/results/tvm"
 SEED = 0
 
 
+def ort_int8_session(model, calib_images, threads: int, workdir: Path):
+    """onnxruntime session of the FP32 model exported to ONNX and statically quantized to int8 QDQ."""
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, pre, qdq = (workdir / n for n in ("vit.onnx", "vit_pre.onnx", "vit_qdq.onnx"))
+    torch.onnx.export(model, (calib_images[:1],), str(fp32), input_names=["x"], output_names=["logits"],
+                      dynamo=False, opset_version=17)
+    quant_pre_process(str(fp32), str(pre))
+    batches = iter([{"x": calib_images[i:i + 1].numpy()} for i in range(len(calib_images))])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    quantize_static(str(pre), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(qdq), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("onnxruntime")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch and TVM threads (equal)")
@@ -37,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
 
+    import numpy as np
     import torch
     import tvm
     from tvm import relax
@@ -56,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     model = fp.module.eval()
     test = data.fmnist("test", limit=64)
     x_fp = test.tensors[0][:1]
+    import tempfile
+
+    calib, _ = data.fmnist_calibration(128, seed=SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_session = ort_int8_session(model, calib.tensors[0], args.threads, Path(tmp))
+    images, labels = test.tensors[0].numpy(), test.tensors[1].numpy()
+    ort_top1 = float(np.mean([ort_session.run(None, {"x": images[i:i + 1]})[0].argmax() == labels[i]
+                              for i in range(len(images))]))
 
     builds = {}
     for bits in ("W4A4", "W3A3"):
@@ -77,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             codes = quantize_images(program, test.tensors[0])
             check = check_outputs(lambda a, vm=vm: vm["main"](tvm.runtime.tensor(a)).numpy(), program, codes, 1,
                                   lowered.input_dtype)
-            check.pop("outputs")
+            check["top1"] = float(np.mean(check.pop("outputs").argmax(axis=1) == test.tensors[1].numpy()))
             x = tvm.runtime.tensor(codes[:1].astype(lowered.input_dtype))
             builds[(bits, method)] = {"vm": vm, "x": x, "compile_seconds": round(compile_s, 3), "check": check,
                                       "path": path, "runs": []}
@@ -94,9 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         return timer
 
     protocol = Protocol(warmup=20, min_runs=args.min_runs, min_seconds=args.min_seconds)
+    def ort_timer(k: int) -> list[float]:
+        out, feed = [], {"x": images[:1]}
+        for _ in range(k):
+            t = time.perf_counter()
+            ort_session.run(None, feed)
+            out.append(time.perf_counter() - t)
+        return out
+
     fp32_runs: list[float] = []
+    ort_runs: list[float] = []
     for r in range(args.rounds):
         fp32_runs += measure(torch_timer(model, x_fp), protocol, what="fp32").runs_s
+        ort_runs += measure(ort_timer, protocol, what="ort int8").runs_s
         for key, b in builds.items():
             b["runs"] += measure(tvm_timer(b["vm"], b["x"]), protocol, what=" ".join(key)).runs_s
         print(f"round {r + 1}/{args.rounds} done", flush=True)
@@ -104,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from tvm_backends.bench import Measurement
 
     fp32 = Measurement(runs_s=fp32_runs, complete=True).stats()
+    ort_stats = Measurement(runs_s=ort_runs, complete=True).stats()
     threads = {"threads": args.threads, "torch_threads": torch.get_num_threads(),
                "tvm_num_threads": os.environ["TVM_NUM_THREADS"], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     for (bits, method), b in builds.items():
@@ -111,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = {**{f"tvm_{k}": v for k, v in tvm_stats.items()}, **{f"fp32_{k}": v for k, v in fp32.items()},
                    "speedup_vs_fp32_p50": round(fp32["p50_ms"] / tvm_stats["p50_ms"], 3),
                    "speedup_vs_fp32_mean": round(fp32["mean_ms"] / tvm_stats["mean_ms"], 3),
+                   **{f"ort_int8_{k}": v for k, v in ort_stats.items()},
+                   "speedup_vs_ort_int8_p50": round(ort_stats["p50_ms"] / tvm_stats["p50_ms"], 3),
+                   "top1_64": b["check"]["top1"], "ort_int8_top1_64": round(ort_top1, 4),
                    "bit_exact": b["check"]["bit_exact"], "compile_seconds": b["compile_seconds"]}
         record = make_record(
             "bench", model={"name": "vit_fmnist", "checkpoint_sha256": fp.checkpoint_sha256},
@@ -121,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
             metrics=metrics, seed=SEED,
             extra={"program": str(b["path"].relative_to(ROOT)), "check": b["check"],
                    "runs_ms": [round(t * 1e3, 4) for t in b["runs"]],
-                   "fp32_runs_ms": [round(t * 1e3, 4) for t in fp32_runs]})
+                   "fp32_runs_ms": [round(t * 1e3, 4) for t in fp32_runs],
+                   "ort_int8_runs_ms": [round(t * 1e3, 4) for t in ort_runs],
+                   "ort": {"version": _ort_version(), "format": "QDQ", "weights": "int8 per channel",
+                           "activations": "uint8", "calibration": "128 fmnist training images, seed 0"}})
         out = write_record(record, args.results)
         print(f"{bits} {method}: p50 {tvm_stats['p50_ms']:.3f} ms vs FP32 {fp32['p50_ms']:.3f} ms "
-              f"(x{metrics['speedup_vs_fp32_p50']}) -> {out}")
+              f"(x{metrics['speedup_vs_fp32_p50']}), onnxruntime int8 {ort_stats['p50_ms']:.3f} ms -> {out}")
     return 0
 
 
