@@ -205,11 +205,7 @@ def compile_program(program_path: str | os.PathLike, target: str, out_dir: str |
     from intprog.program import ProgramError, load
     from pfcr.records import versions
     from tvm_backends.lower import lower
-
-    try:
-        from tvm_backends.schedules import schedule
-    except ImportError:  # TEMP until helper A's schedules land
-        schedule = None
+    from tvm_backends.schedules import schedule
 
     preset = get(target)
     check_toolchain(preset)  # before the slow part
