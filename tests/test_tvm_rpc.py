@@ -168,3 +168,21 @@ def test_emulated_pi_is_bit_exact_over_rpc(tmp_path, fake_fmnist, monkeypatch):
     assert r["emulated"] and r["metrics"]["emulated"] and r["metrics"]["bit_exact"]
     assert "p50_ms" not in r["metrics"] and "latency" not in r and r["emulated_timing"]["runs"] >= 3
     assert r["config"]["tag"] == "pi5-emulated"
+
+
+def test_a_server_that_announces_emulation_never_gives_latency(host_art, fake_fmnist, tmp_path):
+    """`pfcr emulate-pi` reached with plain --rpc: the server says it is emulated, so the record holds no
+    latency; the same server serves one session after another."""
+    prog, art = host_art
+    port = free_port()
+    proc = _start([sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", str(port),
+                   "--emulated", "a test double"], port)
+    try:
+        for _ in range(2):
+            assert _bench(art, tmp_path, "--rpc", f"127.0.0.1:{port}", "--program", str(prog),
+                          "--check-images", "4") == 0
+    finally:
+        _stop(proc)
+    r = _record(tmp_path)
+    assert r["emulated"] and r["device"]["emulated"] == "a test double" and r["config"]["tag"] == "host-emulated"
+    assert r["metrics"]["bit_exact"] and "p50_ms" not in r["metrics"] and "latency" not in r

@@ -75,8 +75,8 @@ def _fp32_timer(args, art, remote, log):
 
     mode = args.fp32
     if mode == "auto":
-        mode = "none" if args.emulated_pi else "torch" if remote.session is None and art.preset.device == "cpu" \
-            else "tvm"
+        local_cpu = remote.session is None and art.preset.device == "cpu"
+        mode = "none" if args.emulated_pi or "emulated" in remote.info else "torch" if local_cpu else "tvm"
     if mode == "none":
         return "none", None
     shape = [art.meta["batch"], *art.meta["input"]["shape"][1:]]
@@ -137,6 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             host, port = stack.enter_context(running(cache=args.cache))
             rpc = f"{host}:{port}"
         remote = connect(rpc, args.tracker, args.key)
+        emulated = emulated or "emulated" in remote.info  # e.g. `pfcr emulate-pi` reached with --rpc
         runner = Runner(art.library, art.preset.device, remote)
         checks = {}
         if codes is not None:
@@ -150,8 +151,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
         fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
     device = remote.describe()
-    if emulated:
-        device.update(emulated="qemu-aarch64-static user-mode emulation of a Raspberry Pi (aarch64)")
     data = {"name": "fashion-mnist", "split": "test", "size": len(codes)} if codes is not None \
         else {"name": "random-codes", "split": "latency", "size": 0}
     record = bench_record(art, checks, latency, fp32_method, fp32, protocol, data=data, device=device,

@@ -31,6 +31,7 @@ PYTHON = "3.11"  # bookworm's python3
 WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy", "typing-extensions")  # at the versions installed here
 HOST_PACKAGES = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"}
 SERVER = Path(__file__).with_name("inproc_server.py")
+DESCRIPTION = f"qemu-aarch64-static user-mode emulation of a Raspberry Pi (Debian {SUITE} arm64)"
 # Only the runtime is used on the device: the compiler library is most of the wheel.
 _DROP = ("tvm/lib/libtvm_compiler.so", "tvm/3rdparty", "tvm/src", "tvm/include", "tvm/web")
 
@@ -112,7 +113,7 @@ def command(cache: Path, port: int, host: str = "127.0.0.1", tracker: str | None
     """The command line and environment that run the RPC server on the emulated Pi."""
     root = cache / "root"
     argv = ["qemu-aarch64-static", "-L", str(root), str(root / "usr/bin/python3"), "-S", "-u", str(SERVER),
-            "--host", host, "--port", str(port), "--key", key]
+            "--host", host, "--port", str(port), "--key", key, "--emulated", DESCRIPTION]
     if tracker:
         argv += ["--tracker", tracker]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(cache / "site"), "PYTHONNOUSERSITE": "1",

@@ -58,7 +58,20 @@ class Remote:
 
 def connect(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
             session_timeout: float = 0) -> Remote:
-    """Open an RPC session directly (rpc='host:port') or through a tracker (tracker='host:port', key)."""
+    """Open an RPC session directly (rpc='host:port') or through a tracker (tracker='host:port', key);
+    `info["emulated"]` says what emulates the device when the server announces one (the emulated Pi)."""
+    remote = _open(rpc, tracker, key, session_timeout)
+    if remote.session is not None:
+        from tvm_backends.inproc_server import EMULATED_FUNC
+
+        try:
+            remote.info["emulated"] = str(remote.session.get_function(EMULATED_FUNC)())
+        except Exception:  # a real board's server does not define it
+            pass
+    return remote
+
+
+def _open(rpc: str | None, tracker: str | None, key: str | None, session_timeout: float) -> Remote:
     if rpc is None and tracker is None:
         return Remote()
     import tvm.rpc
