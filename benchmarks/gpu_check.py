@@ -156,9 +156,10 @@ def run(args: argparse.Namespace) -> int:
 
     from pfcr.records import write_record
     from tvm_backends.bench import Protocol, bench_record, measure
-    from tvm_backends.build import Artifact
+    from tvm_backends.build import Artifact, load_cuda_runtime
     from tvm_backends.rpc import Runner
 
+    load_cuda_runtime(allow_stub=False)  # a runtime-only TVM does not load its CUDA runtime by itself
     dev = tvm.cuda(0)
     if not dev.exist:
         raise SystemExit("no CUDA GPU is visible to TVM's runtime here")

@@ -75,23 +75,29 @@ def _stub_libcuda() -> Path:
     return out
 
 
-def enable_cuda_codegen() -> None:
-    """Make TVM compile CUDA kernels to a fatbin with nvcc, on a machine with or without a GPU."""
-    import tvm
+def load_cuda_runtime(allow_stub: bool = True) -> None:
+    """Load TVM's CUDA runtime (needed to build CUDA libraries and to load them), after the driver's
+    libcuda, or, where there is none and `allow_stub`, after the stub that only satisfies the linker."""
     from tvm.base import _LOADED_LIBS
     from tvm_ffi.libinfo import load_lib_ctypes
 
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
     if "tvm_runtime_cuda" in _LOADED_LIBS:
         return
     try:
         ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
     except OSError:
+        if not allow_stub:
+            raise BuildError("the NVIDIA driver's libcuda.so.1 cannot be loaded on this machine") from None
         ctypes.CDLL(str(_stub_libcuda()), mode=ctypes.RTLD_GLOBAL)  # its soname satisfies TVM's runtime
     runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
     _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda",
                                                        extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
-    assert tvm.runtime.enabled("cuda")
+
+
+def enable_cuda_codegen() -> None:
+    """Make TVM compile CUDA kernels to a fatbin with nvcc, on a machine with or without a GPU."""
+    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    load_cuda_runtime()
 
 
 def check_cuda_library(path: str | os.PathLike, arch: str) -> dict[str, Any]:

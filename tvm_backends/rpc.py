@@ -120,7 +120,7 @@ class Runner:
 
     def __init__(self, library: str | Path, device: str, remote: Remote | None = None) -> None:
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine  # not tvm.relax: a runtime-only TVM has no compiler
 
         self.remote = remote or Remote()
         library = Path(library)
@@ -137,7 +137,7 @@ class Runner:
                 sess.upload(str(library), target=library.name)
                 module = sess.load_module(library.name)
                 self.dev = sess.cuda(0) if device == "cuda" else sess.cpu(0)
-            self.vm = relax.VirtualMachine(module, self.dev)
+            self.vm = VirtualMachine(module, self.dev)
         except RemoteError:
             raise
         except Exception as err:
