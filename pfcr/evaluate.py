@@ -48,9 +48,10 @@ class Evaluation:
 def predict(model: nn.Module, data: Dataset, batch_size: int = 256, desc: str = "eval") -> Evaluation:
     """Run `model` over `data` in eval mode and keep its logits."""
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device  # a parameter-free model runs on the CPU
     logits, labels = [], []
     for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, leave=False, mininterval=2, disable=None):
-        logits.append(model(x).float())
+        logits.append(model(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
     return Evaluation(torch.cat(logits), torch.cat(labels).long())
 

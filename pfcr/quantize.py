@@ -95,7 +95,7 @@ def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
     """Quantize `fp_model` with calibration images [N, C, H, W]; returns the model and a per-granule log."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    qm = QuantModel(fp_model, cfg.quant)
+    qm = QuantModel(fp_model, cfg.quant).to(images.device)  # its new quantizers join the model
     calibrate(qm, images[: cfg.init_size])
     log: list[dict] = []
     if cfg.method == "pfcr" and cfg.pos == "sos":
@@ -121,7 +121,7 @@ def save_qmodel(qm: QuantModel, path: str | os.PathLike, meta: dict) -> Path:
     """Save a hardened quantized model as safetensors; `meta` says how to rebuild its float model."""
     path = Path(path)
     header = {"format": QMODEL_FORMAT, "quant": json.dumps(qm.cfg.to_dict()), "meta": json.dumps(meta)}
-    state = {k: v.contiguous() for k, v in qm.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in qm.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=header)
     return path

@@ -56,10 +56,10 @@ def test_report_rewrites_readme(tmp_path, results):
 
     write_record(_record(metrics={"top1": 0.5, "top5": 0.75}), results)
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
+    readme.write_text("intro\n<!-- results:start -->\nstale\n<!-- results:end -->\noutro\n")
     assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "old" not in text and "| m | d | fp32 | FP32 | 50.0 | 75.0 | 3 |" in text and text.endswith("outro\n")
+    assert "stale" not in text and "| m | d | fp32 | FP32 | 50.0 | 75.0 | 3 |" in text and text.endswith("outro\n")
     assert (tmp_path / "rep" / "accuracy.csv").read_text().startswith("model,data,method")
     readme.write_text("no markers")
     assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"), "--readme", str(readme)]) == 2

@@ -102,7 +102,7 @@ class UniformQuantizer(nn.Module):
             rows = rows[:, idx]
         lo_all, hi_all = rows.min(dim=1).values, rows.max(dim=1).values
         candidates = [(lo_all * c, hi_all * c) for c in _SHRINK]
-        qs = torch.tensor([1 - q for q in _QUANTILES] + list(_QUANTILES))
+        qs = torch.tensor([1 - q for q in _QUANTILES] + list(_QUANTILES), device=rows.device)
         qv = torch.quantile(rows, qs, dim=1) if rows.shape[1] <= 1 << 24 else None
         if qv is not None:
             n = len(_QUANTILES)
