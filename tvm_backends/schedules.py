@@ -37,6 +37,8 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target | dict | str) -> tvm.I
     if target.kind.name != "llvm":
         raise ValueError(f"CPU schedules are for llvm targets; {target.kind.name} kernels are scheduled by dlight")
     mod = fuse(mod, target)
+    if tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target):
+        mod = _tensorize_vnni(mod)
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
             sch = s_tir.Schedule(func)
@@ -46,6 +48,116 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target | dict | str) -> tvm.I
                 _schedule_block(sch, block)
             mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return relax.transform.DeadCodeElimination()(mod)
+
+
+def _vnni_intrin() -> str:
+    """u8 x s8 -> i32 dot product of 16 lanes by 4 (vpdpbusd): TVM 0.27's VNNI_DOT_16x4_INTRIN with
+    the operands that this LLVM's llvm.x86.avx512.vpdpbusd.512 takes (<64 x i8>, not <16 x i32>)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
+    from tvm.script import tirx as T
+
+    name = "intprog_vnni_16x4_u8i8i32"
+    try:
+        TensorIntrin.get(name)
+        return name
+    except Exception:
+        pass
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            a_i8x64 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
+                                    dtype="int8x64")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
+                a_i8x64, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    TensorIntrin.register(name, dot_product_16x4_u8i8i32_desc, impl)
+    return name
+
+
+def _tensorize_vnni(mod: tvm.IRModule) -> tvm.IRModule:
+    """Linear layers whose GEMM is u8 x s8 with N % 16 == 0 and K % 4 == 0 run on vpdpbusd: the
+    kernel reads its int8 weight constant packed [N/16, K/4, 16, 4], and every call passes the
+    constant repacked so. Kernels that do not match keep the generic schedule."""
+    import numpy as np
+
+    twins: dict[str, tuple[tirx.PrimFunc, int]] = {}  # kernel -> (its VNNI twin, index of the weight)
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+            continue
+        sch = s_tir.Schedule(func)
+        for blk in sch.get_child_blocks(sch.get_sblock("root")):
+            _inline(sch, blk)
+        try:
+            block = sch.get_sblock("dense")
+        except (s_tir.ScheduleError, Exception):
+            continue
+        reads = [r.source.ty for r in sch.get(block).reads]
+        if len(reads) != 2 or str(reads[0].dtype) != "uint8" or str(reads[1].dtype) != "int8":
+            continue
+        n, k = (int(d) for d in reads[1].shape)
+        if n % 16 or k % 4 or len(sch.get_loops(block)) < 2:
+            continue
+        try:
+            sch.transform_layout(block, ("read", 1), lambda i, j: (i // 16, j // 4, i % 16, j % 4))
+            *_, nl, kl = sch.get_loops(block)
+            no, ni = sch.split(nl, [None, 16])
+            ko, ki = sch.split(kl, [None, 4])
+            sch.reorder(no, ko, ni, ki)
+            sch.decompose_reduction(block, ko)
+            sch.tensorize(ni, _vnni_intrin())
+        except (s_tir.ScheduleError, Exception):
+            continue
+        for blk in sch.get_child_blocks(sch.get_sblock("root")):
+            if not sch.get(blk).name_hint.startswith("dense"):
+                _schedule_block(sch, blk)
+        new = sch.mod["main"]
+        index = _weight_param(func, new, (n // 16, k // 4, 16, 4))
+        if index is None:
+            continue
+        twins[gv.name_hint] = (new.with_attr("tirx.is_scheduled", True), index)
+    if not twins:
+        return mod
+    bb = relax.BlockBuilder(mod)  # new globals (typed): the old ones' types still have [N, K] weights
+    packed = {name: (bb.add_func(func, f"{name}_vnni"), i) for name, (func, i) in twins.items()}
+    mod = bb.get()
+    main = mod["main"]
+    blocks = []
+    for blk in main.body.blocks:
+        bindings = []
+        for binding in blk.bindings:
+            value = binding.value
+            if (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")
+                    and value.args[0].name_hint in packed):
+                args = list(value.args[1].fields)
+                kernel, i = packed[value.args[0].name_hint]
+                w = args[i].value.numpy()
+                n, k = w.shape
+                args[i] = relax.const(np.ascontiguousarray(
+                    w.reshape(n // 16, 16, k // 4, 4).transpose(0, 2, 1, 3)), "int8")
+                value = relax.Call(value.op, [kernel, relax.Tuple(args)], value.attrs, value.ty_args)
+            bindings.append(relax.VarBinding(binding.var, value))
+        blocks.append(type(blk)(bindings))
+    mod["main"] = relax.Function(main.params, relax.SeqExpr(blocks, main.body.body), main.ret_ty, main.is_pure,
+                                 main.attrs)
+    return mod
+
+
+def _weight_param(old: tirx.PrimFunc, new: tirx.PrimFunc, shape: tuple[int, ...]) -> int | None:
+    """Index of the parameter whose buffer changed to the packed weight shape."""
+    for i, (a, b) in enumerate(zip(_param_shapes(old), _param_shapes(new), strict=True)):
+        if a != b and b == shape:
+            return i
+    return None
+
+
+def _param_shapes(func: tirx.PrimFunc) -> list[tuple[int, ...]]:
+    return [tuple(int(d) for d in prm.ty.shape) for prm in func.params]
 
 
 def _inline(sch: s_tir.Schedule, block) -> None:
