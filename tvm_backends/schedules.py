@@ -6,7 +6,9 @@ FuseTIR, as relax.get_default_pipeline does) and then schedules every kernel:
   over K is innermost and accumulates in a register (cache_write to "local"), so LLVM vectorizes it
   as an integer dot product (on x86 with VNNI and on ARM with +dotprod it picks the dot-product
   instructions for the u8 x s8 operands that `lower` produces); the rows run in parallel;
-- elementwise and row-wise stages: loops fused and vectorized where the output is contiguous.
+- on avx512vnni hosts, u8 x s8 linear GEMMs are tensorized with vpdpbusd (weights repacked
+  [N/16, K/4, 16, 4], see `_tensorize_vnni`);
+- elementwise stages inlined into their consumers, the contiguous axis vectorized.
 Kernels come back marked scheduled, so that `tvm.compile(schedule(mod, target), target)` keeps them.
 """
 
@@ -95,7 +97,7 @@ def _tensorize_vnni(mod: tvm.IRModule) -> tvm.IRModule:
             _inline(sch, blk)
         try:
             block = sch.get_sblock("dense")
-        except (s_tir.ScheduleError, Exception):
+        except Exception:  # schedule primitives and tensorize raise several TVM error types
             continue
         reads = [r.source.ty for r in sch.get(block).reads]
         if len(reads) != 2 or str(reads[0].dtype) != "uint8" or str(reads[1].dtype) != "int8":
@@ -111,7 +113,7 @@ def _tensorize_vnni(mod: tvm.IRModule) -> tvm.IRModule:
             sch.reorder(no, ko, ni, ki)
             sch.decompose_reduction(block, ko)
             sch.tensorize(ni, _vnni_intrin())
-        except (s_tir.ScheduleError, Exception):
+        except Exception:  # schedule primitives and tensorize raise several TVM error types
             continue
         for blk in sch.get_child_blocks(sch.get_sblock("root")):
             if not sch.get(blk).name_hint.startswith("dense"):
