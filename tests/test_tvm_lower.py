@@ -77,6 +77,17 @@ def test_linear(rounding, w_bits, signed_w, x_lo, x_hi):
     assert (out == -20).any() and (out == 40).any()  # both saturation ends were exercised
 
 
+@pytest.mark.slow  # ~50 s: compiling a VNNI-tensorized kernel is slow (not understood yet); the zoo tests cover it too
+def test_linear_tiles_of_16_by_4():
+    """N % 16 == 0 and K % 4 == 0: on VNNI hosts the kernel that runs is the tensorized one."""
+    rng = np.random.default_rng(3)
+    n, k = 32, 48
+    x = rng.integers(0, 16, (2, 7, k))
+    consts = {"weight": rng.integers(0, 16, (n, k)), "weight_zp": rng.integers(0, 16, n),
+              "bias": rng.integers(-300, 300, n), **_requant(rng, n, 1e-3, 1e-1, 2, 0, 15)}
+    check_op("linear", [(x, 0, 15)], {"in_zp": 7, "rounding": "half_up", "weight_bits": 4}, consts)
+
+
 def test_linear_int32_output_and_wide_accumulator():
     """A residual-stream linear: int32 outputs; |x| < 2^22 makes the proven bound exceed int32."""
     rng = np.random.default_rng(1)
