@@ -142,7 +142,7 @@ def vit_b_program(seed: int = 0):
         ln = IntLayerNorm.build(np.ones(dim), np.zeros(dim), 1e-6, 2.0**-12, 0.25, 8, 0, 15)
         return p.add("layernorm", [x], name, {"sqrt_c": ln.sqrt_c, "eps_term": ln.eps_term, "out_zp": 8,
                                               "qmin": 0, "qmax": 15},
-                     {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_q": ln.beta_q})
+                     {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_fixed": ln.beta_fixed})
 
     i32 = (-(1 << 31), (1 << 31) - 1)
     x = p.add("patchify", ["image"], "patches", {"patch": 16})

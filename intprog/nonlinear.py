@@ -65,13 +65,16 @@ class IntLayerNorm:
 
     With c_i = C x_i - sum(x) and S2 = sum(c_i^2) (+ eps term), (x_i - mean) / std equals
     c_i sqrt(C) / sqrt(S2): the kernel computes it as c_i * round(sqrt(C) 2^F) / isqrt(S2) in
-    fixed point, then y = clamp(zp + beta_q + round_shift(n * M_c, S_c + F)) with M_c / 2^S_c
-    ~ gamma_c / out_scale (sign kept apart). Constants come from `build`.
+    fixed point, then y = clamp(zp + round_shift(sign_c n M_c + B_c, S_c + F)) with M_c / 2^S_c
+    ~ |gamma_c| / out_scale and B_c = round(beta_c / out_scale 2^(S_c + F)): one rounding of
+    gamma n + beta. (Rounding beta to whole output codes apart from the gamma term, as version 1
+    did, biased every channel by up to half a code: 3 points of top-1 on the 4-bit Swin.)
+    Constants come from `build`.
     """
 
-    def __init__(self, multiplier: np.ndarray, shift: np.ndarray, sign: np.ndarray, beta_q: np.ndarray,
+    def __init__(self, multiplier: np.ndarray, shift: np.ndarray, sign: np.ndarray, beta_fixed: np.ndarray,
                  sqrt_c: int, eps_term: int, out_zp: int, qmin: int, qmax: int):
-        self.multiplier, self.shift, self.sign, self.beta_q = multiplier, shift, sign, beta_q
+        self.multiplier, self.shift, self.sign, self.beta_fixed = multiplier, shift, sign, beta_fixed
         self.sqrt_c, self.eps_term, self.out_zp, self.qmin, self.qmax = sqrt_c, eps_term, out_zp, qmin, qmax
 
     @classmethod
@@ -80,13 +83,17 @@ class IntLayerNorm:
         c = len(gamma)
         g = np.asarray(gamma, dtype=np.float64) / out_scale
         sign = np.where(g < 0, -1, 1).astype(np.int64)
-        mag = np.maximum(np.abs(g), 1e-30)
-        m, s = quantize_multiplier(mag)
-        m = np.where(np.abs(g) < 1e-30, 0, m)
-        beta_q = np.round(np.asarray(beta, dtype=np.float64) / out_scale).astype(np.int64)
+        # |gamma| / out_scale below 2^-31 moves no output (n < 2^22): multiplier 0, any valid shift
+        zero = np.abs(g) < 2.0**-31
+        m, s = quantize_multiplier(np.where(zero, 1.0, np.abs(g)))
+        m = np.where(zero, 0, m)
+        beta_fixed = np.round(np.asarray(beta, dtype=np.float64) / out_scale * 2.0 ** (s + NORM_FRAC_BITS))
+        if np.any(np.abs(beta_fixed) >= 2.0**61):
+            raise ValueError("LayerNorm beta / gamma is too large for the fixed-point kernel (> 2^15 output codes)")
+        beta_fixed = beta_fixed.astype(np.int64)
         eps_term = round(eps / in_scale**2 * c**3)
         sqrt_c = round(float(np.sqrt(c)) * (1 << NORM_FRAC_BITS))
-        return cls(m, s, sign, beta_q, sqrt_c, eps_term, out_zp, qmin, qmax)
+        return cls(m, s, sign, beta_fixed, sqrt_c, eps_term, out_zp, qmin, qmax)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.int64)
@@ -94,8 +101,9 @@ class IntLayerNorm:
         centered = c * x - x.sum(axis=-1, keepdims=True)
         s2 = (centered * centered).sum(axis=-1, keepdims=True) + self.eps_term
         norm = div_half_up(centered * self.sqrt_c, np.maximum(isqrt(s2), 1))  # (x - mean) / std, Q15
-        y = round_shift(norm * self.multiplier, self.shift + NORM_FRAC_BITS, Rounding.HALF_UP)
-        return np.clip(self.out_zp + self.beta_q + self.sign * y, self.qmin, self.qmax)
+        y = round_shift(self.sign * norm * self.multiplier + self.beta_fixed, self.shift + NORM_FRAC_BITS,
+                        Rounding.HALF_UP)
+        return np.clip(self.out_zp + y, self.qmin, self.qmax)
 
 
 def _ilog2_fixed(v: np.ndarray) -> np.ndarray:

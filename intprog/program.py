@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 FORMAT = "intprog"
-VERSION = 1
+VERSION = 2  # 2: LayerNorm adds beta before its one rounding (beta_fixed)
 # op kind -> (number of inputs, constant roles it needs); attention may also carry "bias" and "mask" (Swin)
 OPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "patchify": (1, ()),
@@ -27,7 +27,7 @@ OPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "prepend": (1, ("token",)),
     "add_const": (1, ("value",)),
     "add": (2, ()),
-    "layernorm": (1, ("multiplier", "shift", "sign", "beta_q")),
+    "layernorm": (1, ("multiplier", "shift", "sign", "beta_fixed")),
     "split_heads": (1, ()),
     "attention": (3, ()),
     "merge_heads": (1, ()),

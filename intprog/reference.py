@@ -36,7 +36,7 @@ def _requantize(xs, attrs, c):
 
 
 def _layernorm(xs, attrs, c):
-    ln = IntLayerNorm(c["multiplier"], c["shift"], c["sign"], c["beta_q"], attrs["sqrt_c"], attrs["eps_term"],
+    ln = IntLayerNorm(c["multiplier"], c["shift"], c["sign"], c["beta_fixed"], attrs["sqrt_c"], attrs["eps_term"],
                       attrs["out_zp"], attrs["qmin"], attrs["qmax"])
     return ln(xs[0])
 

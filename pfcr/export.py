@@ -75,7 +75,7 @@ def _layernorm(p: Program, name: str, x: str, norm: nn.LayerNorm, s_stream: floa
     ln = IntLayerNorm.build(_np(norm.weight), _np(norm.bias), norm.eps, s_stream, s_out, z_out, qmin, qmax)
     return p.add("layernorm", [x], name,
                  {"sqrt_c": ln.sqrt_c, "eps_term": ln.eps_term, "out_zp": z_out, "qmin": qmin, "qmax": qmax},
-                 {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_q": ln.beta_q})
+                 {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_fixed": ln.beta_fixed})
 
 
 @torch.no_grad()
@@ -180,15 +180,20 @@ def export_program(qm: QuantModel, images: torch.Tensor) -> Program:
     return export_swin(qm, images) if qm.family == "swin" else export_vit(qm, images)
 
 
-def export_vit(qm: QuantModel, images: torch.Tensor) -> Program:
-    """The integer program of a quantized ViT/DeiT."""
-    if qm.family != "vit":
-        raise ModelError(f"export_vit takes a ViT/DeiT, got a {qm.family} model: use export_program")
-    m = qm.model.eval()
+def _start(qm: QuantModel, images: torch.Tensor, family: str) -> tuple[nn.Module, _Scales, Program, tuple, str]:
+    """The model in eval mode, its extra scales, a program with its input, and the patches op."""
+    if qm.family != family:
+        raise ModelError(f"export_{family} takes a {family} model, got a {qm.family} model: use export_program")
     qm.eval()
     s = _Scales(qm, images)
     p, in_q = _program(qm, images, s)
-    x = p.add("patchify", ["image"], "patches", {"patch": m.patch_embed.proj.weight.shape[-1]})
+    x = p.add("patchify", ["image"], "patches", {"patch": qm.model.patch_embed.proj.weight.shape[-1]})
+    return qm.model, s, p, in_q, x
+
+
+def export_vit(qm: QuantModel, images: torch.Tensor) -> Program:
+    """The integer program of a quantized ViT/DeiT."""
+    m, s, p, in_q, x = _start(qm, images, "vit")
     x = _linear(p, "embed", x, m.patch_embed.proj, in_q, s.res, 0, *_I32)
     cls_token = np.round(_np(m.cls_token).reshape(-1) / s.res).astype(np.int64)
     x = p.add("prepend", [x], "tokens", consts={"token": cls_token})
@@ -225,14 +230,8 @@ def _window_order(blk: nn.Module, h: int, w: int) -> np.ndarray:
 
 def export_swin(qm: QuantModel, images: torch.Tensor) -> Program:
     """The integer program of a quantized Swin (see the module docstring for the window layout)."""
-    if qm.family != "swin":
-        raise ModelError(f"export_swin takes a Swin, got a {qm.family} model: use export_program")
-    m = qm.model.eval()
-    qm.eval()
-    s = _Scales(qm, images)
-    p, in_q = _program(qm, images, s)
+    m, s, p, in_q, x = _start(qm, images, "swin")
     pe = m.patch_embed
-    x = p.add("patchify", ["image"], "patches", {"patch": pe.proj.weight.shape[-1]})
     x = _linear(p, "embed", x, pe.proj, in_q, s.embed, 0, *_I32)
     x = _layernorm(p, "embed_norm", x, pe.norm, s.embed, (s.res, 0, *_I32))
     h, w = pe.grid_size

@@ -6,7 +6,6 @@ can never execute code. Every mismatch is reported against the model it was mean
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pfcr.atomic import sha256_file
 from pfcr.errors import CheckpointError, ModelError
 
 ZOO_DIR = Path(__file__).parent / "zoo"
@@ -83,14 +83,6 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
         return timm.create_model(arch, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         raise ModelError(f"timm cannot build {arch!r} with {kwargs}: {err}") from None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

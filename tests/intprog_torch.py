@@ -63,8 +63,8 @@ def layernorm(x: torch.Tensor, a: dict, c: dict) -> torch.Tensor:
     s2 = (centered**2).sum(-1, keepdim=True) + a["eps_term"]
     root = torch.clamp(isqrt(s2), min=1)
     norm = torch.div(2 * centered * a["sqrt_c"] + root, 2 * root, rounding_mode="floor")
-    y = round_shift(norm * c["multiplier"], c["shift"] + _NORM_FRAC, "half_up")
-    return torch.clamp(a["out_zp"] + c["beta_q"] + c["sign"] * y, a["qmin"], a["qmax"])
+    y = round_shift(c["sign"] * norm * c["multiplier"] + c["beta_fixed"], c["shift"] + _NORM_FRAC, "half_up")
+    return torch.clamp(a["out_zp"] + y, a["qmin"], a["qmax"])
 
 
 def _window_structure(n: int, w: int, c: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ def test_layernorm_two_implementations(seed, channels):
     ln = IntLayerNorm.build(rng.normal(size=channels), rng.normal(size=channels), 1e-6, 2.0**-12, 0.05, 3, -128, 127)
     attrs = {"sqrt_c": ln.sqrt_c, "eps_term": ln.eps_term, "out_zp": 3, "qmin": -128, "qmax": 127}
     consts = {k: torch.from_numpy(np.asarray(getattr(ln, k), dtype=np.int64))
-              for k in ("multiplier", "shift", "sign", "beta_q")}
+              for k in ("multiplier", "shift", "sign", "beta_fixed")}
     np.testing.assert_array_equal(ln(x), intprog_torch.layernorm(torch.from_numpy(x), attrs, consts).numpy())
 
 

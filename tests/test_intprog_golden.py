@@ -42,14 +42,16 @@ def test_extreme_shifts():
 def test_layernorm_by_hand():
     # x = [0, 200], C = 2: c = 2x - 200 = [-200, 200], S2 = 80000, isqrt = 282 (282^2 = 79524);
     # sqrt_c = round(sqrt(2) 2^15) = 46341; n = round_half_up(-200 * 46341 / 282) = -32866 (Q15, ~ -1.003);
-    # gamma / out_scale = 2^12 -> M = 2^30, S = 18: y = round_half_up(n 2^12 / 2^15) = -4108 and 4108
-    # (-4108.25, 4108.25); out = clamp(zp 1 + beta_q 5 + y, -5000, 4000).
+    # gamma / out_scale = 2^12 -> M = 2^30, S = 18; beta / out_scale = 5.5 codes -> B = 5.5 * 2^33;
+    # y = round_half_up((n M + B) / 2^33) = round(-4108.25 + 5.5) = -4103 and round(4108.25 + 5.5) = 4114;
+    # out = clamp(zp 1 + y, -5000, 4000) = [-4102, 4000 (4115 saturates)]. Rounding beta apart (to 6)
+    # would give -4101.
     assert int(isqrt(np.int64(80000))) == 282
     consts = {"multiplier": np.array([1 << 30, 1 << 30]), "shift": np.array([18, 18]), "sign": np.array([1, 1]),
-              "beta_q": np.array([5, 5])}
+              "beta_fixed": np.array([11 << 32, 11 << 32])}
     attrs = {"sqrt_c": 46341, "eps_term": 0, "out_zp": 1, "qmin": -5000, "qmax": 4000}
     out = reference.KERNELS["layernorm"]([np.array([[0, 200]])], attrs, consts)
-    np.testing.assert_array_equal(out, [[-4102, 4000]])  # 1 + 5 - 4108; 1 + 5 + 4108 = 4114 saturates
+    np.testing.assert_array_equal(out, [[-4102, 4000]])
 
 
 def test_attention_by_hand():

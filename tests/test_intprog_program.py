@@ -117,7 +117,7 @@ def test_swin_program_follows_its_fake_quant_model(bits):
         fake = qm(test).double().numpy()
     # measured 0.0044 (W8) and 0.072 (W4) of the span; an inverted shift mask gives 0.0117 at W8
     assert np.abs(logits - fake).max() < (0.008 if bits == 8 else 0.15) * (fake.max() - fake.min())
-    with pytest.raises(ModelError, match="export_vit takes a ViT/DeiT, got a swin model"):
+    with pytest.raises(ModelError, match="export_vit takes a vit model, got a swin model"):
         export_vit(qm, x)
 
 

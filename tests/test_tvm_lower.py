@@ -131,7 +131,7 @@ def test_layernorm(bits, scale):
                                       0, qmax)
     for eps_term in (ln.eps_term, 0):
         attrs = {"sqrt_c": ln.sqrt_c, "eps_term": eps_term, "out_zp": ln.out_zp, "qmin": 0, "qmax": qmax}
-        consts = {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_q": ln.beta_q}
+        consts = {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_fixed": ln.beta_fixed}
         out = check_op("layernorm", [(x, -(1 << 22), 1 << 22)], attrs, consts)
         assert (out == 0).any() and (out == qmax).any()
 

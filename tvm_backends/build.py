@@ -11,7 +11,6 @@ take its nvcc path (../shared/notes/tvm-0.27.md).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pfcr.atomic import atomic_path, atomic_write
+from pfcr.atomic import atomic_path, atomic_write, sha256_file
 from pfcr.errors import SuiteError
 from tvm_backends.targets import Preset, check_toolchain, get, resolve
 
@@ -38,14 +37,6 @@ class ArtifactError(SuiteError):
 
 class BuildError(SuiteError):
     """A build that did not produce what the target needs (e.g. CUDA source instead of a fatbin)."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -303,8 +303,8 @@ def _add(b: _Builder, x: Value, y: Value | np.ndarray) -> Value:
 
 def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     """intprog.nonlinear.IntLayerNorm.__call__ in int64, as one kernel (two row sums, isqrt per row)."""
-    chans = Channels({"multiplier": c["multiplier"], "shift": c["shift"] + NORM_FRAC_BITS, "sign": c["sign"],
-                      "offset": attrs["out_zp"] + c["beta_q"]})
+    chans = Channels({"multiplier": c["sign"] * c["multiplier"], "shift": c["shift"] + NORM_FRAC_BITS,
+                      "beta": c["beta_fixed"]})
     qmin, qmax = attrs["qmin"], attrs["qmax"]
 
     def kernel(ch: Channels, x: te.Tensor) -> te.Tensor:
@@ -323,8 +323,8 @@ def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
         def body(i: tuple) -> tirx.PrimExpr:
             r, n = tirx.max(root[i[:-1]], _i64(1)), i[-1]
             norm = tirx.floordiv(centered(i) * (2 * attrs["sqrt_c"]) + r, r * 2)  # div_half_up: (x - mean)/std, Q15
-            y = round_shift(norm * ch("multiplier", n), ch("shift", n), Rounding.HALF_UP)
-            return tirx.min(tirx.max(ch("offset", n) + ch("sign", n) * y, qmin), qmax)
+            y = round_shift(norm * ch("multiplier", n) + ch("beta", n), ch("shift", n), Rounding.HALF_UP)
+            return tirx.min(tirx.max(y + attrs["out_zp"], qmin), qmax)
         return elementwise(x.shape, body, container(qmin, qmax), "layernorm")
 
     return Value(b.te("layernorm", kernel, [xs[0].expr], chans), qmin, qmax)
