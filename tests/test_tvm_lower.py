@@ -207,3 +207,12 @@ def test_zoo_vit_matches_the_reference(zoo_program, bits):
     got = np.concatenate([vm["main"](tvm.runtime.tensor(codes[i:i + 16].astype("uint8"))).numpy()
                           for i in range(0, len(codes), 16)])
     np.testing.assert_array_equal(got, reference.run(program, codes))
+
+
+def test_swin_programs_are_refused_clearly(zoo_program):
+    """Windowed attention, token gathers and the pooled sum are not lowered yet: a clear error, not wrong code."""
+    from pfcr.errors import SuiteError
+
+    program, _, _ = zoo_program(4, "swin_fmnist")
+    with pytest.raises(SuiteError, match="the TVM lowering does not support"):
+        lower(program)

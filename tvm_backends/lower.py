@@ -27,6 +27,7 @@ from tvm.relax import op as R
 from intprog.arith import Rounding
 from intprog.nonlinear import EXP_FRAC_BITS, LOG_FRAC_BITS, NORM_FRAC_BITS, IntSoftmaxLog2
 from intprog.program import Program
+from pfcr.errors import SuiteError
 
 _I32 = 1 << 31
 # containers in the order they are tried: the first that holds a value's interval is used
@@ -448,6 +449,12 @@ def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[d
 
 def lower(program: Program, batch: int = 1) -> Lowered:
     """The program as a Relax module: main(codes [batch, *input shape]) -> output integers."""
+    for op in program.ops:
+        windowed = op["op"] == "attention" and (op["attrs"].get("window") or op["consts"])
+        if op["op"] not in KERNELS or windowed:
+            what = "windowed attention (Swin)" if windowed else f"op {op['op']!r}"
+            raise SuiteError(f"the TVM lowering does not support {what} yet (op {op['out']!r}); ViT/DeiT programs "
+                             "lower, Swin programs run on the reference executor and the accelerator model")
     spec = program.input
     shape = (batch, *spec["shape"])
     mod = lower_graph({spec["name"]: (shape, spec["qmin"], spec["qmax"])}, program.ops, program.consts,
