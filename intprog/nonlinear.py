@@ -86,11 +86,15 @@ class IntLayerNorm:
         # |gamma| / out_scale below 2^-31 moves no output (n < 2^22): multiplier 0, any valid shift
         zero = np.abs(g) < 2.0**-31
         m, s = quantize_multiplier(np.where(zero, 1.0, np.abs(g)))
-        m = np.where(zero, 0, m)
-        beta_fixed = np.round(np.asarray(beta, dtype=np.float64) / out_scale * 2.0 ** (s + NORM_FRAC_BITS))
-        if np.any(np.abs(beta_fixed) >= 2.0**61):
-            raise ValueError("LayerNorm beta / gamma is too large for the fixed-point kernel (> 2^15 output codes)")
-        beta_fixed = beta_fixed.astype(np.int64)
+        b = np.asarray(beta, dtype=np.float64) / out_scale
+        # B = b 2^(S + F) must stay below 2^61: a channel whose |beta| dwarfs |gamma| gets a smaller
+        # shift (and a multiplier below 2^30, still exact to far less than one output code).
+        cap = 61 - NORM_FRAC_BITS - np.ceil(np.log2(np.abs(b) + 1)).astype(np.int64)
+        if np.any(cap < 0):
+            raise ValueError("LayerNorm beta / out_scale exceeds 2^46 output codes: the output scale is broken")
+        s = np.minimum(s, cap)
+        m = np.where(zero, 0, np.round(np.abs(g) * 2.0**s)).astype(np.int64)
+        beta_fixed = np.round(b * 2.0 ** (s + NORM_FRAC_BITS)).astype(np.int64)
         eps_term = round(eps / in_scale**2 * c**3)
         sqrt_c = round(float(np.sqrt(c)) * (1 << NORM_FRAC_BITS))
         return cls(m, s, sign, beta_fixed, sqrt_c, eps_term, out_zp, qmin, qmax)

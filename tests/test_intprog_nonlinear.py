@@ -80,3 +80,14 @@ def test_softmax_log2_by_hand():
     sm = IntSoftmaxLog2.build(in_scale=math.log(2), bits=4)  # x * scale * log2(e) = x: powers of two
     q, zero = sm(np.array([[0, -1, -1, -40]]))  # p = 1/2, 1/4, 1/4, ~0
     assert q.tolist()[0][:3] == [1, 2, 2] and zero.tolist()[0] == [False, False, False, True]
+
+
+def test_layernorm_channel_with_tiny_gamma_and_large_beta():
+    """A channel whose beta dwarfs its gamma gets a smaller shift, not an overflow (found by hypothesis)."""
+    gamma, beta = np.array([1e-6, 1.0, 0.0]), np.array([3.0, 0.5, -2.0])
+    ln = IntLayerNorm.build(gamma, beta, 1e-6, 2.0**-10, 0.01, 0, -(1 << 15), (1 << 15) - 1)
+    x = np.array([[100, -50, 7], [0, 0, 0]])
+    out = ln(x)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True) * 2.0**-20
+    ref = np.round((gamma * (x - mean) * 2.0**-10 / np.sqrt(var + 1e-6) + beta) / 0.01)
+    assert np.abs(out - ref).max() <= 1 and out[0, 0] == 300 and out[0, 2] == -200
