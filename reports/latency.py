@@ -89,7 +89,7 @@ def latency_figure(rows: pd.DataFrame, path: Path) -> list[str]:
         return []
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(data)), 3.8))
     box = ax.boxplot(data, whis=(1, 99), showfliers=False, patch_artist=True)
-    ax.set_xticks(range(1, len(labels) + 1), labels)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     for patch, color in zip(box["boxes"], colors, strict=True):
         patch.set(facecolor=color, alpha=0.5)
     ax.set(ylabel="ms per inference", title="latency per run (whiskers p1..p99)", ylim=(0, None))
