@@ -53,26 +53,32 @@ def _merge_heads(xs, attrs, c):
     return xs[0].transpose(0, 2, 1, 3).reshape(b, n, h * d)
 
 
-def _attention(xs, attrs, c):
+Product = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def attention(xs: list[np.ndarray], attrs: dict, c: dict[str, np.ndarray], qk: Product = matmul_exact,
+              av: Product = matmul_exact) -> np.ndarray:
     """softmax((q - zq)(k - zk)^T s_q s_k + bias) as log2 codes, then sum_j (v_j - zv) 2^(L - code_j).
 
     With attrs["window"] = w > 0 the tokens form consecutive groups of w that attend only within
     their group (Swin's windows, tokens already in window order); "bias" [H, w, w] is added to the
     integer logits shifted left by attrs["logit_shift"], and "mask" [groups, w, w] (nonzero = masked)
-    zeroes probabilities.
+    zeroes probabilities. `qk` and `av` compute the two batched products (the accelerator model
+    passes its tiled, accumulator-width ones).
     """
     q, k, v = (xs[i] - attrs[z] for i, z in enumerate(("q_zp", "k_zp", "v_zp")))
     b, h, n, d = q.shape
     groups = n // attrs["window"] if attrs.get("window") else 1
     q, k, v = (t.reshape(b, h, groups, -1, t.shape[-1]) for t in (q, k, v))
-    logits = np.einsum("bhgnd,bhgmd->bhgnm", q, k)
+    logits = qk(q, np.swapaxes(k, -1, -2))
     if "bias" in c:  # the bias has 2^logit_shift finer steps than q.k
         logits = (logits << attrs["logit_shift"]) + c["bias"][None, :, None]
     masked = c["mask"][None, None] != 0 if "mask" in c else None
     codes, zero = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])(logits, masked)
     top = attrs["max_code"]
+    # 2^(L - code): what V is shifted by (0 for dropped probabilities)
     weight = np.where(zero | (codes > top), 0, np.left_shift(np.int64(1), np.maximum(top - codes, 0)))
-    return np.einsum("bhgnm,bhgmd->bhgnd", weight, v).reshape(b, h, n, d)
+    return av(weight, v).reshape(b, h, n, d)
 
 
 def _gather_tokens(xs, attrs, c):
@@ -91,7 +97,7 @@ KERNELS: dict[str, Kernel] = {
     "add": lambda xs, a, c: xs[0] + xs[1],
     "layernorm": _layernorm,
     "split_heads": _split_heads,
-    "attention": _attention,
+    "attention": attention,
     "merge_heads": _merge_heads,
     "requantize": _requantize,
     "lut": lambda xs, a, c: apply_lut(xs[0], c["table"], a["in_bits"]),

@@ -346,7 +346,7 @@ def _merge_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
 
 
 def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
-    """The reference's _attention as three kernels: integer logits; IntSoftmaxLog2 codes turned into
+    """intprog.reference.attention as three kernels: integer logits; IntSoftmaxLog2 codes turned into
     weights 2^(L - code) (0 for dropped probabilities); sum_j weight_j (v_j - zv)."""
     q, k, v = xs
     zq, zk, zv, top = attrs["q_zp"], attrs["k_zp"], attrs["v_zp"], attrs["max_code"]

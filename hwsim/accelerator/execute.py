@@ -23,9 +23,8 @@ from hwsim.accelerator.config import AccelConfig, ConfigError
 from hwsim.accelerator.fixed import ap_requantize, overflow
 from hwsim.accelerator.workload import Layer, describe, value_ranges
 from intprog.arith import matmul_exact
-from intprog.nonlinear import IntSoftmaxLog2
 from intprog.program import Program
-from intprog.reference import KERNELS
+from intprog.reference import KERNELS, attention
 
 
 @dataclass
@@ -108,25 +107,11 @@ class Accelerator:
         return self._requant(xs[0], c)
 
     def _attention(self, xs, attrs, c, name):
-        """Q K^T on the array, the softmax unit's log2 codes, then V shifted by the codes and summed.
-
-        Swin's windows are consecutive groups of attrs["window"] tokens; its relative position bias
-        joins the logits in the softmax unit (see intprog.reference's attention for the semantics).
-        """
-        q, k, v = (xs[i] - attrs[z] for i, z in enumerate(("q_zp", "k_zp", "v_zp")))
-        b, h, n, d = q.shape
-        groups = n // attrs["window"] if attrs.get("window") else 1
-        q, k, v = (t.reshape(b, h, groups, -1, t.shape[-1]) for t in (q, k, v))
-        logits = self._acc(q, np.swapaxes(k, -1, -2), None, self.config.rows, name + ".qk")
-        if "bias" in c:
-            logits = (logits << attrs["logit_shift"]) + c["bias"][None, :, None]
-        masked = c["mask"][None, None] != 0 if "mask" in c else None
-        codes, zero = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])(logits, masked)
-        top = attrs["max_code"]
-        # V << (top - code): the shift unit's operand is the power of two the shift multiplies by
-        shifts = np.where(zero | (codes > top), 0, np.left_shift(np.int64(1), np.maximum(top - codes, 0)))
-        out = self._acc(shifts, v, None, self.config.units["shift_av"].lanes, name + ".av")
-        return out.reshape(b, h, n, d)
+        """Q K^T on the array, the softmax unit's log2 codes, then V shifted by the codes and summed
+        in the shift unit (intprog.reference.attention with this hardware's two products)."""
+        return attention(xs, attrs, c,
+                         qk=lambda a, b: self._acc(a, b, None, self.config.rows, name + ".qk"),
+                         av=lambda a, b: self._acc(a, b, None, self.config.units["shift_av"].lanes, name + ".av"))
 
     def check_operands(self) -> None:
         """ConfigError naming the first GEMM whose operands need more bits than the multipliers have."""
