@@ -26,7 +26,7 @@ from intprog.arith import Rounding, quantize_multiplier
 from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, build_lut
 from intprog.program import Program
 from pfcr.errors import ModelError
-from pfcr.quant.model import QuantModel
+from pfcr.quant.model import QuantModel, blocks_of
 from pfcr.quant.quantizers import UniformQuantizer
 
 STREAM_BITS = 20  # fraction of int32 used by the residual stream's largest calibration value
@@ -90,8 +90,7 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict[str, float]:
             seen[key] = max(seen[key], out.abs().max().item())
         return hook
 
-    blocks = [blk for stage in m.layers for blk in stage.blocks] if qm.family == "swin" else m.blocks
-    hooks = [blk.mlp.fc1.register_forward_hook(watch("fc1")) for blk in blocks]
+    hooks = [blk.mlp.fc1.register_forward_hook(watch("fc1")) for blk in blocks_of(m)]
     hooks += [m.patch_embed.proj.register_forward_hook(watch("embed")), m.norm.register_forward_hook(watch("norm"))]
     stream, x = 0.0, images
     try:

@@ -155,7 +155,8 @@ def _swap_linears(module: nn.Module, cfg: QuantConfig, channelwise: set[str]) ->
             _swap_linears(child, cfg, channelwise)
 
 
-def _blocks_of(m: nn.Module) -> list[nn.Module]:
+def blocks_of(m: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a timm ViT/DeiT, or of every Swin stage, in order."""
     return [blk for stage in m.layers for blk in stage.blocks] if family(m) == "swin" else list(m.blocks)
 
 
@@ -188,7 +189,7 @@ class QuantModel(nn.Module):
         self.cfg = cfg
         self.model = copy.deepcopy(fp_model).eval()
         m, swin = self.model, self.family == "swin"
-        blocks = _blocks_of(m)
+        blocks = blocks_of(m)
         cw = cfg.channelwise_postln
         for blk in blocks:
             blk.attn = QuantAttention(blk.attn, cfg.w_bits, cfg.a_bits, cfg.softmax_bits, cw, cfg.log2_softmax)
