@@ -1,5 +1,5 @@
 """TVM (llvm, this host) == the reference executor, bit for bit: per op on random and edge inputs
-(rounding ties, saturation, zero points, wide accumulators), and on the whole zoo ViT."""
+(rounding ties, saturation, zero points, wide accumulators, Swin windows), and on the zoo ViT and Swin."""
 
 from __future__ import annotations
 
@@ -178,6 +178,43 @@ def test_attention(bits, top, scale):
     check_op("attention", [(t, 0, qmax) for t in (q, k, v)], attrs)
 
 
+@pytest.mark.parametrize("shift_mask", [False, True])
+def test_windowed_attention(shift_mask):
+    """Swin: 4 windows of 9 tokens, relative position bias on 8 finer logit bits, the shifted
+    windows' mask (rows where most entries are masked, one where only the diagonal is left)."""
+    rng = np.random.default_rng(int(shift_mask))
+    bits, heads, window, groups = 4, 3, 9, 4
+    q, k, v = (rng.integers(0, 16, (2, heads, groups * window, 8)) for _ in range(3))
+    sm = nonlinear.IntSoftmaxLog2.build(0.05 / 15 / 256, bits)
+    attrs = {"q_zp": 7, "k_zp": 8, "v_zp": 3, "sm_multiplier": sm.multiplier, "sm_shift": sm.shift, "bits": bits,
+             "max_code": 15, "window": window, "logit_shift": 8}
+    consts = {"bias": rng.integers(-3000, 3000, (heads, window, window))}
+    if shift_mask:
+        mask = rng.random((groups, window, window)) < 0.6
+        mask[0] = ~np.eye(window, dtype=bool)
+        mask[:, np.arange(window), np.arange(window)] = False
+        consts["mask"] = mask.astype(np.int64)
+    check_op("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts)
+
+
+def test_token_gathers_and_pooled_sum():
+    """Window permutation (k = 1), 2x2 patch merging (k = 4), and the head's sum over tokens."""
+    rng = np.random.default_rng(0)
+    stream = rng.integers(*I32, (2, 16, 6), endpoint=True)
+    check_op("gather_tokens", [(stream, *I32)], {}, {"index": rng.permutation(16)[:, None]})
+    merged = check_op("gather_tokens", [(stream, *I32)], {}, {"index": rng.integers(0, 16, (4, 4))})
+    assert merged.shape == (2, 4, 24)
+    check_op("sum_tokens", [(stream, *I32)], {})  # 16 int32 values need an int64 sum
+    check_op("sum_tokens", [(rng.integers(0, 16, (2, 49, 6)), 0, 15)], {})
+
+
+def test_every_op_of_the_format_lowers():
+    from intprog.program import OPS
+    from tvm_backends.lower import KERNELS
+
+    assert set(KERNELS) == set(OPS)
+
+
 def test_data_movement_and_tables():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (2, 3, 8, 8))
@@ -198,21 +235,13 @@ def test_containers_are_the_narrowest():
             container(0, 1 << 31)] == ["uint8", "int8", "int16", "int32", "int64"]
 
 
+@pytest.mark.parametrize("model", ["vit_fmnist", "swin_fmnist"])
 @pytest.mark.parametrize("bits", [8, 4, 3])
-def test_zoo_vit_matches_the_reference(zoo_program, bits):
-    program, codes, _ = zoo_program(bits)
+def test_zoo_matches_the_reference(zoo_program, bits, model):
+    program, codes, _ = zoo_program(bits, model)
     lowered = lower(program, batch=16)
     assert (lowered.input_dtype, lowered.output_dtype, lowered.output_shape) == ("uint8", "int32", (16, 10))
     vm = build(lowered.mod)
     got = np.concatenate([vm["main"](tvm.runtime.tensor(codes[i:i + 16].astype("uint8"))).numpy()
                           for i in range(0, len(codes), 16)])
     np.testing.assert_array_equal(got, reference.run(program, codes))
-
-
-def test_swin_programs_are_refused_clearly(zoo_program):
-    """Windowed attention, token gathers and the pooled sum are not lowered yet: a clear error, not wrong code."""
-    from pfcr.errors import SuiteError
-
-    program, _, _ = zoo_program(4, "swin_fmnist")
-    with pytest.raises(SuiteError, match="the TVM lowering does not support"):
-        lower(program)

@@ -27,7 +27,6 @@ from tvm.relax import op as R
 from intprog.arith import Rounding
 from intprog.nonlinear import EXP_FRAC_BITS, LOG_FRAC_BITS, NORM_FRAC_BITS, IntSoftmaxLog2
 from intprog.program import Program
-from pfcr.errors import SuiteError
 
 _I32 = 1 << 31
 # containers in the order they are tried: the first that holds a value's interval is used
@@ -347,9 +346,18 @@ def _merge_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
 
 def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     """intprog.reference.attention as three kernels: integer logits; IntSoftmaxLog2 codes turned into
-    weights 2^(L - code) (0 for dropped probabilities); sum_j weight_j (v_j - zv)."""
+    weights 2^(L - code) (0 for dropped probabilities); sum_j weight_j (v_j - zv).
+
+    Windowed attention (Swin) views the tokens as [groups, window]: the two products run per group,
+    and the softmax kernel adds the relative position bias to the shifted logits and leaves masked
+    entries out of the maximum and the sum, as the reference does."""
     q, k, v = xs
     zq, zk, zv, top = attrs["q_zp"], attrs["k_zp"], attrs["v_zp"], attrs["max_code"]
+    shape = q.shape
+    if attrs.get("window"):
+        n, h, t, d = shape
+        q, k, v = (Value(b.emit(R.reshape(x.expr, (n, h, t // attrs["window"], attrs["window"], d))), x.lo, x.hi)
+                   for x in (q, k, v))
     mag = {name: max(abs(t.lo - attrs[z]), abs(t.hi - attrs[z])) for name, t, z in
            (("q", q, "q_zp"), ("k", k, "k_zp"), ("v", v, "v_zp"))}
     acc = acc_dtype(q.shape[-1] * mag["q"] * mag["k"])
@@ -358,26 +366,48 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     bound = k.shape[-2] * (1 << top) * mag["v"]
     weight_dtype = acc_dtype(bound)
     sm = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])
-    weights = b.te("softmax_log2", lambda ch, x, table: _softmax_log2(x, table, sm, top, weight_dtype),
-                   [logits, _c(sm.exp2_table)])
+    roles = [r for r in ("bias", "mask") if r in c]
+
+    def softmax(ch: Channels, x: te.Tensor, table: te.Tensor, *extra: te.Tensor) -> te.Tensor:
+        given = dict(zip(roles, extra, strict=True))
+        return _softmax_log2(x, table, sm, top, weight_dtype, given.get("bias"), attrs.get("logit_shift", 0),
+                             given.get("mask"))
+
+    weights = b.te("softmax_log2", softmax, [logits, _c(sm.exp2_table),
+                                             *(_c(c[r], container(int(c[r].min()), int(c[r].max()))) for r in roles)])
     out = b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, weight_dtype, False, 0, zv, "values"),
                [weights, v.expr])
+    if attrs.get("window"):
+        out = R.reshape(out, shape)
     return b.value(out, -bound, bound)
 
 
-def _softmax_log2(x: te.Tensor, table: te.Tensor, sm: IntSoftmaxLog2, top: int, dtype: str) -> te.Tensor:
-    """IntSoftmaxLog2.__call__ over the last axis, then the attention weight of each code."""
+def _softmax_log2(x: te.Tensor, table: te.Tensor, sm: IntSoftmaxLog2, top: int, dtype: str,
+                  bias: te.Tensor | None = None, logit_shift: int = 0, mask: te.Tensor | None = None) -> te.Tensor:
+    """IntSoftmaxLog2.__call__ over the last axis, then the attention weight of each code. x is
+    [batch, heads, (groups,) rows, cols]; bias [heads, rows, cols] is added to x << logit_shift, and
+    mask [groups, rows, cols] (nonzero = masked) gives probability 0, left out of the max and sum."""
     rows, width = x.shape[:-1], x.shape[-1]
+
+    def masked(i: tuple) -> tirx.PrimExpr:
+        return mask[i[-3], i[-2], i[-1]] != 0 if mask is not None else tirx.const(False, "bool")
+
+    if bias is not None:
+        logits = stage(x, lambda i: (x[i].astype("int64") << logit_shift) + bias[i[1], i[-2], i[-1]].astype("int64"),
+                       "biased_logits")
+    else:
+        logits = x
     j = te.reduce_axis((0, width), "j")
-    peak = te.compute(rows, lambda *r: te.max(x[(*r, j)].astype("int64"), axis=j), name="row_max")
+    low = _i64(np.iinfo(np.int64).min >> 2)  # the reference's stand-in logit of a masked entry
+    peak = te.compute(rows, lambda *r: te.max(tirx.Select(masked((*r, j)), low, logits[(*r, j)].astype("int64")),
+                                              axis=j), name="row_max")
 
     def exp2(i: tuple) -> tirx.PrimExpr:
-        d = tirx.max(x[i].astype("int64") - peak[i[:-1]], _i64(-(1 << 31)))
-        neg_t = round_shift(-d * _i64(sm.multiplier), _i64(sm.shift - EXP_FRAC_BITS), Rounding.HALF_UP)
-        return neg_t
+        d = tirx.max(tirx.Select(masked(i), low, logits[i].astype("int64")) - peak[i[:-1]], _i64(-(1 << 31)))
+        return round_shift(-d * _i64(sm.multiplier), _i64(sm.shift - EXP_FRAC_BITS), Rounding.HALF_UP)
 
     neg_t = stage(x, exp2, "neg_t")  # -t >= 0, Q8
-    e = stage(x, lambda i: tirx.Select((neg_t[i] >> EXP_FRAC_BITS) > 62, _i64(0),
+    e = stage(x, lambda i: tirx.Select(tirx.any(masked(i), (neg_t[i] >> EXP_FRAC_BITS) > 62), _i64(0),
                                        table[neg_t[i] & ((1 << EXP_FRAC_BITS) - 1)]
                                        >> tirx.min(neg_t[i] >> EXP_FRAC_BITS, _i64(62))), "exp2")
     j2 = te.reduce_axis((0, width), "j2")
@@ -411,6 +441,20 @@ def _take_token(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     return Value(b.emit(y), x.lo, x.hi)
 
 
+def _gather_tokens(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+    """out[:, i] = concat_j x[:, index[i, j]] as one take over the flattened index and a reshape."""
+    x, index = xs[0], c["index"]
+    n, _, d = x.shape
+    y = R.take(x.expr, _c(index.reshape(-1), "int32"), axis=1, mode="clip")  # in bounds; "fast" warns
+    return Value(b.emit(R.reshape(y, (n, index.shape[0], index.shape[1] * d))), x.lo, x.hi)
+
+
+def _sum_tokens(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+    x = xs[0]
+    lo, hi = x.shape[1] * min(x.lo, 0), x.shape[1] * max(x.hi, 0)
+    return b.value(R.sum(b.wide(x, acc_dtype(max(-lo, hi))), axis=1), lo, hi)
+
+
 Kernel = Callable[[_Builder, list[Value], dict, Consts], Value]
 KERNELS: dict[str, Kernel] = {
     "patchify": _patchify,
@@ -425,6 +469,8 @@ KERNELS: dict[str, Kernel] = {
     "requantize": _requantize,
     "lut": _lut,
     "take_token": _take_token,
+    "gather_tokens": _gather_tokens,
+    "sum_tokens": _sum_tokens,
 }
 
 
@@ -449,12 +495,6 @@ def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[d
 
 def lower(program: Program, batch: int = 1) -> Lowered:
     """The program as a Relax module: main(codes [batch, *input shape]) -> output integers."""
-    for op in program.ops:
-        windowed = op["op"] == "attention" and (op["attrs"].get("window") or op["consts"])
-        if op["op"] not in KERNELS or windowed:
-            what = "windowed attention (Swin)" if windowed else f"op {op['op']!r}"
-            raise SuiteError(f"the TVM lowering does not support {what} yet (op {op['out']!r}); ViT/DeiT programs "
-                             "lower, Swin programs run on the reference executor and the accelerator model")
     spec = program.input
     shape = (batch, *spec["shape"])
     mod = lower_graph({spec["name"]: (shape, spec["qmin"], spec["qmax"])}, program.ops, program.consts,
