@@ -25,8 +25,8 @@ Stage = tuple[str, list[str]]
 
 
 def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
-    """The main job's stages in order: FP32 zoo, PFCR W4A4/W3A3, export, integer-only accuracy, then
-    each command module's stages on those programs (TVM, accelerator, sensor)."""
+    """The main job's stages in order: FP32 zoo, PFCR (ViT W4A4/W3A3, Swin W4A4), export, integer-only
+    accuracy, then each command module's stages on those programs (keyed "<model> <bits>")."""
     common = ["--results", str(results)]
     schedule = ["--calib-size", "1024", "--iters", "200"] if full else ["--calib-size", "256", "--iters", "20"]
     test = ["--limit", str(limit)] if limit else []
@@ -35,17 +35,20 @@ def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
     programs: dict[str, Path] = {}
     out: list[Stage] = [(f"evaluate {name} (FP32)", ["eval", name, *common, *test])
                         for name, entry in ZOO.items() if entry.checkpoint.exists()]
-    for bits in ("W4A4", "W3A3"):
-        q = results / "quantized" / f"vit_fmnist_pfcr_{bits.lower()}.safetensors"
-        prog = programs[bits] = q.with_suffix(".intprog.safetensors")
+    # ViT at both widths; the Swin (windows, token gathers, pooled head) at W4A4, checked on fewer images
+    for model, bits in (("vit_fmnist", "W4A4"), ("vit_fmnist", "W3A3"), ("swin_fmnist", "W4A4")):
+        q = results / "quantized" / f"{model}_pfcr_{bits.lower()}.safetensors"
+        prog = programs[f"{model} {bits}"] = q.with_suffix(".intprog.safetensors")
+        swin = model.startswith("swin") and not (limit or full)
         out += [
-            (f"quantize vit_fmnist {bits} with PFCR",
-             ["quantize", "vit_fmnist", "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main",
-              "--out", str(q), *common, *test]),
-            (f"export vit_fmnist {bits} to the integer program",
-             ["export", "vit_fmnist", "--quantized", str(q), "--out", str(prog), "--tag", "main", *common]),
-            (f"integer-only accuracy of vit_fmnist {bits} (reference executor)",
-             ["run", str(prog), "--quantized", str(q), "--tag", "main", *common, *int_test]),
+            (f"quantize {model} {bits} with PFCR",
+             ["quantize", model, "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main",
+              "--out", str(q), *common, *(["--limit", "2000"] if swin else test)]),
+            (f"export {model} {bits} to the integer program",
+             ["export", model, "--quantized", str(q), "--out", str(prog), "--tag", "main", *common]),
+            (f"integer-only accuracy of {model} {bits} (reference executor)",
+             ["run", str(prog), "--quantized", str(q), "--tag", "main", *common, *(["--limit", "500"] if swin
+                                                                                    else int_test)]),
         ]
     for name in COMMAND_MODULES:
         out += importlib.import_module(name).main_stages(results, programs, full)

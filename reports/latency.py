@@ -57,7 +57,7 @@ def _checks(frame: pd.DataFrame) -> pd.DataFrame:
                         "emulated": _col(b, "m.emulated").fillna(False), "bit-exact": b["m.bit_exact"],
                         "checked images": b["m.checked_images"].astype("Int64"),
                         "differing": b["m.mismatched_images"].astype("Int64"), "record": b["record"]})
-    return out.sort_values(["target", "bits"]).reset_index(drop=True)
+    return out.sort_values(["target", "model", "bits"]).reset_index(drop=True)
 
 
 def _compiles(frame: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +70,7 @@ def _compiles(frame: pd.DataFrame) -> pd.DataFrame:
                         "compile s": c["m.compile_seconds"].round(1),
                         "library MB": (c["m.library_bytes"] / 1e6).round(2),
                         "CUDA fatbin": arch.where(arch.notna(), "-"), "record": c["record"]})
-    return out.sort_values(["target", "bits"]).reset_index(drop=True)
+    return out.sort_values(["target", "model", "bits"]).reset_index(drop=True)
 
 
 def latency_figure(rows: pd.DataFrame, path: Path) -> list[str]:
@@ -79,11 +79,12 @@ def latency_figure(rows: pd.DataFrame, path: Path) -> list[str]:
     for _, r in rows.iterrows():
         rec = json.loads(Path(r["record"]).read_text())
         data.append(rec["latency"]["runs_ms"])
-        labels.append(f"{r['target']}\n{r['bits']}")
+        name = f"{r['target']}\n{str(r['model']).split('_')[0]}"  # vit / swin
+        labels.append(f"{name} {r['bits']}")
         colors.append("tab:red")
         if rec.get("fp32", {}).get("runs_ms"):
             data.append(rec["fp32"]["runs_ms"])
-            labels.append(f"{r['target']}\nFP32 {rec['fp32']['method']}")
+            labels.append(f"{name}\nFP32 {rec['fp32']['method']}")
             colors.append("tab:gray")
     if not data:
         return []

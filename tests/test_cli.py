@@ -82,6 +82,18 @@ def test_zoo_eval_reproduces_card(results, capsys):
         assert rec["data"]["size"] == 10000
 
 
+def test_main_stages_are_valid_command_lines(tmp_path):
+    """Every stage of every part parses as a `pfcr` command line of plain strings, short and --full."""
+    from pfcr.pipeline import stages
+
+    for full in (False, True):
+        todo = stages(tmp_path, full, None)
+        assert len({title for title, _ in todo}) == len(todo)  # titles key the resume state
+        for title, argv in todo:
+            assert parser().parse_args(argv).func, title
+    assert json.dumps(todo)
+
+
 @pytest.mark.slow
 def test_main_job_runs_and_resumes(tmp_path, capsys):
     """The main job end to end on a slice of the test set; every part writes its records; a second
@@ -92,8 +104,8 @@ def test_main_job_runs_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "quantize vit_fmnist W3A3 with PFCR" in first and "Post-training quantization" in first
-    for kind in ("quantize", "export", "run"):
-        assert len(list((tmp_path / "res").glob(f"{kind}_*.json"))) == 2, kind
+    for kind in ("quantize", "export", "run"):  # ViT W4A4 and W3A3, Swin W4A4
+        assert len(list((tmp_path / "res").glob(f"{kind}_*.json"))) == 3, kind
     assert (tmp_path / "rep" / "report.html").exists()
     kinds = {p.name.split("_")[0] for p in (tmp_path / "res").rglob("*.json")}
     assert {"eval", "quantize", "export", "run", "compile", "bench", "simulate", "sensor"} <= kinds

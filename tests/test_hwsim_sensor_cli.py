@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pytest
 
-from hwsim.sensor.commands import main_stages
-from pfcr.cli import main, parser
+from pfcr.cli import main
 from pfcr.records import read_records
 
 
@@ -81,16 +77,6 @@ def test_sweep_writes_one_record_per_point_and_resumes(zoo_program, results, tmp
     assert fig.path.exists() and len(fig.records) == 4
 
 
-def test_main_stages_are_valid_command_lines(tmp_path):
-    programs = {"W4A4": tmp_path / "w4.intprog.safetensors", "W3A3": tmp_path / "w3.intprog.safetensors"}
-    for full in (False, True):
-        for title, argv in main_stages(tmp_path, programs, full):
-            args = parser().parse_args(argv)
-            assert args.func.__module__ == "hwsim.sensor.commands", title
-    assert json.dumps(main_stages(tmp_path, programs, False))  # plain strings only
-
-
-@pytest.mark.slow
 def test_sweep_on_the_real_w4a4_program_tracks_illuminance(zoo_program, results, tmp_path):
     """More images: top-1 rises with illuminance and with ADC bits in dim light."""
     path = _program_file(zoo_program, tmp_path)

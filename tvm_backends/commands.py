@@ -246,17 +246,19 @@ def add_commands(sub, common) -> None:
 
 
 def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
-    """Host build + bit-exact check + latency vs FP32; Pi 4/5 cross builds + emulated bit-exact check;
-    Jetson Orin CUDA build with the fatbin check."""
-    prog = str(programs["W4A4"])
+    """Host build + bit-exact check + latency vs FP32 (ViT and Swin); Pi 4/5 cross builds + emulated
+    bit-exact check; Jetson Orin CUDA build with the fatbin check."""
+    prog = str(programs["vit_fmnist W4A4"])
     art = results / "tvm"
     common = ["--results", str(results)]
     runs = ["--min-runs", "300", "--min-seconds", "10"] if full else ["--min-runs", "100", "--min-seconds", "3"]
-    stages = [("TVM: compile W4A4 for the host", ["compile", prog, "--target", "host", "--out", str(art / "host"),
-                                                 *common]),
-              ("TVM: host bit-exact check and latency vs FP32",
-               ["bench", str(art / "host"), "--program", prog, "--check-images", "256" if full else "64",
-                "--threads", "1", *runs, *common])]
+    stages = []
+    for name, out in (("vit_fmnist W4A4", "host"), ("swin_fmnist W4A4", "host-swin")):
+        stages += [(f"TVM: compile {name} for the host",
+                    ["compile", str(programs[name]), "--target", "host", "--out", str(art / out), *common]),
+                   (f"TVM: host bit-exact check and latency vs FP32, {name}",
+                    ["bench", str(art / out), "--program", str(programs[name]), "--check-images",
+                     "256" if full else "64", "--threads", "1", *runs, *common])]
     for pi in ("pi4", "pi5"):
         stages.append((f"TVM: cross-compile W4A4 for {pi}",
                        ["compile", prog, "--target", pi, "--out", str(art / pi), *common]))

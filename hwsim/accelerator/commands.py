@@ -82,8 +82,9 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
 
 
 def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
-    """The W4A4 program on the edge NPU over a few hundred test images (all of them with --full)."""
-    limit = [] if full else ["--limit", str(MAIN_IMAGES)]
-    return [("simulate vit_fmnist W4A4 on the edge-NPU accelerator model",
-             ["simulate", str(programs["W4A4"]), "--config", "edge-npu", "--tag", "main",
-              "--results", str(results), *limit])]
+    """The W4A4 ViT on the edge NPU over a few hundred test images (all of them with --full), and the
+    W4A4 Swin over a hundred (its windows, bias and mask on the array)."""
+    common = ["--config", "edge-npu", "--tag", "main", "--results", str(results)]
+    return [(f"simulate {name} on the edge-NPU accelerator model",
+             ["simulate", str(programs[name]), *common, *([] if full else ["--limit", str(images)])])
+            for name, images in (("vit_fmnist W4A4", MAIN_IMAGES), ("swin_fmnist W4A4", 100))]

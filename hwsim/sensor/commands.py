@@ -270,5 +270,5 @@ def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tu
         ("sensor: a natural photo through the Bayer sensor and ISP", ["sensor", "photo", "--image", "astronaut",
                                                                       "--lux", "100", *r]),
         ("sensor: W4A4 integer program vs illuminance and ADC bits",
-         ["sensor", "sweep", "--program", str(programs["W4A4"]), *grid, "--tag", "main", *r]),
+         ["sensor", "sweep", "--program", str(programs["vit_fmnist W4A4"]), *grid, "--tag", "main", *r]),
     ]
