@@ -1,6 +1,8 @@
-"""TVM on this x86 host: the integer zoo ViT (W4A4, W3A3) scheduled vs PyTorch FP32 eager, batch 1.
+"""TVM on this x86 host: an integer zoo model (the main job's PFCR programs) scheduled vs PyTorch
+FP32 eager, batch 1.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_tvm_host.py [--threads 1] [--rounds 3]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_tvm_host.py [--model vit_fmnist|swin_fmnist]
+        [--threads 1] [--rounds 3]
 
 Each program is lowered (tvm_backends.lower), scheduled (tvm_backends.schedules) and compiled for
 the host CPU, checked bit for bit against the reference executor on the first 64 Fashion-MNIST test
@@ -37,7 +39,7 @@ def ort_int8_session(model, calib_images, threads: int, workdir: Path):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    fp32, pre, qdq = (workdir / n for n in ("vit.onnx", "vit_pre.onnx", "vit_qdq.onnx"))
+    fp32, pre, qdq = (workdir / n for n in ("model.onnx", "model_pre.onnx", "model_qdq.onnx"))
     torch.onnx.export(model, (calib_images[:1],), str(fp32), input_names=["x"], output_names=["logits"],
                       dynamo=False, opset_version=17)
     quant_pre_process(str(fp32), str(pre))
@@ -62,6 +64,7 @@ def _ort_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="vit_fmnist", help="zoo model whose main-job programs are timed")
     ap.add_argument("--threads", type=int, default=1, help="torch and TVM threads (equal)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     ap.add_argument("--min-runs", type=int, default=100)
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-    fp = models.load_model("vit_fmnist")
+    fp = models.load_model(args.model)
     model = fp.module.eval()
     test = data.fmnist("test", limit=64)
     x_fp = test.tensors[0][:1]
@@ -100,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                               for i in range(len(images))]))
 
     builds = {}
-    for bits in ("W4A4", "W3A3"):
-        path = PROGRAMS / f"vit_fmnist_pfcr_{bits.lower()}.intprog.safetensors"
-        if not path.exists():
-            raise SystemExit(f"{path} is missing: run `pfcr main --results benchmarks/results/main` first")
+    paths = {bits: PROGRAMS / f"{args.model}_pfcr_{bits.lower()}.intprog.safetensors" for bits in ("W4A4", "W3A3")}
+    paths = {bits: path for bits, path in paths.items() if path.exists()}
+    if not paths:
+        raise SystemExit(f"no {args.model} program in {PROGRAMS}: run `pfcr main --results benchmarks/results/main` "
+                         "first")
+    for bits, path in paths.items():
         program = load(path)
         variants = {"tvm-llvm-host": True, "tvm-llvm-host-default": False} if bits == "W4A4" else \
             {"tvm-llvm-host": True}
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                    "top1_64": b["check"]["top1"], "ort_int8_top1_64": round(ort_top1, 4),
                    "bit_exact": b["check"]["bit_exact"], "compile_seconds": b["compile_seconds"]}
         record = make_record(
-            "bench", model={"name": "vit_fmnist", "checkpoint_sha256": fp.checkpoint_sha256},
+            "bench", model={"name": args.model, "checkpoint_sha256": fp.checkpoint_sha256},
             data={"name": "fmnist", "split": "test", "size": 64},
             config={"method": method, "w_bits": int(bits[1]), "a_bits": int(bits[3]), "tag": f"batch1-t{args.threads}",
                     "target": str(target.export() if hasattr(target, "export") else target), "batch": 1,

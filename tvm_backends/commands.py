@@ -246,25 +246,26 @@ def add_commands(sub, common) -> None:
 
 
 def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
-    """Host build + bit-exact check + latency vs FP32 (ViT and Swin); Pi 4/5 cross builds + emulated
-    bit-exact check; Jetson Orin CUDA build with the fatbin check."""
-    prog = str(programs["vit_fmnist W4A4"])
+    """Per model (ViT, Swin): host build + bit-exact check + latency vs FP32, Pi 5 cross build +
+    emulated bit-exact check; for the ViT also the Pi 4 build and the Jetson Orin CUDA build."""
     art = results / "tvm"
     common = ["--results", str(results)]
     runs = ["--min-runs", "300", "--min-seconds", "10"] if full else ["--min-runs", "100", "--min-seconds", "3"]
     stages = []
-    for name, out in (("vit_fmnist W4A4", "host"), ("swin_fmnist W4A4", "host-swin")):
+    for name, suffix in (("vit_fmnist W4A4", ""), ("swin_fmnist W4A4", "-swin")):
+        prog = str(programs[name])
+        boards = ("pi4", "pi5") if not suffix else ("pi5",)
         stages += [(f"TVM: compile {name} for the host",
-                    ["compile", str(programs[name]), "--target", "host", "--out", str(art / out), *common]),
+                    ["compile", prog, "--target", "host", "--out", str(art / f"host{suffix}"), *common]),
                    (f"TVM: host bit-exact check and latency vs FP32, {name}",
-                    ["bench", str(art / out), "--program", str(programs[name]), "--check-images",
+                    ["bench", str(art / f"host{suffix}"), "--program", prog, "--check-images",
                      "256" if full else "64", "--threads", "1", *runs, *common])]
-    for pi in ("pi4", "pi5"):
-        stages.append((f"TVM: cross-compile W4A4 for {pi}",
-                       ["compile", prog, "--target", pi, "--out", str(art / pi), *common]))
-    stages += [("TVM: bit-exact check on the emulated Pi 5 (qemu, RPC)",
-                ["bench", str(art / "pi5"), "--emulated-pi", "--program", prog, "--check-images", "8",
-                 "--warmup", "1", "--min-runs", "3", "--min-seconds", "0", *common]),
-               ("TVM: CUDA build for Jetson Orin (sm_87, fatbin check)",
-                ["compile", prog, "--target", "jetson-orin", "--out", str(art / "jetson-orin"), *common])]
+        stages += [(f"TVM: cross-compile {name} for {pi}",
+                    ["compile", prog, "--target", pi, "--out", str(art / f"{pi}{suffix}"), *common]) for pi in boards]
+        stages.append((f"TVM: bit-exact check of {name} on the emulated Pi 5 (qemu, RPC)",
+                       ["bench", str(art / f"pi5{suffix}"), "--emulated-pi", "--program", prog, "--check-images", "8",
+                        "--warmup", "1", "--min-runs", "3", "--min-seconds", "0", *common]))
+    stages.append(("TVM: CUDA build for Jetson Orin (sm_87, fatbin check)",
+                   ["compile", str(programs["vit_fmnist W4A4"]), "--target", "jetson-orin",
+                    "--out", str(art / "jetson-orin"), *common]))
     return stages
