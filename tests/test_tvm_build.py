@@ -213,6 +213,11 @@ def test_cross_compiled_library_is_aarch64(tmp_path):
     head = art.library.read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     assert art.meta["target"]["tvm"]["mattr"] == ["+neon", "+dotprod"]
+    # the Pi 5's GEMMs are s8 x s8, which LLVM turns into the dot-product instruction
+    assert art.meta["build"]["gemm_operands"] == "s8 x s8"
+    code = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(art.library)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "\tsdot\t" in code
 
 
 def test_cuda_library_check_rejects_source_and_wrong_arch(tmp_path):

@@ -31,13 +31,14 @@ def run_tvm(mod: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
     return vm["main"](*args).numpy()
 
 
-def check_op(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict, consts: dict | None = None):
+def check_op(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict, consts: dict | None = None,
+             signed_activations: bool = False):
     """One op through TVM and through the reference kernel; inputs are (values, lo, hi)."""
     consts = {role: np.asarray(v, dtype=np.int64) for role, v in (consts or {}).items()}
     names = [f"x{i}" for i in range(len(inputs))]
     op = {"op": kind, "in": names, "out": "y", "attrs": attrs, "consts": {r: f"y.{r}" for r in consts}}
     mod = lower_graph({n: (v.shape, lo, hi) for n, (v, lo, hi) in zip(names, inputs, strict=True)}, [op],
-                      {f"y.{r}": v for r, v in consts.items()}, "y")
+                      {f"y.{r}": v for r, v in consts.items()}, "y", signed_activations)
     got = run_tvm(mod, *(v for v, _, _ in inputs))
     want = reference.KERNELS[kind]([v.astype(np.int64) for v, _, _ in inputs], attrs, consts)
     np.testing.assert_array_equal(got, want)
@@ -50,6 +51,7 @@ def _requant(rng, n: int, scale_lo: float, scale_hi: float, zp, qmin, qmax) -> d
     return {"multiplier": m, "shift": s, "out_zp": full * zp, "qmin": full * qmin, "qmax": full * qmax}
 
 
+@pytest.mark.parametrize("signed_activations", [False, True], ids=["u8s8", "s8s8"])  # x86 VNNI / ARM sdot form
 @pytest.mark.parametrize("rounding", ["half_up", "half_even", "floor"])
 @pytest.mark.parametrize("w_bits, signed_w, x_lo, x_hi", [
     (4, False, 0, 15),  # zoo W4A4: unsigned 4-bit weights with zero points, uint8 activations
@@ -58,7 +60,7 @@ def _requant(rng, n: int, scale_lo: float, scale_hi: float, zp, qmin, qmax) -> d
     (8, False, 0, 255),  # asymmetric 8-bit weights: W - zp leaves int8, the wide GEMM path
     (4, True, -40000, 40000),  # activations wider than 8 bits: the wide GEMM path
 ])
-def test_linear(rounding, w_bits, signed_w, x_lo, x_hi):
+def test_linear(rounding, w_bits, signed_w, x_lo, x_hi, signed_activations):
     rng = np.random.default_rng(w_bits)
     n, k = 24, 40
     lo, hi = (-(1 << (w_bits - 1)), (1 << (w_bits - 1)) - 1) if signed_w else (0, (1 << w_bits) - 1)
@@ -73,7 +75,8 @@ def test_linear(rounding, w_bits, signed_w, x_lo, x_hi):
     req = _requant(rng, n, 4.0 / span, 64.0 / span, 3, -20, 40)
     req["multiplier"][:4], req["shift"][:4] = 1 << 30, 31
     consts = {"weight": weight, "weight_zp": weight_zp, "bias": rng.integers(-300, 300, n), **req}
-    out = check_op("linear", [(x, x_lo, x_hi)], {"in_zp": in_zp, "rounding": rounding, "weight_bits": w_bits}, consts)
+    out = check_op("linear", [(x, x_lo, x_hi)], {"in_zp": in_zp, "rounding": rounding, "weight_bits": w_bits}, consts,
+                   signed_activations)
     assert (out == -20).any() and (out == 40).any()  # both saturation ends were exercised
 
 

@@ -213,9 +213,11 @@ def compile_program(program_path: str | os.PathLike, target: str, out_dir: str |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    lowered = lower(program, batch=batch)
+    signed = preset.device == "cpu" and "+dotprod" in resolve(preset).get("mattr", [])  # sdot: s8 x s8
+    lowered = lower(program, batch=batch, signed_activations=signed)
     lower_s = time.perf_counter() - t0
     facts = compile_module(lowered.mod, preset, out_dir / LIBRARY, cpu_schedule=schedule)
+    facts["gemm_operands"] = "s8 x s8" if signed else "u8 x s8"
     inp, out = _quantization(program, lowered)
     meta = {
         "format": FORMAT, "version": VERSION,

@@ -8,10 +8,11 @@ program's constants and clamps), which picks the narrowest container that holds 
 every sum: int32 where the interval proves it exact, int64 otherwise. 3/4-bit values sit in
 int8/uint8 containers (TVM's int4 is broken in 0.27).
 
-Linear layers are lowered as u8 x s8 GEMMs where possible: weights minus their zero points become
-int8 constants, activations are shifted to start at 0 (uint8), and the shift and the input zero
-point are folded into the bias with the weight row sums. That is the operand form of x86 VNNI and
-ARM dot-product instructions, and it is exact.
+Linear layers are lowered as 8-bit GEMMs where possible: weights minus their zero points become
+int8 constants, activations (at most 256 codes wide) are shifted to start at 0 (uint8: the operand
+form of x86 VNNI) or, with `signed_activations`, to start at -128 (int8: ARM's sdot takes s8 x s8
+only), and the shift and the input zero point are folded into the bias with the weight row sums.
+Both are exact.
 """
 
 from __future__ import annotations
@@ -179,8 +180,9 @@ class Channels:
 class _Builder:
     """Emits the Relax bindings of one program; each op function below mirrors one reference kernel."""
 
-    def __init__(self, bb: relax.BlockBuilder):
+    def __init__(self, bb: relax.BlockBuilder, signed_activations: bool = False):
         self.bb = bb
+        self.signed_activations = signed_activations
 
     def emit(self, expr: relax.Expr) -> relax.Expr:
         return self.bb.emit(expr)
@@ -244,13 +246,15 @@ def _patchify(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
 def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel, as one kernel.
 
-    With W - W_zp in int8 and x spanning at most 256 codes, the GEMM multiplies (x - lo) (uint8
-    range) by int8 weights, and bias' = bias - (in_zp - lo) * rowsum(W - W_zp) restores the exact sum.
+    With W - W_zp in int8 and x spanning at most 256 codes, the GEMM multiplies x - off by int8
+    weights, off = lo (uint8 operands) or lo + 128 (int8 operands, cast in the kernel), and
+    bias' = bias - (in_zp - off) * rowsum(W - W_zp) restores the exact sum.
     """
     x = xs[0]
     w = c["weight"].astype(np.int64) - c["weight_zp"][:, None]
     narrow = w.min(initial=0) >= -128 and w.max(initial=0) <= 127 and x.hi - x.lo <= 255
-    off = x.lo if narrow else attrs["in_zp"]
+    signed = narrow and b.signed_activations
+    off = x.lo + 128 * signed if narrow else attrs["in_zp"]
     bound = w.shape[1] * max(abs(x.lo - off), abs(x.hi - off)) * int(np.abs(w).max(initial=0))
     acc = acc_dtype(bound)
     weight = _c(w, "int8" if narrow else acc)
@@ -259,7 +263,9 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     out_lo, out_hi = int(np.min(c["qmin"])), int(np.max(c["qmax"]))
 
     def kernel(ch: Channels, a: te.Tensor, wt: te.Tensor) -> te.Tensor:
-        dot = _contract(a, wt, acc, True, a_off=off, name="dense")
+        if signed:
+            a = elementwise(a.shape, lambda i: a[i].astype("int32") - off, "int8", "to_int8")
+        dot = _contract(a, wt, acc, True, a_off=0 if signed else off, name="dense")
 
         def body(i: tuple) -> tirx.PrimExpr:
             n = i[-1]
@@ -475,12 +481,12 @@ KERNELS: dict[str, Kernel] = {
 
 
 def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[dict],
-                consts: dict[str, np.ndarray], output: str) -> tvm.IRModule:
+                consts: dict[str, np.ndarray], output: str, signed_activations: bool = False) -> tvm.IRModule:
     """main(*inputs) -> output for ops in the program format; inputs map name -> (shape, lo, hi),
     each passed in the container of [lo, hi]; the output is int32 where its interval allows, else int64."""
     bb = relax.BlockBuilder()
     params = [relax.Var(name, relax.TensorType(shape, container(lo, hi))) for name, (shape, lo, hi) in inputs.items()]
-    b = _Builder(bb)
+    b = _Builder(bb, signed_activations)
     with bb.function("main", params):
         with bb.dataflow():
             values = {name: Value(p, lo, hi) for p, (name, (_, lo, hi)) in zip(params, inputs.items(), strict=True)}
@@ -493,11 +499,12 @@ def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[d
     return bb.get()
 
 
-def lower(program: Program, batch: int = 1) -> Lowered:
-    """The program as a Relax module: main(codes [batch, *input shape]) -> output integers."""
+def lower(program: Program, batch: int = 1, signed_activations: bool = False) -> Lowered:
+    """The program as a Relax module: main(codes [batch, *input shape]) -> output integers.
+    `signed_activations`: s8 x s8 GEMMs (for ARM's sdot) instead of u8 x s8 (x86 VNNI)."""
     spec = program.input
     shape = (batch, *spec["shape"])
     mod = lower_graph({spec["name"]: (shape, spec["qmin"], spec["qmax"])}, program.ops, program.consts,
-                      program.output["name"])
+                      program.output["name"], signed_activations)
     ret = mod["main"].ret_ty
     return Lowered(mod, shape, container(spec["qmin"], spec["qmax"]), tuple(int(d) for d in ret.shape), str(ret.dtype))
