@@ -62,14 +62,14 @@ def _checks(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _compiles(frame: pd.DataFrame) -> pd.DataFrame:
     c = frame[(frame["kind"] == "compile") & (frame["method"] == METHOD)] if not frame.empty else frame
-    cols = ["target", "model", "bits", "compile s", "library MB", "CUDA fatbin", "record"]
+    cols = ["target", "model", "bits", "compile s", "library MB", "CUDA cubins", "record"]
     if c.empty:
         return pd.DataFrame(columns=cols)
     arch = _col(c, "m.cuda_arch")
     out = pd.DataFrame({"target": c["tag"], "model": c["model"], "bits": c.apply(_bits, axis=1),
                         "compile s": c["m.compile_seconds"].round(1),
                         "library MB": (c["m.library_bytes"] / 1e6).round(2),
-                        "CUDA fatbin": arch.where(arch.notna(), "-"), "record": c["record"]})
+                        "CUDA cubins": arch.where(arch.notna(), "-"), "record": c["record"]})
     return out.sort_values(["target", "model", "bits"]).reset_index(drop=True)
 
 
@@ -111,5 +111,5 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
     checks = Section("tvm_bit_exact", "TVM outputs vs the reference executor, bit for bit (`pfcr bench --program`),"
                      " on the host, on boards over RPC and on the emulated Pi (qemu)", _checks(frame))
     compiles = Section("tvm_compile", "TVM builds (`pfcr compile`): CUDA kernels compiled ahead of time into "
-                       "the library (fatbin, no CUDA source)", _compiles(frame))
+                       "the library (cubins, no CUDA source)", _compiles(frame))
     return [latency, checks, compiles]

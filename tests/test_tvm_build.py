@@ -1,4 +1,4 @@
-"""Target presets, `pfcr compile` artifacts (host, cross-compiled aarch64, CUDA fatbin), `pfcr bench` on
+"""Target presets, `pfcr compile` artifacts (host, cross-compiled aarch64, CUDA cubins), `pfcr bench` on
 the host (bit-exact check, latency protocol, interrupted runs), and the errors a user can cause."""
 
 from __future__ import annotations
@@ -91,12 +91,23 @@ def test_missing_cross_toolchain_names_the_debian_package(monkeypatch):
         targets.check_toolchain(targets.get("pi5"))
 
 
-def test_nvcc_that_cannot_target_the_board_is_named(monkeypatch):
+def test_missing_or_unfit_nvrtc_is_named(monkeypatch):
+    from tvm_backends import nvrtc
+
     monkeypatch.setattr(targets.shutil, "which", lambda name: f"/usr/bin/{name}")
-    outputs = {"--list-gpu-arch": "compute_75\ncompute_87\n", "--version": "Cuda compilation tools, release 13.0\nx\n"}
-    monkeypatch.setattr(targets.subprocess, "run",
-                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, outputs[cmd[1]], ""))
-    with pytest.raises(targets.TargetError, match=r"sm_53.*release 13\.0"):
+    monkeypatch.setattr(nvrtc, "_nvidia_dirs", lambda: [])
+    nvrtc.library.cache_clear()
+    with pytest.raises(targets.TargetError, match=r"jetson-nano.*pip install nvidia-cuda-nvrtc-cu12"):
+        targets.check_toolchain(targets.get("jetson-nano"))
+    nvrtc.library.cache_clear()
+    monkeypatch.undo()
+
+    class Cuda13:  # what CUDA 13's NVRTC lists: no Maxwell, Pascal or Volta
+        version, archs = "13.0", ["sm_75", "sm_87", "sm_90"]
+
+    monkeypatch.setattr(nvrtc, "library", lambda: Cuda13())
+    monkeypatch.setattr(targets.shutil, "which", lambda name: f"/usr/bin/{name}")
+    with pytest.raises(targets.TargetError, match=r"NVRTC 13\.0 does not compile CUDA kernels for sm_53"):
         targets.check_toolchain(targets.get("jetson-nano"))
     targets.check_toolchain(targets.get("jetson-orin"))  # sm_87 is listed: no error
 
@@ -225,24 +236,37 @@ def test_cuda_library_check_rejects_source_and_wrong_arch(tmp_path):
     lib.write_bytes(b"ELF ... extern \"C\" __global__ void k() {}")
     with pytest.raises(BuildError, match="embeds CUDA source"):
         check_cuda_library(lib, "sm_87")
-    lib.write_bytes(b"ELF" + (0xBA55ED50).to_bytes(4, "little") + b"-arch sm_90 ")
-    with pytest.raises(BuildError, match="not one compiled for sm_87"):
+    lib.write_bytes(b"\x7fELF host code")
+    with pytest.raises(BuildError, match="holds no CUDA cubin"):
         check_cuda_library(lib, "sm_87")
-    assert check_cuda_library(lib, "sm_90")["fatbin"]
+
+    def cubin(abi: int, flags: int) -> bytes:  # the ELF header fields that identify a cubin's SM
+        head = bytearray(64)
+        head[:4], head[8] = b"\x7fELF", abi
+        head[18:20], head[48:52] = (190).to_bytes(2, "little"), flags.to_bytes(4, "little")
+        return bytes(head)
+
+    lib.write_bytes(b"host" + cubin(7, 0x5A055A) + b"more host" + cubin(8, 0x6005A04))  # CUDA 12 and 13 layouts
+    assert check_cuda_library(lib, "sm_90") == {"cubin": True, "cuda_source": False, "cuda_arch": "sm_90",
+                                               "cubin_count": 2}
+    with pytest.raises(BuildError, match="cubins for sm_90, not for sm_87"):
+        check_cuda_library(lib, "sm_87")
 
 
-def test_cuda_build_embeds_a_fatbin_ahead_of_time(tmp_path):
-    """Orin (sm_87): kernels compiled by nvcc into the library, no CUDA source left for the board."""
-    try:
-        targets.check_toolchain(targets.get("jetson-orin"))
-    except targets.TargetError as err:
-        pytest.skip(str(err))
+@pytest.mark.parametrize("board, arch", [("jetson-nano", "sm_53"), ("jetson-xavier", "sm_72"),
+                                         ("jetson-orin", "sm_87")])
+def test_cuda_build_embeds_cubins_ahead_of_time(tmp_path, board, arch):
+    """Kernels compiled by NVRTC (from PyPI, no CUDA toolkit) into the library as cubins for the
+    board's GPU, no CUDA source left for the board, host code for the board's CPU."""
+    if shutil.which(targets.AARCH64_CC) is None:
+        pytest.skip("gcc-aarch64-linux-gnu is not installed")
     from tvm_backends.build import compile_program
 
-    art = compile_program(tiny_program(tmp_path / "p.safetensors"), "jetson-orin", tmp_path / "orin")
-    facts = check_cuda_library(art.library, "sm_87")
-    assert facts["fatbin"] and not facts["cuda_source"] and art.meta["build"]["cuda_arch"] == "sm_87"
-    assert int.from_bytes(art.library.read_bytes()[18:20], "little") == 183  # host code for the Orin's CPU
+    art = compile_program(tiny_program(tmp_path / "p.safetensors"), board, tmp_path / board)
+    facts = check_cuda_library(art.library, arch)
+    assert facts["cubin"] and not facts["cuda_source"] and art.meta["build"]["cuda_arch"] == arch
+    assert art.meta["build"]["nvrtc"].startswith("12.")
+    assert int.from_bytes(art.library.read_bytes()[18:20], "little") == 183  # host code for the board's CPU
 
 
 def test_report_shows_latency_beside_fp32_and_leaves_emulated_timings_out(host_artifact, fake_fmnist, tmp_path):

@@ -2,10 +2,10 @@
 
 An artifact is a folder: `model.so` (the Relax VM executable, cross-linked for the board) and
 `artifact.json` (target, program sha256, input/output quantization, batch, versions). CUDA kernels
-are compiled ahead of time into the library as a fatbin: this machine has nvcc but no GPU, and
-without a loadable libcuda TVM silently embeds CUDA *source* instead (compiled on the board at load
-time). A stub libcuda that only satisfies the linker, plus TVM_CUDA_COMPILE_MODE=nvcc, makes TVM
-take its nvcc path (../shared/notes/tvm-0.27.md).
+are compiled ahead of time into the library as cubins, by CUDA 12's NVRTC from PyPI
+(tvm_backends/nvrtc.py), on machines without a GPU or a CUDA toolkit: without a loadable libcuda
+TVM silently embeds CUDA *source* instead (compiled on the board at load time), so a stub libcuda
+that only satisfies the linker is loaded first (../shared/notes/tvm-0.27.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ VERSION = 1
 LIBRARY = "model.so"
 FP32_LIBRARY = "fp32.so"
 METADATA = "artifact.json"
-FATBIN_MAGIC = (0xBA55ED50).to_bytes(4, "little")
+EM_CUDA = 190  # ELF machine of a cubin
 
 
 class ArtifactError(SuiteError):
@@ -36,7 +36,7 @@ class ArtifactError(SuiteError):
 
 
 class BuildError(SuiteError):
-    """A build that did not produce what the target needs (e.g. CUDA source instead of a fatbin)."""
+    """A build that did not produce what the target needs (e.g. CUDA source instead of a cubin)."""
 
 
 def cache_dir() -> Path:
@@ -86,9 +86,32 @@ def load_cuda_runtime(allow_stub: bool = True) -> None:
 
 
 def enable_cuda_codegen() -> None:
-    """Make TVM compile CUDA kernels to a fatbin with nvcc, on a machine with or without a GPU."""
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    """Make TVM compile CUDA kernels to cubins with NVRTC (tvm_backends/nvrtc.py), on a machine with
+    or without a GPU; the architecture comes from the target the build runs under."""
+    import tvm
+    import tvm.support.nvcc  # registers TVM's callback first, which ours then replaces
+    import tvm_ffi
+
+    from tvm_backends import nvrtc
+
     load_cuda_runtime()
+
+    def compile_cuda(code: str) -> bytes:
+        return nvrtc.compile_cuda(code, str(tvm.target.Target.current().attrs["arch"]))
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
+
+
+def cubin_archs(data: bytes) -> list[str]:
+    """The architectures of the cubins (CUDA ELF images) embedded in `data`: the SM number sits in
+    e_flags, bits 0-7 up to ELF ABI version 7 (CUDA 12) and bits 8-15 from version 8 (CUDA 13)."""
+    archs, i = [], data.find(b"\x7fELF")
+    while i >= 0:
+        if len(data) >= i + 52 and int.from_bytes(data[i + 18:i + 20], "little") == EM_CUDA:
+            flags = int.from_bytes(data[i + 48:i + 52], "little")
+            archs.append(f"sm_{flags & 0xFF if data[i + 8] < 8 else (flags >> 8) & 0xFF}")
+        i = data.find(b"\x7fELF", i + 1)
+    return archs
 
 
 def check_cuda_library(path: str | os.PathLike, arch: str) -> dict[str, Any]:
@@ -96,12 +119,13 @@ def check_cuda_library(path: str | os.PathLike, arch: str) -> dict[str, Any]:
     data = Path(path).read_bytes()
     if b"__global__" in data:
         raise BuildError(f"{path} embeds CUDA source, which the board would have to compile at load time; "
-                         "the build did not use nvcc (see tvm_backends/build.py: enable_cuda_codegen)")
-    if FATBIN_MAGIC not in data:
-        raise BuildError(f"{path} holds no CUDA fatbin")
-    if f"-arch {arch}".encode() not in data:
-        raise BuildError(f"{path} holds a fatbin, but not one compiled for {arch}")
-    return {"fatbin": True, "cuda_source": False, "cuda_arch": arch, "fatbin_count": data.count(FATBIN_MAGIC)}
+                         "the build did not compile its kernels (see tvm_backends/build.py: enable_cuda_codegen)")
+    archs = cubin_archs(data)
+    if not archs:
+        raise BuildError(f"{path} holds no CUDA cubin")
+    if set(archs) != {arch}:
+        raise BuildError(f"{path} holds cubins for {', '.join(sorted(set(archs)))}, not for {arch} only")
+    return {"cubin": True, "cuda_source": False, "cuda_arch": arch, "cubin_count": len(archs)}
 
 
 def _bind_threads(func, max_threads: int = 256):
@@ -183,7 +207,9 @@ def compile_module(mod, preset: Preset, library: Path, cpu_schedule=None) -> dic
     facts = {"compile_seconds": round(compile_s, 3), "library_bytes": library.stat().st_size,
              "library_sha256": sha256_file(library)}
     if preset.device == "cuda":
-        facts.update(check_cuda_library(library, preset.cuda_arch))
+        from tvm_backends import nvrtc
+
+        facts.update(check_cuda_library(library, preset.cuda_arch), nvrtc=nvrtc.library().version)
     return facts
 
 

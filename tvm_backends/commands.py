@@ -39,7 +39,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         extra={"artifact": str(art.path), "target": meta["target"], "program_sha256": meta["program"]["sha256"],
                "input": meta["input"], "output": meta["output"]})
     path = write_record(record, args.results)
-    cuda = f", fatbin for {meta['build']['cuda_arch']}, no CUDA source" if meta["build"].get("fatbin") else ""
+    cuda = f", cubins for {meta['build']['cuda_arch']}, no CUDA source" if meta["build"].get("cubin") else ""
     print(f"{args.program} -> {art.library} ({meta['target']['preset']}, {meta['build']['library_bytes'] / 1e6:.1f} MB"
           f"{cuda}) in {metrics['seconds']:.0f} s -> {path}")
     return 0
@@ -247,7 +247,7 @@ def add_commands(sub, common) -> None:
 
 def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
     """Per model (ViT, Swin): host build + bit-exact check + latency vs FP32, Pi 5 cross build +
-    emulated bit-exact check; for the ViT also the Pi 4 build and the Jetson Orin CUDA build."""
+    emulated bit-exact check; for the ViT also the Pi 4 build and CUDA builds for the Jetson Orin and Nano."""
     art = results / "tvm"
     common = ["--results", str(results)]
     runs = ["--min-runs", "300", "--min-seconds", "10"] if full else ["--min-runs", "100", "--min-seconds", "3"]
@@ -265,7 +265,7 @@ def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tu
         stages.append((f"TVM: bit-exact check of {name} on the emulated Pi 5 (qemu, RPC)",
                        ["bench", str(art / f"pi5{suffix}"), "--emulated-pi", "--program", prog, "--check-images", "8",
                         "--warmup", "1", "--min-runs", "3", "--min-seconds", "0", *common]))
-    stages.append(("TVM: CUDA build for Jetson Orin (sm_87, fatbin check)",
-                   ["compile", str(programs["vit_fmnist W4A4"]), "--target", "jetson-orin",
-                    "--out", str(art / "jetson-orin"), *common]))
+    stages += [(f"TVM: CUDA build for {board} ({arch}, cubin check)",
+                ["compile", str(programs["vit_fmnist W4A4"]), "--target", board, "--out", str(art / board), *common])
+               for board, arch in (("jetson-orin", "sm_87"), ("jetson-nano", "sm_53"))]
     return stages

@@ -8,7 +8,6 @@ CPUs wrong (the Orin Nano tag says carmel, Xavier's core), so the presets spell 
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,21 +99,16 @@ def tvm_target(preset: Preset):
 
 
 def check_toolchain(preset: Preset) -> None:
-    """Raise TargetError naming the Debian package (or CUDA release) a missing tool comes from."""
+    """Raise TargetError naming the Debian package or the wheel that a missing tool comes from."""
     if preset.cc and shutil.which(preset.cc) is None:
         raise TargetError(f"target {preset.name} links with the cross compiler {preset.cc}, which is not installed; "
                           f"install Debian's package {AARCH64_CC_PACKAGE} (apt-get install {AARCH64_CC_PACKAGE}, "
                           "or run scripts/system-deps.sh)")
     if preset.device != "cuda":
         return
-    if shutil.which("nvcc") is None:
-        raise TargetError(f"target {preset.name} compiles its CUDA kernels ahead of time with nvcc, which is not on "
-                          "PATH; install the CUDA toolkit (e.g. Debian's nvidia-cuda-toolkit) and put its bin/ on PATH")
-    arch = preset.cuda_arch.removeprefix("sm_")
-    listed = subprocess.run(["nvcc", "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout.split()
-    if listed and f"compute_{arch}" not in listed:
-        version = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=60).stdout
-        release = version.strip().splitlines()[-2] if version.strip() else "unknown release"
-        raise TargetError(f"target {preset.name} needs kernels for sm_{arch}, but the nvcc on PATH ({release}) "
-                          f"cannot compile for it (it lists {', '.join(listed)}); put an older CUDA toolkit's nvcc "
-                          "first on PATH (CUDA 12.x for sm_53..sm_72; JetPack 4 boards ship CUDA 10.2)")
+    from tvm_backends import nvrtc
+
+    try:
+        nvrtc.check_arch(preset.cuda_arch)
+    except nvrtc.NvrtcError as err:
+        raise TargetError(f"target {preset.name} compiles its CUDA kernels with NVRTC: {err}") from None
