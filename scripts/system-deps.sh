@@ -2,7 +2,7 @@
 # Debian packages the suite needs, installed idempotently (nothing is done when all are present);
 # arguments name extra ones a job needs (./suite slow: chromium for the report test).
 set -euo pipefail
-pkgs=(dataset-fashion-mnist gcc-aarch64-linux-gnu qemu-user-static debootstrap "$@")
+pkgs=(dataset-fashion-mnist gcc gcc-aarch64-linux-gnu qemu-user-static debootstrap "$@")  # gcc: TVM links host libraries and the stub libcuda
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

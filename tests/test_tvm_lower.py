@@ -80,7 +80,6 @@ def test_linear(rounding, w_bits, signed_w, x_lo, x_hi, signed_activations):
     assert (out == -20).any() and (out == 40).any()  # both saturation ends were exercised
 
 
-@pytest.mark.slow  # ~50 s: compiling a VNNI-tensorized kernel is slow (not understood yet); the zoo tests cover it too
 def test_linear_tiles_of_16_by_4():
     """N % 16 == 0 and K % 4 == 0: on VNNI hosts the kernel that runs is the tensorized one."""
     rng = np.random.default_rng(3)

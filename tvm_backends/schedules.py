@@ -54,9 +54,10 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target | dict | str) -> tvm.I
 
 def _vnni_intrin() -> str:
     """u8 x s8 -> i32 dot product of 16 lanes by 4 (vpdpbusd): TVM 0.27's VNNI_DOT_16x4_INTRIN with
-    the operands that this LLVM's llvm.x86.avx512.vpdpbusd.512 takes (<64 x i8>, not <16 x i32>)."""
+    the operands that this LLVM's llvm.x86.avx512.vpdpbusd.512 takes (<64 x i8>, not <16 x i32>).
+    Written out here: importing tvm.s_tir.tensor_intrin registers every target's intrinsics, which
+    takes 40-80 s."""
     from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
     from tvm.script import tirx as T
 
     name = "intprog_vnni_16x4_u8i8i32"
@@ -65,6 +66,18 @@ def _vnni_intrin() -> str:
         return name
     except Exception:
         pass
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -78,7 +91,7 @@ def _vnni_intrin() -> str:
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
                 a_i8x64, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
-    TensorIntrin.register(name, dot_product_16x4_u8i8i32_desc, impl)
+    TensorIntrin.register(name, desc, impl)
     return name
 
 
