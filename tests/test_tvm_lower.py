@@ -167,6 +167,20 @@ def test_ilog2_matches_the_reference():
     np.testing.assert_array_equal(_kernel(ilog2_fixed, v), nonlinear._ilog2_fixed(v))
 
 
+def test_exp2_tables_cover_every_exponent():
+    """The softmax's lookup tables equal the reference's shift and ilog2 for every -t, the capped tail included."""
+    from tvm_backends.lower import exp2_tables
+
+    sm = nonlinear.IntSoftmaxLog2.build(0.01, 4)
+    e, log_e = exp2_tables(sm)
+    n = np.arange(70 << nonlinear.EXP_FRAC_BITS)
+    whole, frac = n >> nonlinear.EXP_FRAC_BITS, n & ((1 << nonlinear.EXP_FRAC_BITS) - 1)
+    want = np.where(whole > 62, 0, sm.exp2_table[frac] >> np.minimum(whole, 62))
+    at = np.minimum(n, len(e) - 1)
+    np.testing.assert_array_equal(e[at], want)
+    np.testing.assert_array_equal(log_e[at], nonlinear._ilog2_fixed(np.maximum(want, 1)))
+
+
 @pytest.mark.parametrize("bits, top, scale", [(4, 15, 0.02), (3, 7, 0.3), (8, 15, 0.01), (4, 9, 2.0)])
 def test_attention(bits, top, scale):
     """Logit scales from smooth to peaked (many zero probabilities), top codes below 2^bits - 1 too."""

@@ -26,7 +26,7 @@ from tvm import relax, te, tirx
 from tvm.relax import op as R
 
 from intprog.arith import Rounding
-from intprog.nonlinear import EXP_FRAC_BITS, LOG_FRAC_BITS, NORM_FRAC_BITS, IntSoftmaxLog2
+from intprog.nonlinear import EXP_FRAC_BITS, LOG_FRAC_BITS, NORM_FRAC_BITS, IntSoftmaxLog2, _ilog2_fixed
 from intprog.program import Program
 
 _I32 = 1 << 31
@@ -374,12 +374,13 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     sm = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])
     roles = [r for r in ("bias", "mask") if r in c]
 
-    def softmax(ch: Channels, x: te.Tensor, table: te.Tensor, *extra: te.Tensor) -> te.Tensor:
+    def softmax(ch: Channels, x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, *extra: te.Tensor) -> te.Tensor:
         given = dict(zip(roles, extra, strict=True))
-        return _softmax_log2(x, table, sm, top, weight_dtype, given.get("bias"), attrs.get("logit_shift", 0),
-                             given.get("mask"))
+        return _softmax_log2(x, e_table, log_table, sm, top, weight_dtype, given.get("bias"),
+                             attrs.get("logit_shift", 0), given.get("mask"))
 
-    weights = b.te("softmax_log2", softmax, [logits, _c(sm.exp2_table),
+    tables = [_c(t, "int32") for t in exp2_tables(sm)]
+    weights = b.te("softmax_log2", softmax, [logits, *tables,
                                              *(_c(c[r], container(int(c[r].min()), int(c[r].max()))) for r in roles)])
     out = b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, weight_dtype, False, 0, zv, "values"),
                [weights, v.expr])
@@ -388,11 +389,24 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     return b.value(out, -bound, bound)
 
 
-def _softmax_log2(x: te.Tensor, table: te.Tensor, sm: IntSoftmaxLog2, top: int, dtype: str,
+def exp2_tables(sm: IntSoftmaxLog2) -> tuple[np.ndarray, np.ndarray]:
+    """The softmax's 2^t and ilog2(max(2^t, 1)) for every -t = n (Q8) below 31 · 2^8, plus a last
+    entry for every larger n: 2^t = table[n % 256] >> (n // 256) is 0 from a shift of 31 on (the
+    table is below 2^31). Both computed by the reference's own functions, so exact by construction:
+    two lookups per logit instead of a shift and the ilog2's squaring steps."""
+    if int(sm.exp2_table.max()) >> 31:
+        raise ValueError("the softmax's 2^-f table must stay below 2^31")
+    n = np.arange(31 << EXP_FRAC_BITS)
+    e = np.append(sm.exp2_table[n & ((1 << EXP_FRAC_BITS) - 1)] >> (n >> EXP_FRAC_BITS), 0)
+    return e, _ilog2_fixed(np.maximum(e, 1))
+
+
+def _softmax_log2(x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, sm: IntSoftmaxLog2, top: int, dtype: str,
                   bias: te.Tensor | None = None, logit_shift: int = 0, mask: te.Tensor | None = None) -> te.Tensor:
-    """IntSoftmaxLog2.__call__ over the last axis, then the attention weight of each code. x is
-    [batch, heads, (groups,) rows, cols]; bias [heads, rows, cols] is added to x << logit_shift, and
-    mask [groups, rows, cols] (nonzero = masked) gives probability 0, left out of the max and sum."""
+    """IntSoftmaxLog2.__call__ over the last axis, then the attention weight of each code, with the
+    tables of `exp2_tables`. x is [batch, heads, (groups,) rows, cols]; bias [heads, rows, cols] is
+    added to x << logit_shift, and mask [groups, rows, cols] (nonzero = masked) gives probability 0,
+    left out of the max and sum."""
     rows, width = x.shape[:-1], x.shape[-1]
 
     def masked(i: tuple) -> tirx.PrimExpr:
@@ -408,21 +422,20 @@ def _softmax_log2(x: te.Tensor, table: te.Tensor, sm: IntSoftmaxLog2, top: int, 
     peak = te.compute(rows, lambda *r: te.max(tirx.Select(masked((*r, j)), low, logits[(*r, j)].astype("int64")),
                                               axis=j), name="row_max")
 
-    def exp2(i: tuple) -> tirx.PrimExpr:
+    def neg_t(i: tuple) -> tirx.PrimExpr:  # -t >= 0 (Q8), capped at the tables' last entry
         d = tirx.max(tirx.Select(masked(i), low, logits[i].astype("int64")) - peak[i[:-1]], _i64(-(1 << 31)))
-        return round_shift(-d * _i64(sm.multiplier), _i64(sm.shift - EXP_FRAC_BITS), Rounding.HALF_UP)
+        t = round_shift(-d * _i64(sm.multiplier), _i64(sm.shift - EXP_FRAC_BITS), Rounding.HALF_UP)
+        return tirx.min(t, _i64(int(e_table.shape[0]) - 1))
 
-    neg_t = stage(x, exp2, "neg_t")  # -t >= 0, Q8
-    e = stage(x, lambda i: tirx.Select(tirx.any(masked(i), (neg_t[i] >> EXP_FRAC_BITS) > 62), _i64(0),
-                                       table[neg_t[i] & ((1 << EXP_FRAC_BITS) - 1)]
-                                       >> tirx.min(neg_t[i] >> EXP_FRAC_BITS, _i64(62))), "exp2")
+    index = stage(x, neg_t, "neg_t")
+    e = stage(x, lambda i: tirx.Select(masked(i), _i64(0), e_table[index[i]].astype("int64")), "exp2")
     j2 = te.reduce_axis((0, width), "j2")
     total = te.compute(rows, lambda *r: te.sum(e[(*r, j2)], axis=j2), name="row_total")
     log_total = ilog2_fixed(total)
-    log_e = ilog2_fixed(stage(e, lambda i: tirx.max(e[i], _i64(1)), "e_at_least_1"))
 
     def weight(i: tuple) -> tirx.PrimExpr:
-        code = round_shift(log_total[i[:-1]] - log_e[i], _i64(LOG_FRAC_BITS), Rounding.HALF_UP)
+        code = round_shift(log_total[i[:-1]] - log_table[index[i]].astype("int64"), _i64(LOG_FRAC_BITS),
+                           Rounding.HALF_UP)
         # zero probability (e = 0 or code >= 2^bits) or a code above the top: no weight
         drop = tirx.any(e[i] == 0, code >= (1 << sm.bits), code > top)
         return tirx.Select(drop, _i64(0), _i64(1) << tirx.max(top - code, _i64(0)))
