@@ -57,7 +57,7 @@ def _requant(rng, n: int, scale_lo: float, scale_hi: float, zp, qmin, qmax) -> d
     (4, False, 0, 15),  # zoo W4A4: unsigned 4-bit weights with zero points, uint8 activations
     (3, False, 0, 7),
     (8, True, -128, 127),  # symmetric int8 weights, signed activations (shifted to u8 inside)
-    (8, False, 0, 255),  # asymmetric 8-bit weights: W - zp leaves int8, the wide GEMM path
+    (8, False, 0, 255),  # asymmetric 8-bit weights: W - zp leaves int8; W - 128 and a row-sum correction
     (4, True, -40000, 40000),  # activations wider than 8 bits: the wide GEMM path
 ])
 def test_linear(rounding, w_bits, signed_w, x_lo, x_hi, signed_activations):

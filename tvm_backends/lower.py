@@ -246,31 +246,47 @@ def _patchify(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
 def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel, as one kernel.
 
-    With W - W_zp in int8 and x spanning at most 256 codes, the GEMM multiplies x - off by int8
-    weights, off = lo (uint8 operands) or lo + 128 (int8 operands, cast in the kernel), and
-    bias' = bias - (in_zp - off) * rowsum(W - W_zp) restores the exact sum.
+    With x spanning at most 256 codes, the GEMM multiplies x - off (off = lo: uint8 operands, or
+    lo + 128: int8 operands, cast in the kernel) by int8 weights W - s, s = W_zp where W - W_zp fits
+    int8 (4/3-bit and symmetric weights) and s = min W + 128 where it does not (asymmetric 8-bit
+    weights span 256 codes). Exactly:
+        sum (x - in_zp)(W - W_zp) = sum (x - off)(W - s) + (s - W_zp) sum (x - off) + (off - in_zp) sum (W - W_zp),
+    the last term folded into the bias, the middle one a row sum of the activations times a constant.
     """
     x = xs[0]
-    w = c["weight"].astype(np.int64) - c["weight_zp"][:, None]
-    narrow = w.min(initial=0) >= -128 and w.max(initial=0) <= 127 and x.hi - x.lo <= 255
+    raw = c["weight"].astype(np.int64)
+    w = raw - c["weight_zp"][:, None]
+    fits = w.min(initial=0) >= -128 and w.max(initial=0) <= 127
+    narrow = x.hi - x.lo <= 255 and (fits or raw.max(initial=0) - raw.min(initial=0) <= 255)
+    s = c["weight_zp"] if fits or not narrow else np.full(len(raw), raw.min(initial=0) + 128)
+    correction = s - c["weight_zp"]
     signed = narrow and b.signed_activations
     off = x.lo + 128 * signed if narrow else attrs["in_zp"]
-    bound = w.shape[1] * max(abs(x.lo - off), abs(x.hi - off)) * int(np.abs(w).max(initial=0))
+    a_off = 0 if signed else off
+    w8 = raw - s[:, None]
+    bound = w.shape[1] * max(abs(x.lo - off), abs(x.hi - off)) * int(np.abs(w8).max(initial=0))
     acc = acc_dtype(bound)
-    weight = _c(w, "int8" if narrow else acc)
-    chans = Channels({"bias": c["bias"] - (attrs["in_zp"] - off) * w.sum(axis=1),
+    weight = _c(w8, "int8" if narrow else acc)
+    chans = Channels({"bias": c["bias"] - (attrs["in_zp"] - off) * w.sum(axis=1), "correction": correction,
                       **{r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax")}})
     out_lo, out_hi = int(np.min(c["qmin"])), int(np.max(c["qmax"]))
 
     def kernel(ch: Channels, a: te.Tensor, wt: te.Tensor) -> te.Tensor:
         if signed:
             a = elementwise(a.shape, lambda i: a[i].astype("int32") - off, "int8", "to_int8")
-        dot = _contract(a, wt, acc, True, a_off=0 if signed else off, name="dense")
+        dot = _contract(a, wt, acc, True, a_off=a_off, name="dense")
+        if correction.any():
+            k = te.reduce_axis((0, a.shape[-1]), "k")
+            a_sum = te.compute(a.shape[:-1], lambda *r: te.sum(a[(*r, k)].astype("int64") - a_off, axis=k),
+                               name="activation_sum")
 
         def body(i: tuple) -> tirx.PrimExpr:
             n = i[-1]
-            return requantize(dot[i].astype("int64") + ch("bias", n), ch("multiplier", n), ch("shift", n),
-                              ch("out_zp", n), ch("qmin", n), ch("qmax", n), attrs["rounding"])
+            total = dot[i].astype("int64") + ch("bias", n)
+            if correction.any():
+                total += ch("correction", n) * a_sum[i[:-1]]
+            return requantize(total, ch("multiplier", n), ch("shift", n), ch("out_zp", n), ch("qmin", n),
+                              ch("qmax", n), attrs["rounding"])
         return elementwise(dot.shape, body, container(out_lo, out_hi), "requantize")
 
     return Value(b.te("linear", kernel, [x.expr, weight], chans), out_lo, out_hi)
