@@ -7,7 +7,9 @@ FP32 eager, batch 1.
 Each program is lowered (tvm_backends.lower), scheduled (tvm_backends.schedules) and compiled for
 the host CPU, checked bit for bit against the reference executor on the first 64 Fashion-MNIST test
 images, then timed with the suite's single-stream protocol (tvm_backends.bench.measure: warm-up,
-then at least N runs and S seconds, every run kept). The FP32 model is timed with the same
+then at least N runs and S seconds, every run kept). Beside the PFCR programs, a W8A8 program made
+here by round-to-nearest on the same 128 calibration images is timed too: the integer model that
+matches onnxruntime's int8 one bit width for bit width. The FP32 model is timed with the same
 protocol, same thread count, in the same process; the measurements are interleaved in rounds so
 that load from other processes on a shared machine hits all of them alike. The unscheduled TVM
 build (default fused pipeline) of W4A4 is timed beside them, to show what the schedules buy, and
@@ -54,6 +56,17 @@ def ort_int8_session(model, calib_images, threads: int, workdir: Path):
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return ort.InferenceSession(str(qdq), options, providers=["CPUExecutionProvider"])
+
+
+def rtn_program(model, calib_images, bits: int):
+    """The model quantized by round-to-nearest calibration at W{bits}A{bits} and exported."""
+    from pfcr.export import export_program
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QuantizeConfig, quantize
+
+    qm, _ = quantize(model, calib_images, QuantizeConfig(method="rtn", quant=QuantConfig(bits, bits),
+                                                         init_size=len(calib_images)))
+    return export_program(qm, calib_images)
 
 
 def _ort_version() -> str:
@@ -108,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         raise SystemExit(f"no {args.model} program in {PROGRAMS}: run `pfcr main --results benchmarks/results/main` "
                          "first")
-    for bits, path in paths.items():
-        program = load(path)
+    programs = {bits: (load(path), str(path.relative_to(ROOT))) for bits, path in paths.items()}
+    programs["W8A8"] = (rtn_program(model, calib.tensors[0], 8), "W8A8 round-to-nearest, 128 calibration images")
+    for bits, (program, source) in programs.items():
         variants = {"tvm-llvm-host": True, "tvm-llvm-host-default": False} if bits == "W4A4" else \
             {"tvm-llvm-host": True}
         for method, scheduled in variants.items():
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             check["top1"] = float(np.mean(check.pop("outputs").argmax(axis=1) == test.tensors[1].numpy()))
             x = tvm.runtime.tensor(codes[:1].astype(lowered.input_dtype))
             builds[(bits, method)] = {"vm": vm, "x": x, "compile_seconds": round(compile_s, 3), "check": check,
-                                      "path": path, "runs": []}
+                                      "source": source, "runs": []}
             print(f"{bits} {method}: compiled in {compile_s:.1f} s, bit-exact {check['bit_exact']}", flush=True)
 
     def tvm_timer(vm, x):
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     "target": str(target.export() if hasattr(target, "export") else target), "batch": 1,
                     "baseline": "torch-fp32-eager", "protocol": protocol.describe(), "rounds": args.rounds, **threads},
             metrics=metrics, seed=SEED,
-            extra={"program": str(b["path"].relative_to(ROOT)), "check": b["check"],
+            extra={"program": b["source"], "check": b["check"],
                    "runs_ms": [round(t * 1e3, 4) for t in b["runs"]],
                    "fp32_runs_ms": [round(t * 1e3, 4) for t in fp32_runs],
                    "ort_int8_runs_ms": [round(t * 1e3, 4) for t in ort_runs],
