@@ -73,6 +73,25 @@ def _compiles(frame: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["target", "model", "bits"]).reset_index(drop=True)
 
 
+def _host_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """benchmarks/bench_tvm_host.py: each TVM build beside PyTorch FP32 eager and onnxruntime's int8
+    model, all timed interleaved in one process on this host."""
+    b = frame[(frame["kind"] == "bench") & frame["method"].astype(str).str.startswith("tvm-llvm")] \
+        if not frame.empty else frame
+    cols = ["model", "bits", "build", "p50 ms", "p90 ms", "p99 ms", "FP32 p50 ms", "onnxruntime int8 p50 ms",
+            "FP32 / int p50", "onnxruntime / int p50", "bit-exact", "record"]
+    if b.empty:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame({
+        "model": b["model"], "bits": b.apply(_bits, axis=1),
+        "build": b["method"].map(lambda m: "unscheduled" if m.endswith("-default") else "scheduled"),
+        **{f"{k} ms": b[f"m.tvm_{k}_ms"].round(3) for k in ("p50", "p90", "p99")},
+        "FP32 p50 ms": b["m.fp32_p50_ms"].round(3), "onnxruntime int8 p50 ms": b["m.ort_int8_p50_ms"].round(3),
+        "FP32 / int p50": b["m.speedup_vs_fp32_p50"], "onnxruntime / int p50": b["m.speedup_vs_ort_int8_p50"],
+        "bit-exact": b["m.bit_exact"], "record": b["record"]})
+    return out.sort_values(["model", "build", "bits"]).reset_index(drop=True)
+
+
 def latency_figure(rows: pd.DataFrame, path: Path) -> list[str]:
     """Box plots of every recorded run time: the integer build and its FP32 baseline, per target."""
     data, labels, colors = [], [], []
@@ -112,4 +131,8 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
                      " on the host, on boards over RPC and on the emulated Pi (qemu)", _checks(frame))
     compiles = Section("tvm_compile", "TVM builds (`pfcr compile`): CUDA kernels compiled ahead of time into "
                        "the library (cubins, no CUDA source)", _compiles(frame))
-    return [latency, checks, compiles]
+    host = Section("tvm_host", "TVM on this host beside PyTorch FP32 eager and onnxruntime int8 (QDQ export of "
+                   "the FP32 model), batch 1, one thread, interleaved in one process "
+                   "(`python benchmarks/bench_tvm_host.py --model M`); ratios above 1: the integer build is faster",
+                   _host_comparison(frame))
+    return [latency, host, checks, compiles]

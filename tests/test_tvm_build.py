@@ -286,8 +286,16 @@ def test_report_shows_latency_beside_fp32_and_leaves_emulated_timings_out(host_a
                 "config": {**record["config"], "tag": "pi5-emulated"}}
     emulated["metrics"]["emulated"] = True
     (results / "bench_emulated.json").write_text(json.dumps(emulated))
-    latency, checks, compiles = sections(records_frame(results), tmp_path / "report")
+    # a benchmarks/bench_tvm_host.py record: TVM beside FP32 and onnxruntime, in its own table
+    host_run = {**record, "config": {**record["config"], "method": "tvm-llvm-host"},
+                "metrics": {"tvm_p50_ms": 1.5, "tvm_p90_ms": 1.7, "tvm_p99_ms": 1.9, "fp32_p50_ms": 3.0,
+                            "ort_int8_p50_ms": 1.2, "speedup_vs_fp32_p50": 2.0, "speedup_vs_ort_int8_p50": 0.8,
+                            "bit_exact": True}}
+    (results / "bench_host_comparison.json").write_text(json.dumps(host_run))
+    latency, host, checks, compiles = sections(records_frame(results), tmp_path / "report")
     assert list(latency.table["target"]) == ["host"] and latency.table["p50 ms"].iloc[0] > 0
+    assert host.table[["build", "p50 ms", "FP32 / int p50", "onnxruntime / int p50"]].values.tolist() == [
+        ["scheduled", 1.5, 2.0, 0.8]]
     assert latency.figures and latency.figures[0].path.exists()
     assert sorted(checks.table["target"]) == ["host", "pi5-emulated"] and checks.table["bit-exact"].all()
     assert list(compiles.table["target"]) == ["host"]
