@@ -28,8 +28,7 @@ def prepare(python: str) -> int:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from pfcr.data import FMNIST_FILES, calibration_manifest, load_fmnist_arrays
-    from tests.conftest import write_idx
+    from pfcr.data import FMNIST_FILES, calibration_manifest, load_fmnist_arrays, write_idx
 
     data = BUNDLE / "fmnist"
     data.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from pfcr.atomic import atomic_write
 from pfcr.errors import DataError
 
 FMNIST_DIR_ENV = "PFCR_FMNIST_DIR"
@@ -68,6 +69,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"promises {expected}; the file is truncated or corrupt, reinstall the data"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool = True) -> Path:
+    """Write `array` (uint8) as an IDX file, gzip-compressed as Fashion-MNIST ships it (atomically)."""
+    header = bytes([0, 0, _IDX_UBYTE, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    return atomic_write(path, gzip.compress(raw) if compress else raw)
 
 
 def fmnist_dir() -> Path:

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 
-def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
-    """Write `array` (uint8) as an IDX file, as Fashion-MNIST ships it."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if compress else raw)
-    return path
-
-
 @pytest.fixture
 def fake_fmnist(tmp_path, monkeypatch) -> Path:
     """A Fashion-MNIST folder of 60 train and 20 test random images, set as $PFCR_FMNIST_DIR."""
-    from pfcr.data import FMNIST_FILES
+    from pfcr.data import FMNIST_FILES, write_idx
 
     rng = np.random.default_rng(0)
     root = tmp_path / "fmnist"

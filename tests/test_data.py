@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from pfcr import data
+from pfcr.data import write_idx
 from pfcr.errors import DataError
-from tests.conftest import tiny_vit, write_idx
+from tests.conftest import tiny_vit
 
 
 @pytest.mark.parametrize("compress", [True, False])
