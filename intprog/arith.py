@@ -6,6 +6,7 @@ each rounding is named once here and nowhere else. numpy only: importable withou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 import numpy as np
@@ -65,15 +66,18 @@ def quantize_multiplier(real: float | np.ndarray, bits: int = 31) -> tuple[np.nd
 
 
 def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, zero_point: int,
-               qmin: int, qmax: int, rounding: Rounding = Rounding.HALF_UP) -> np.ndarray:
+               qmin: int, qmax: int, rounding: Rounding | str = Rounding.HALF_UP,
+               shifter: Callable[[np.ndarray, np.ndarray, str], np.ndarray] = round_shift) -> np.ndarray:
     """clamp(zero_point + round_shift(acc * M, S), qmin, qmax): int32 accumulators to narrow ints.
 
     M and S broadcast against acc's last axis (per output channel) or are scalars (per tensor).
+    `shifter(x, S, rounding)` is the rounding right shift (the accelerator model passes its
+    ap_fixed modes).
     """
     acc = np.asarray(acc, dtype=np.int64)
     if np.any(np.abs(acc) >= 1 << 32):
         raise OverflowError("requantize takes accumulators below 2^32 in magnitude")
-    out = round_shift(acc * np.asarray(multiplier, dtype=np.int64), shift, rounding) + zero_point
+    out = shifter(acc * np.asarray(multiplier, dtype=np.int64), shift, rounding) + zero_point
     return np.clip(out, qmin, qmax)
 
 

@@ -43,14 +43,7 @@ def ap_round_shift(x: np.ndarray, shift: np.ndarray | int, mode: str) -> np.ndar
 def ap_requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, zero_point: np.ndarray,
                   qmin: np.ndarray, qmax: np.ndarray, mode: str) -> np.ndarray:
     """The requantization unit: clamp(zp + round_shift(acc * M, S), qmin, qmax) with the unit's rounding."""
-    program = AP_TO_PROGRAM[mode]
-    if program is not None:
-        return requantize(acc, multiplier, shift, zero_point, qmin, qmax, program)
-    acc = np.asarray(acc, dtype=np.int64)
-    if np.any(np.abs(acc) >= 1 << 32):
-        raise OverflowError("the requantization unit takes accumulators below 2^32 in magnitude")
-    out = ap_round_shift(acc * np.asarray(multiplier, dtype=np.int64), shift, mode) + zero_point
-    return np.clip(out, qmin, qmax)
+    return requantize(acc, multiplier, shift, zero_point, qmin, qmax, mode, ap_round_shift)
 
 
 def overflow(x: np.ndarray, bits: int, mode: str) -> np.ndarray:
