@@ -114,6 +114,35 @@ def container_bytes(v: np.ndarray) -> int:
     return v.size * width
 
 
+OpKernel = Callable[[dict, list[np.ndarray], dict[str, np.ndarray]], np.ndarray]
+
+
+def _reference_op(op: dict, ins: list[np.ndarray], consts: dict[str, np.ndarray]) -> np.ndarray:
+    return KERNELS[op["op"]](ins, op["attrs"], consts)
+
+
+def execute(program: Program, x: np.ndarray, kernel: OpKernel = _reference_op,
+            on_value: Callable[[str, np.ndarray], None] | None = None,
+            on_free: Callable[[str], None] | None = None) -> np.ndarray:
+    """Run the ops in order with `kernel(op, inputs, consts)`, freeing each value after its last
+    use; `on_value` sees every value made (the input first), `on_free` every value let go. Returns
+    the output. The loop every executor shares (the reference, the accelerator model)."""
+    output = program.output["name"]
+    last_use = {n: i for i, op in enumerate(program.ops) for n in op["in"]}
+    values = {program.input["name"]: np.asarray(x).astype(np.int64)}
+    if on_value:
+        on_value(program.input["name"], values[program.input["name"]])
+    for i, op in enumerate(program.ops):
+        consts = {role: program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
+        values[op["out"]] = out = kernel(op, [values[n] for n in op["in"]], consts)
+        if on_value:
+            on_value(op["out"], out)
+        for name in op["in"]:
+            if last_use.get(name) == i and name != output and values.pop(name, None) is not None and on_free:
+                on_free(name)
+    return values[output]
+
+
 def run(program: Program, x: np.ndarray, stats: dict | None = None) -> np.ndarray:
     """Execute `program` on integer input codes x [B, ...]; returns the output integers.
 
@@ -123,20 +152,16 @@ def run(program: Program, x: np.ndarray, stats: dict | None = None) -> np.ndarra
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.integer):
         raise TypeError("the reference executor takes integer input codes; quantize images first")
-    last_use = {n: i for i, op in enumerate(program.ops) for n in op["in"]}
-    values = {program.input["name"]: x.astype(np.int64)}
-    live, peak = {program.input["name"]: container_bytes(values[program.input["name"]])}, 0
-    for i, op in enumerate(program.ops):
-        consts = {role: program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
-        out = KERNELS[op["op"]]([values[n] for n in op["in"]], op["attrs"], consts)
-        values[op["out"]] = out
-        if stats is not None:
-            live[op["out"]] = container_bytes(out)
-            peak = max(peak, sum(live.values()))
-        for name in op["in"]:
-            if last_use.get(name) == i and name != program.output["name"]:
-                values.pop(name, None)
-                live.pop(name, None)
-    if stats is not None:
-        stats["peak_activation_bytes"] = max(stats.get("peak_activation_bytes", 0), peak // max(len(x), 1))
-    return values[program.output["name"]]
+    if stats is None:
+        return execute(program, x)
+    live: dict[str, int] = {}
+    peak = 0
+
+    def made(name: str, value: np.ndarray) -> None:
+        nonlocal peak
+        live[name] = container_bytes(value)
+        peak = max(peak, sum(live.values()))
+
+    out = execute(program, x, on_value=made, on_free=lambda name: live.pop(name, None))
+    stats["peak_activation_bytes"] = max(stats.get("peak_activation_bytes", 0), peak // max(len(x), 1))
+    return out

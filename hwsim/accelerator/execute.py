@@ -24,7 +24,7 @@ from hwsim.accelerator.fixed import ap_requantize, overflow
 from hwsim.accelerator.workload import Layer, describe, value_ranges
 from intprog.arith import matmul_exact
 from intprog.program import Program
-from intprog.reference import KERNELS, attention
+from intprog.reference import KERNELS, attention, execute
 
 
 @dataclass
@@ -129,22 +129,15 @@ class Accelerator:
         if not np.issubdtype(x.dtype, np.integer):
             raise TypeError("the accelerator takes integer input codes; quantize images first")
         first = not self.trace.layers
-        last_use = {n: i for i, op in enumerate(self.program.ops) for n in op["in"]}
-        values = {self.program.input["name"]: x.astype(np.int64)}
-        for i, op in enumerate(self.program.ops):
-            consts = {role: self.program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
-            ins = [values[n] for n in op["in"]]
+
+        def kernel(op: dict, ins: list[np.ndarray], consts: dict[str, np.ndarray]) -> np.ndarray:
             own = self._own.get(op["op"])
-            if own is not None:
-                out = own(ins, op["attrs"], consts, op["out"])
-            else:
-                out = KERNELS[op["op"]](ins, op["attrs"], consts)
+            out = own(ins, op["attrs"], consts, op["out"]) if own else KERNELS[op["op"]](ins, op["attrs"], consts)
             if first:
                 self.trace.layers += describe(op, self.program, self.ranges, [v.shape for v in ins], out.shape)
                 self.check_operands()
-            values[op["out"]] = out
-            for name in op["in"]:
-                if last_use.get(name) == i and name != self.program.output["name"]:
-                    values.pop(name, None)
+            return out
+
+        out = execute(self.program, x, kernel)
         self.trace.images += len(x)
-        return values[self.program.output["name"]]
+        return out
