@@ -64,9 +64,9 @@ def _latency_input(meta: dict, codes, seed: int):
     return rng.integers(meta["input"]["qmin"], meta["input"]["qmax"] + 1, meta["input"]["shape"]).astype(dtype)
 
 
-def _fp32_timer(args, art, remote, log):
+def _fp32_timer(args, art, remote, emulated: bool, log):
     """(method, timer) of the FP32 baseline on the same device, or ('none', None); set up before any
-    timing so that its errors cost no measurement."""
+    timing so that its errors cost no measurement. An emulated device gets none by default."""
     import numpy as np
 
     from tvm_backends.bench import torch_timer
@@ -76,7 +76,7 @@ def _fp32_timer(args, art, remote, log):
     mode = args.fp32
     if mode == "auto":
         local_cpu = remote.session is None and art.preset.device == "cpu"
-        mode = "none" if args.emulated_pi or "emulated" in remote.info else "torch" if local_cpu else "tvm"
+        mode = "none" if emulated else "torch" if local_cpu else "tvm"
     if mode == "none":
         return "none", None
     shape = [art.meta["batch"], *art.meta["input"]["shape"][1:]]
@@ -146,7 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             checks = {**check, "top1": float((pred == labels).mean())}
             print(f"bit-exact vs the reference executor on {len(codes)} test images: {check['bit_exact']} "
                   f"({check['mismatched_images']} differ)")
-        fp32_method, fp32_timer = _fp32_timer(args, art, remote, print)
+        fp32_method, fp32_timer = _fp32_timer(args, art, remote, emulated, print)
         x = _latency_input(meta, codes, args.seed)
         latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
         fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
