@@ -88,10 +88,16 @@ def library() -> Nvrtc:
     return Nvrtc(_installed(*NVRTC))
 
 
+@functools.cache
+def include_dir() -> Path:
+    """CCCL's include folder, checked by the header TVM's source needs; NvrtcError names the wheel."""
+    return _installed(CCCL[0], f"{CCCL[1]}/cuda/std/cstdint").parents[2]
+
+
 def check_arch(arch: str) -> Nvrtc:
     """The NVRTC, after checking that it compiles for `arch` and that the headers are there."""
     lib = library()
-    _installed(CCCL[0], f"{CCCL[1]}/cuda/std/cstdint")
+    include_dir()
     if arch not in lib.archs:
         raise NvrtcError(f"NVRTC {lib.version} does not compile CUDA kernels for {arch} (it lists "
                          f"{', '.join(lib.archs)})")
@@ -100,5 +106,4 @@ def check_arch(arch: str) -> Nvrtc:
 
 def compile_cuda(code: str, arch: str) -> bytes:
     """TVM's CUDA source -> cubin for `arch` (e.g. "sm_53")."""
-    include = _installed(CCCL[0], f"{CCCL[1]}/cuda/std/cstdint").parents[2]
-    return check_arch(arch).compile(code, arch, [f"-I{include}", "--device-int128"])
+    return check_arch(arch).compile(code, arch, [f"-I{include_dir()}", "--device-int128"])
