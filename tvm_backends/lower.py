@@ -428,18 +428,18 @@ def _softmax_log2(x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, sm: In
     def masked(i: tuple) -> tirx.PrimExpr:
         return mask[i[-3], i[-2], i[-1]] != 0 if mask is not None else tirx.const(False, "bool")
 
-    if bias is not None:
-        logits = stage(x, lambda i: (x[i].astype("int64") << logit_shift) + bias[i[1], i[-2], i[-1]].astype("int64"),
-                       "biased_logits")
-    else:
-        logits = x
+    def logit(i: tuple) -> tirx.PrimExpr:  # masked entries get the reference's stand-in, far below the rest
+        v = x[i].astype("int64")
+        if bias is not None:
+            v = (v << logit_shift) + bias[i[1], i[-2], i[-1]].astype("int64")
+        return tirx.Select(masked(i), _i64(np.iinfo(np.int64).min >> 2), v)
+
+    logits = stage(x, logit, "logits") if bias is not None or mask is not None else x
     j = te.reduce_axis((0, width), "j")
-    low = _i64(np.iinfo(np.int64).min >> 2)  # the reference's stand-in logit of a masked entry
-    peak = te.compute(rows, lambda *r: te.max(tirx.Select(masked((*r, j)), low, logits[(*r, j)].astype("int64")),
-                                              axis=j), name="row_max")
+    peak = te.compute(rows, lambda *r: te.max(logits[(*r, j)].astype("int64"), axis=j), name="row_max")
 
     def neg_t(i: tuple) -> tirx.PrimExpr:  # -t >= 0 (Q8), capped at the tables' last entry
-        d = tirx.max(tirx.Select(masked(i), low, logits[i].astype("int64")) - peak[i[:-1]], _i64(-(1 << 31)))
+        d = tirx.max(logits[i].astype("int64") - peak[i[:-1]], _i64(-(1 << 31)))
         t = round_shift(-d * _i64(sm.multiplier), _i64(sm.shift - EXP_FRAC_BITS), Rounding.HALF_UP)
         return tirx.min(t, _i64(int(e_table.shape[0]) - 1))
 
