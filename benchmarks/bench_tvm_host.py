@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from pfcr import data, models
     from pfcr.export import quantize_images
     from pfcr.records import make_record, write_record
-    from tvm_backends.bench import Protocol, check_outputs, measure, torch_timer
+    from tvm_backends.bench import Protocol, call_timer, check_outputs, measure, torch_timer
     from tvm_backends.lower import lower
     from tvm_backends.schedules import schedule
 
@@ -144,24 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "source": source, "runs": []}
             print(f"{bits} {method}: compiled in {compile_s:.1f} s, bit-exact {check['bit_exact']}", flush=True)
 
-    def tvm_timer(vm, x):
-        def timer(k: int) -> list[float]:
-            out = []
-            for _ in range(k):
-                t = time.perf_counter()
-                vm["main"](x)
-                out.append(time.perf_counter() - t)
-            return out
-        return timer
-
     protocol = Protocol(warmup=20, min_runs=args.min_runs, min_seconds=args.min_seconds)
-    def ort_timer(k: int) -> list[float]:
-        out, feed = [], {"x": images[:1]}
-        for _ in range(k):
-            t = time.perf_counter()
-            ort_session.run(None, feed)
-            out.append(time.perf_counter() - t)
-        return out
+    feed = {"x": images[:1]}
+    ort_timer = call_timer(lambda: ort_session.run(None, feed))
 
     fp32_runs: list[float] = []
     ort_runs: list[float] = []
@@ -169,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         fp32_runs += measure(torch_timer(model, x_fp), protocol, what="fp32").runs_s
         ort_runs += measure(ort_timer, protocol, what="ort int8").runs_s
         for key, b in builds.items():
-            b["runs"] += measure(tvm_timer(b["vm"], b["x"]), protocol, what=" ".join(key)).runs_s
+            b["runs"] += measure(call_timer(lambda b=b: b["vm"]["main"](b["x"])), protocol,
+                                 what=" ".join(key)).runs_s
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     from tvm_backends.bench import Measurement

@@ -72,18 +72,28 @@ def measure(timer: Timer, protocol: Protocol, log=print, what: str = "") -> Meas
     return m
 
 
+def call_timer(run: Callable[[], object]) -> Timer:
+    """Per-run wall times of k calls of `run` in this process."""
+    def timer(k: int) -> list[float]:
+        out = []
+        for _ in range(k):
+            t = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - t)
+        return out
+
+    return timer
+
+
 def torch_timer(model, x) -> Timer:
     """Per-run wall times of a torch module on the CPU (the FP32 eager baseline)."""
     import torch
 
+    timed = call_timer(lambda: model(x))
+
     def timer(k: int) -> list[float]:
-        out = []
         with torch.inference_mode():
-            for _ in range(k):
-                t = time.perf_counter()
-                model(x)
-                out.append(time.perf_counter() - t)
-        return out
+            return timed(k)
 
     return timer
 
