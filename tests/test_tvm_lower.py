@@ -80,14 +80,23 @@ def test_linear(rounding, w_bits, signed_w, x_lo, x_hi, signed_activations):
     assert (out == -20).any() and (out == 40).any()  # both saturation ends were exercised
 
 
-def test_linear_tiles_of_16_by_4():
+@pytest.mark.parametrize("n", [16, 32, 48, 64, 80])  # 1, 2, 3, 4 and 1 (of 5 blocks) accumulator chains
+def test_linear_tiles_of_16_by_4(n):
     """N % 16 == 0 and K % 4 == 0: on VNNI hosts the kernel that runs is the tensorized one."""
-    rng = np.random.default_rng(3)
-    n, k = 32, 48
+    rng = np.random.default_rng(n)
+    k = 48
     x = rng.integers(0, 16, (2, 7, k))
     consts = {"weight": rng.integers(0, 16, (n, k)), "weight_zp": rng.integers(0, 16, n),
               "bias": rng.integers(-300, 300, n), **_requant(rng, n, 1e-3, 1e-1, 2, 0, 15)}
-    check_op("linear", [(x, 0, 15)], {"in_zp": 7, "rounding": "half_up", "weight_bits": 4}, consts)
+    attrs = {"in_zp": 7, "rounding": "half_up", "weight_bits": 4}
+    check_op("linear", [(x, 0, 15)], attrs, consts)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    if not tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target):
+        return
+    op = {"op": "linear", "in": ["x"], "out": "y", "attrs": attrs, "consts": {r: f"y.{r}" for r in consts}}
+    mod = schedule(lower_graph({"x": (x.shape, 0, 15)}, [op], {f"y.{r}": v for r, v in consts.items()}, "y"), target)
+    kernels = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any(name.endswith("_vnni") for name in kernels), kernels
 
 
 def test_linear_int32_output_and_wide_accumulator():
