@@ -31,15 +31,26 @@ def run_tvm(mod: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
     return vm["main"](*args).numpy()
 
 
+def op_module(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict, consts: dict | None = None,
+              signed_activations: bool = False) -> tvm.IRModule:
+    """The lowered module of one op; inputs are (values, lo, hi)."""
+    names = [f"x{i}" for i in range(len(inputs))]
+    op = {"op": kind, "in": names, "out": "y", "attrs": attrs, "consts": {r: f"y.{r}" for r in consts or {}}}
+    return lower_graph({n: (v.shape, lo, hi) for n, (v, lo, hi) in zip(names, inputs, strict=True)}, [op],
+                       {f"y.{r}": np.asarray(v, dtype=np.int64) for r, v in (consts or {}).items()}, "y",
+                       signed_activations)
+
+
+def scheduled_kernels(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
+    mod = schedule(mod, tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}))
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
 def check_op(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict, consts: dict | None = None,
              signed_activations: bool = False):
     """One op through TVM and through the reference kernel; inputs are (values, lo, hi)."""
     consts = {role: np.asarray(v, dtype=np.int64) for role, v in (consts or {}).items()}
-    names = [f"x{i}" for i in range(len(inputs))]
-    op = {"op": kind, "in": names, "out": "y", "attrs": attrs, "consts": {r: f"y.{r}" for r in consts}}
-    mod = lower_graph({n: (v.shape, lo, hi) for n, (v, lo, hi) in zip(names, inputs, strict=True)}, [op],
-                      {f"y.{r}": v for r, v in consts.items()}, "y", signed_activations)
-    got = run_tvm(mod, *(v for v, _, _ in inputs))
+    got = run_tvm(op_module(kind, inputs, attrs, consts, signed_activations), *(v for v, _, _ in inputs))
     want = reference.KERNELS[kind]([v.astype(np.int64) for v, _, _ in inputs], attrs, consts)
     np.testing.assert_array_equal(got, want)
     return want
@@ -91,12 +102,9 @@ def test_linear_tiles_of_16_by_4(n):
     attrs = {"in_zp": 7, "rounding": "half_up", "weight_bits": 4}
     check_op("linear", [(x, 0, 15)], attrs, consts)
     target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-    if not tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target):
-        return
-    op = {"op": "linear", "in": ["x"], "out": "y", "attrs": attrs, "consts": {r: f"y.{r}" for r in consts}}
-    mod = schedule(lower_graph({"x": (x.shape, 0, 15)}, [op], {f"y.{r}": v for r, v in consts.items()}, "y"), target)
-    kernels = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert any(name.endswith("_vnni") for name in kernels), kernels
+    if tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target):
+        kernels = scheduled_kernels(op_module("linear", [(x, 0, 15)], attrs, consts))
+        assert any(name.endswith("_vnni") for name in kernels), list(kernels)
 
 
 def test_linear_int32_output_and_wide_accumulator():
@@ -201,6 +209,15 @@ def test_attention(bits, top, scale):
     attrs = {"q_zp": qmax // 2, "k_zp": qmax // 2 + 1, "v_zp": 1, "sm_multiplier": sm.multiplier,
              "sm_shift": sm.shift, "bits": bits, "max_code": top}
     check_op("attention", [(t, 0, qmax) for t in (q, k, v)], attrs)
+    assert_products_by_columns(op_module("attention", [(t, 0, qmax) for t in (q, k, v)], attrs))
+
+
+def assert_products_by_columns(mod: tvm.IRModule) -> None:
+    """Both attention products took the column schedule (vector lanes over the output's last axis),
+    not the generic fallback."""
+    kernels = scheduled_kernels(mod)
+    for name in ("attention_logits", "attention_values"):
+        assert "T.vectorized" in kernels[name].script(), name
 
 
 @pytest.mark.parametrize("shift_mask", [False, True])
@@ -220,6 +237,7 @@ def test_windowed_attention(shift_mask):
         mask[:, np.arange(window), np.arange(window)] = False
         consts["mask"] = mask.astype(np.int64)
     check_op("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts)
+    assert_products_by_columns(op_module("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts))
 
 
 def test_token_gathers_and_pooled_sum():
