@@ -139,9 +139,12 @@ def isqrt(n: te.Tensor) -> te.Tensor:
 
 def ilog2_fixed(v: te.Tensor) -> te.Tensor:
     """intprog.nonlinear._ilog2_fixed: log2(v) with LOG_FRAC_BITS fraction bits, for int64 v >= 1."""
+    def square(mant: te.Tensor, i: tuple) -> tirx.PrimExpr:
+        return (mant[i] * mant[i]) >> 30  # < 2^32: its bit 31 is the next fraction bit
+
     def step(mant: te.Tensor, frac: te.Tensor, bit: int) -> list[te.Tensor]:
         def body(*i):
-            sq = (mant[i] * mant[i]) >> 30  # < 2^32: its bit 31 is the next fraction bit
+            sq = square(mant, i)
             return [tirx.Select(sq >= _i64(1 << 31), sq >> 1, sq), frac[i] | ((sq >> 31) << bit)]
         return te.compute(v.shape, body, name="log2_step", attrs={MATERIALIZE: 1})
 
@@ -149,9 +152,10 @@ def ilog2_fixed(v: te.Tensor) -> te.Tensor:
     mant = stage(v, lambda i: tirx.Select(m[i] >= 30, v[i] >> tirx.max(m[i] - 30, _i64(0)),
                                           v[i] << tirx.max(30 - m[i], _i64(0))), "mantissa")
     frac = stage(v, lambda i: _i64(0), "frac")
-    for bit in range(LOG_FRAC_BITS - 1, -1, -1):  # one fraction bit per squaring of the mantissa in [1, 2)
+    for bit in range(LOG_FRAC_BITS - 1, 0, -1):  # one fraction bit per squaring of the mantissa in [1, 2)
         mant, frac = step(mant, frac, bit)
-    return stage(v, lambda i: (m[i] << LOG_FRAC_BITS) + frac[i], "log2")
+    # the last bit needs no next mantissa: an unused output would be a stage without consumers
+    return stage(v, lambda i: (m[i] << LOG_FRAC_BITS) + (frac[i] | (square(mant, i) >> 31)), "log2")
 
 
 def elementwise(shape, body: Callable[[tuple], tirx.PrimExpr], dtype: str, name: str) -> te.Tensor:
