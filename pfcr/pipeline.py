@@ -1,14 +1,15 @@
 """The main job: every capability of the suite on the embedded default, stage by stage, resumable.
 
-A stage is a `pfcr` command line. It is skipped when it ran before with the same command line and
-the same input files (by sha256), and every file it produced is still there; the state lives in
-<results>/.main-state.json. So an interrupted run resumes, and a changed checkpoint reruns what
-depends on it.
+A stage is a `pfcr` command line. It is skipped when it ran before with the same command line, the
+same input files (by sha256) and the same suite code, and every file it produced is still there; the
+state lives in <results>/.main-state.json. So an interrupted run resumes, a changed checkpoint reruns
+what depends on it, and an updated suite reruns everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib
 import json
@@ -55,9 +56,26 @@ def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
     return out
 
 
+PACKAGES = ("pfcr", "intprog", "hwsim", "tvm_backends", "reports")
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 over the suite's own sources (Python and the accelerator presets), file by file."""
+    h = hashlib.sha256()
+    for name in PACKAGES:
+        root = Path(importlib.import_module(name).__file__).parent
+        for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml")):
+            h.update(f"{name}/{f.relative_to(root).as_posix()}".encode())
+            h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def _inputs_digest(argv: list[str]) -> str:
-    """sha256 over the command line and the content of every input file it names (plus zoo weights)."""
+    """sha256 over the command line, the content of every input file it names (plus zoo weights) and
+    the suite's code."""
     h = hashlib.sha256(json.dumps(argv).encode())
+    h.update(code_digest().encode())
     # Inputs only: the file after --out is what the stage writes.
     files = [Path(a) for i, a in enumerate(argv) if Path(a).is_file() and (i == 0 or argv[i - 1] != "--out")]
     files += [ZOO[a].checkpoint for a in argv if a in ZOO and ZOO[a].checkpoint.exists()]
@@ -76,7 +94,7 @@ def run_main(args: argparse.Namespace, run_stage: Callable[[list[str]], None]) -
         key = _inputs_digest(argv)
         done = state.get(title)
         if not args.rerun and done and done["inputs"] == key and all(Path(f).exists() for f in done["produced"]):
-            print("   up to date (same command and inputs, outputs present): skipped", flush=True)
+            print("   up to date (same command, inputs and suite code, outputs present): skipped", flush=True)
             continue
         start = time.time()
         run_stage(argv)

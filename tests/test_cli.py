@@ -94,6 +94,24 @@ def test_main_stages_are_valid_command_lines(tmp_path):
     assert json.dumps(todo)
 
 
+def test_main_stages_rerun_when_the_suite_code_changes(tmp_path, monkeypatch):
+    """The resume key covers the suite's sources: an edited module makes every stage stale."""
+    from pfcr import pipeline
+
+    pkg = tmp_path / "suite_pkg_for_digest"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "kernels.py").write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pipeline, "PACKAGES", ("suite_pkg_for_digest",))
+    pipeline.code_digest.cache_clear()
+    before = pipeline._inputs_digest(["eval", "vit_fmnist"])
+    (pkg / "kernels.py").write_text("SCALE = 2\n")
+    pipeline.code_digest.cache_clear()
+    assert pipeline._inputs_digest(["eval", "vit_fmnist"]) != before
+    pipeline.code_digest.cache_clear()
+
+
 @pytest.mark.slow
 def test_main_job_runs_and_resumes(tmp_path, capsys):
     """The main job end to end on a slice of the test set; every part writes its records; a second
