@@ -157,9 +157,7 @@ def _tensorize_vnni(mod: tvm.IRModule) -> tvm.IRModule:
             sch.decompose_reduction(block, ko)
             sch.unroll(nc)
             sch.tensorize(ni, _vnni_intrin())
-            *_, inner = sch.get_loops(acc)
-            _, inner = sch.split(inner, [None, 16])
-            sch.vectorize(inner)
+            _schedule_elementwise(sch, sch.get_loops(acc))
         except Exception:  # schedule primitives and tensorize raise several TVM error types
             continue
         for blk in sch.get_child_blocks(sch.get_sblock("root")):
