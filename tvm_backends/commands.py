@@ -248,6 +248,8 @@ def add_commands(sub, common) -> None:
 def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
     """Per model (ViT, Swin): host build + bit-exact check + latency vs FP32, Pi 5 cross build +
     emulated bit-exact check; for the ViT also the Pi 4 build and CUDA builds for the Jetson Orin and Nano."""
+    from tvm_backends.targets import PRESETS
+
     art = results / "tvm"
     common = ["--results", str(results)]
     runs = ["--min-runs", "300", "--min-seconds", "10"] if full else ["--min-runs", "100", "--min-seconds", "3"]
@@ -265,7 +267,7 @@ def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tu
         stages.append((f"TVM: bit-exact check of {name} on the emulated Pi 5 (qemu, RPC)",
                        ["bench", str(art / f"pi5{suffix}"), "--emulated-pi", "--program", prog, "--check-images", "8",
                         "--warmup", "1", "--min-runs", "3", "--min-seconds", "0", *common]))
-    stages += [(f"TVM: CUDA build for {board} ({arch}, cubin check)",
+    stages += [(f"TVM: CUDA build for {board} ({PRESETS[board].cuda_arch}, cubin check)",
                 ["compile", str(programs["vit_fmnist W4A4"]), "--target", board, "--out", str(art / board), *common])
-               for board, arch in (("jetson-orin", "sm_87"), ("jetson-nano", "sm_53"))]
+               for board in ("jetson-orin", "jetson-nano")]
     return stages
