@@ -45,7 +45,7 @@ def program_path(bits: str) -> Path:
     if not path.exists():
         import torch
 
-        from pfcr import data, models
+        from core import data, models
         from pfcr.export import export_vit
         from pfcr.quant.model import QuantConfig
         from pfcr.quantize import QuantizeConfig, quantize
@@ -62,18 +62,17 @@ def program_path(bits: str) -> Path:
 
 
 def _batches(program, limit: int | None, batch: int = 500):
-    from pfcr import data
-    from pfcr.export import quantize_images
+    from core import data
 
     test = data.fmnist("test", limit=limit)
     images, labels = test.tensors[0], test.tensors[1].numpy()
     for s in range(0, len(labels), batch):
-        yield quantize_images(program, images[s:s + batch]), labels[s:s + batch]
+        yield program.input_codes(images[s:s + batch]), labels[s:s + batch]
 
 
 def _record(path: Path, program, cfg, metrics, rows, n: int, tag: str) -> Path:
+    from core.records import write_record
     from hwsim.accelerator.simulate import make_simulate_record
-    from pfcr.records import write_record
 
     rec = make_simulate_record(path.relative_to(ROOT), program, cfg, metrics, rows,
                                {"name": "fashion-mnist", "split": "test", "size": n}, 0, tag)
@@ -81,7 +80,7 @@ def _record(path: Path, program, cfg, metrics, rows, n: int, tag: str) -> Path:
 
 
 def _done(tag: str, bits: str, cfg_name: str) -> bool:
-    from pfcr.records import record_name
+    from core.records import record_name
 
     w, a = bits[1:].split("A")
     fake = {"kind": "simulate", "model": {"name": "vit_fmnist"}, "data": {"name": "fashion-mnist", "split": "test"},
@@ -205,8 +204,8 @@ def speed(args: argparse.Namespace) -> None:
         metrics, rows = simulate(vitb, [(codes, np.zeros(1, np.int64))], cfg, compare=True)
         metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
         del metrics["top1"]  # generated images have no labels
+        from core.records import write_record
         from hwsim.accelerator.simulate import make_simulate_record
-        from pfcr.records import write_record
 
         rec = make_simulate_record(vitb_path.relative_to(ROOT), vitb, cfg, metrics, rows,
                                    {"name": "random-224x224x3", "split": "generated", "size": 1}, 0, "speed-vit-b")
@@ -224,9 +223,9 @@ def scalesim_jobs() -> list[dict]:
 
 def scalesim(args: argparse.Namespace) -> None:
     """SCALE-Sim's cycles and ours on the same GEMMs and arrays, one `bench`-style record per job set."""
+    from core.records import make_record, write_record
     from hwsim.accelerator.config import load_config
     from hwsim.accelerator.timing import gemm_cycles, gemm_folds
-    from pfcr.records import make_record, write_record
 
     jobs = scalesim_jobs()
     # SCALE-Sim's raw counts, kept beside the records (dot files: the records reader skips them)

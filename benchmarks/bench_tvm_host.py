@@ -93,10 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     import tvm
     from tvm import relax
 
+    from core import data, models
+    from core.records import make_record, write_record
     from intprog.program import load
-    from pfcr import data, models
-    from pfcr.export import quantize_images
-    from pfcr.records import make_record, write_record
     from tvm_backends.bench import Protocol, call_timer, check_outputs, measure, torch_timer
     from tvm_backends.lower import lower
     from tvm_backends.schedules import schedule
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 executable = tvm.compile(lowered.mod, target, relax_pipeline=relax.get_default_pipeline(target))
             compile_s = time.perf_counter() - t0
             vm = relax.VirtualMachine(executable, tvm.cpu())
-            codes = quantize_images(program, test.tensors[0])
+            codes = program.input_codes(test.tensors[0])
             check = check_outputs(lambda a, vm=vm: vm["main"](tvm.runtime.tensor(a)).numpy(), program, codes, 1,
                                   lowered.input_dtype)
             check["top1"] = float(np.mean(check.pop("outputs").argmax(axis=1) == test.tensors[1].numpy()))

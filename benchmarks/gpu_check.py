@@ -73,11 +73,10 @@ def prepare(args: argparse.Namespace) -> int:
     """Build the bundle the GPU side runs: artifact, inputs, reference outputs, runtime-only TVM."""
     import numpy as np
 
+    from core import data
+    from core.records import git_commit
     from intprog import reference
     from intprog.program import load
-    from pfcr import data
-    from pfcr.export import quantize_images
-    from pfcr.records import git_commit
     from tvm_backends.build import compile_program
 
     out = Path(args.bundle)
@@ -86,7 +85,7 @@ def prepare(args: argparse.Namespace) -> int:
     art = compile_program(args.program, TARGET, out / "artifact")
     program = load(args.program)
     test = data.fmnist("test", limit=args.images)
-    codes = quantize_images(program, test.tensors[0])
+    codes = program.input_codes(test.tensors[0])
     np.save(out / "codes.npy", codes.astype(art.meta["input"]["dtype"]))
     np.save(out / "labels.npy", test.tensors[1].numpy())
     np.save(out / "reference.npy", reference.run(program, codes))
@@ -125,7 +124,7 @@ def _torch_fp32(meta: dict, protocol):
     """torch FP32 eager of the same model on the same GPU, timed per run with a device sync."""
     import torch
 
-    from pfcr.models import load_model
+    from core.models import load_model
     from tvm_backends.bench import measure
 
     m = meta["model"]
@@ -154,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import tvm
 
-    from pfcr.records import write_record
+    from core.records import write_record
     from tvm_backends.bench import Protocol, bench_record, measure
     from tvm_backends.build import Artifact, load_cuda_runtime
     from tvm_backends.rpc import Runner

@@ -28,7 +28,7 @@ def prepare(python: str) -> int:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from pfcr.data import FMNIST_FILES, calibration_manifest, load_fmnist_arrays, write_idx
+    from core.data import FMNIST_FILES, calibration_manifest, load_fmnist_arrays, write_idx
 
     data = BUNDLE / "fmnist"
     data.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def run() -> int:
     argv = ["quantize", "vit_fmnist", "--bits", "W4A4", "--method", "pfcr", "--calib-size", str(CALIB),
             "--iters", str(ITERS), "--seed", str(SEED), "--limit", str(LIMIT), "--device", "cuda", "--tag", "gpu",
             "--results", str(out), "--out", str(BUNDLE / "q.safetensors")]
-    return subprocess.run([sys.executable, "-m", "pfcr.cli", *argv], env=env, cwd=ROOT).returncode
+    return subprocess.run([sys.executable, "-m", "cli.main", *argv], env=env, cwd=ROOT).returncode
 
 
 def main() -> int:

@@ -46,7 +46,7 @@ def main() -> int:
                 print(f"{model} {bits}: {argv[0]} done before, skipped", flush=True)
                 continue
             print(f"{model} {bits}: pfcr {' '.join(argv)}", flush=True)
-            subprocess.run([sys.executable, "-m", "pfcr.cli", *argv], check=True, cwd=ROOT)
+            subprocess.run([sys.executable, "-m", "cli.main", *argv], check=True, cwd=ROOT)
         done.touch()
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pfcr.records import record_name  # noqa: E402
+from core.records import record_name  # noqa: E402
 
 # name -> extra `pfcr quantize` options; each is one reading of a PFCR design choice.
 ABLATION = {
@@ -74,7 +74,7 @@ def record_path(results: Path, model: str, method: str, bits: str, tag: str, see
 def run_one(label: str, argv: list[str], args: argparse.Namespace) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     out = Path(args.work) / (label.replace(" ", "_") + ".safetensors")
-    cmd = [sys.executable, "-m", "pfcr.cli", "quantize", *argv, "--out", str(out)]
+    cmd = [sys.executable, "-m", "cli.main", "quantize", *argv, "--out", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     status = "ok" if proc.returncode == 0 else f"FAILED ({proc.stderr.strip().splitlines()[-1:]})"

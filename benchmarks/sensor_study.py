@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pfcr.cli import main as pfcr  # noqa: E402
+from cli.main import main as pfcr  # noqa: E402
 
 LUX = ["0.1", "0.3", "1", "3", "10", "100", "1000"]
 ADC_BITS = ["6", "8", "10", "12"]

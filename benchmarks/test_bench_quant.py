@@ -7,7 +7,7 @@ float baseline measured in the same run (compare the ratio, not the seconds, on 
 import pytest
 import torch
 
-from pfcr.models import ZOO, build
+from core.models import ZOO, build
 from pfcr.quant.calibrate import calibrate, reparameterize
 from pfcr.quant.model import QuantConfig, QuantModel
 from pfcr.reconstruct.granules import schedule

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import SuiteError
+
 FORMAT = "intprog"
 VERSION = 2  # 2: LayerNorm adds beta before its one rounding (beta_fixed)
 # op kind -> (number of inputs, constant roles it needs); attention may also carry "bias" and "mask" (Swin)
@@ -40,8 +42,9 @@ OPS: dict[str, tuple[int, tuple[str, ...]]] = {
 _INT_DTYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64)
 
 
-class ProgramError(ValueError):
-    """A malformed integer program file; the message names the file and what is wrong."""
+class ProgramError(SuiteError, ValueError):
+    """A malformed integer program file; the message names the file and what is wrong (a SuiteError,
+    so the command line prints it without a traceback)."""
 
 
 @dataclass
@@ -63,6 +66,12 @@ class Program:
         self.ops.append({"op": op, "in": inputs, "out": out, "attrs": attrs or {}, "consts": refs})
         return out
 
+    def input_codes(self, images: Any) -> np.ndarray:
+        """Images in the model's float input space (numpy or a CPU tensor) -> the program's input
+        codes: divided by the scale in float64, rounded half to even, offset, clamped. A sensor's
+        ISP produces the same codes directly (hwsim.sensor.isp.input_code_lut)."""
+        return input_codes(self.input, images)
+
     def weight_bytes(self) -> dict[str, int]:
         """Storage of the linear weights: packed at their bit width, and the FP32 model's."""
         packed = fp32 = 0
@@ -81,13 +90,19 @@ class Program:
         """Write the program; weights below 8 bits are stored packed (see `_pack_weights`)."""
         from safetensors.numpy import save_file
 
-        from pfcr.atomic import atomic_path
+        from core.files import atomic_path
 
         validate(self.graph(), self.consts, str(path))
         graph, consts = _pack_weights(self.graph(), self.consts)
         with atomic_path(path) as tmp:
             save_file(consts, str(tmp), metadata={"program": json.dumps(graph)})
         return Path(path)
+
+
+def input_codes(spec: dict[str, Any], images: Any) -> np.ndarray:
+    """`Program.input_codes` for an input spec {scale, zero_point, qmin, qmax}."""
+    codes = np.round(np.asarray(images, dtype=np.float64) / spec["scale"]) + spec["zero_point"]
+    return np.clip(codes, spec["qmin"], spec["qmax"]).astype(np.int64)
 
 
 def _pack_weights(graph: dict, consts: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import ModelError
 from intprog.arith import Rounding, quantize_multiplier
 from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, build_lut
 from intprog.program import Program
-from pfcr.errors import ModelError
 from pfcr.quant.model import QuantModel, blocks_of
 from pfcr.quant.quantizers import UniformQuantizer
 
@@ -269,11 +269,3 @@ def export_swin(qm: QuantModel, images: torch.Tensor) -> Program:
 
 def _gelu(x: np.ndarray) -> np.ndarray:
     return _np(nn.functional.gelu(torch.from_numpy(x)))
-
-
-def quantize_images(program: Program, images: torch.Tensor) -> np.ndarray:
-    """Images in the model's float input space -> the program's input codes (what a sensor/ISP
-    delivers directly)."""
-    spec = program.input
-    codes = torch.round(images.double() / spec["scale"]) + spec["zero_point"]
-    return codes.clamp(spec["qmin"], spec["qmax"]).to(torch.int64).numpy()

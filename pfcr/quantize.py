@@ -27,8 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pfcr.atomic import atomic_path
-from pfcr.errors import CheckpointError, SuiteError
+from core.errors import CheckpointError, SuiteError
+from core.files import atomic_path
 from pfcr.quant.calibrate import calibrate, reparameterize
 from pfcr.quant.model import QuantConfig, QuantModel
 from pfcr.quant.quantizers import UniformQuantizer
@@ -142,7 +142,7 @@ def read_qmodel_meta(path: str | os.PathLike) -> tuple[QuantConfig, dict]:
 
 def load_qmodel(path: str | os.PathLike, fp_model: nn.Module) -> QuantModel:
     """Rebuild the quantized model saved at `path` around its float model; outputs are identical."""
-    from pfcr.models import load_state_dict, read_state_dict
+    from core.models import load_state_dict, read_state_dict
 
     cfg, _ = read_qmodel_meta(path)
     qm = QuantModel(fp_model, cfg)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from pfcr.atomic import atomic_path
+from core.files import atomic_path
 
 BITS_ORDER = ["W8A8", "W4A4", "W3A3", "W3A2", "W2A3"]
 METHOD_STYLE = {"rtn": ("tab:gray", "o"), "block": ("tab:blue", "s"), "pfcr": ("tab:red", "D")}

@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-from pfcr.records import read_records
+from core.records import read_records
 
 
 def records_frame(directory: str | os.PathLike | None = None) -> pd.DataFrame:

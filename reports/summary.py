@@ -6,17 +6,17 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from pfcr.atomic import atomic_write
-from pfcr.errors import SuiteError
-from reports import figures
+from core.errors import SuiteError
+from core.files import atomic_write
 from reports.html import render_html
 from reports.load import records_frame
-from reports.tables import accuracy_table, integer_table, markdown, quant_table
+from reports.tables import markdown
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -44,33 +44,11 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
 
 
-# Sections of the other parts: each module has `sections(frame, out) -> list[Section]`, drawing its
-# figures into `out` and naming the records each came from.
-REPORT_MODULES: tuple[str, ...] = ("reports.sensor", "reports.accelerator", "reports.latency")
-
-
-def build_sections(results: str | os.PathLike | None, out: Path) -> list[Section]:
-    """Compute the tables and draw the figures (PNG files in `out`)."""
+def build_sections(results: str | os.PathLike | None, out: Path, modules: Sequence[str]) -> list[Section]:
+    """Compute the tables and draw the figures (PNG files in `out`): each report module's
+    `sections(frame, out)`, in the order given (the parts' order, cli.parts.PARTS)."""
     frame = records_frame(results)
-    fp = Section("accuracy", "FP32 models (`pfcr eval`)", accuracy_table(frame))
-    ptq = Section("quantization", "Post-training quantization (`pfcr quantize`): mean ± std over calibration "
-                  "seeds; agree = top-1 agreement with the FP32 model; KL = mean KL(FP32 || quantized) of the outputs",
-                  quant_table(frame))
-    for model in sorted(set(frame["model"])) if not frame.empty else []:
-        for name, draw in (("ptq", figures.accuracy_vs_bits), ("ablation", figures.ablation)):
-            path = out / f"{name}_{model}.png"
-            used = draw(frame, model, path)
-            if used:
-                ptq.figures.append(Figure(path, used))
-    integer = Section("integer", "Integer-only accuracy (`pfcr run`, numpy reference executor) beside the "
-                      "fake-quant model on the same images; agree = identical top-1 predictions", integer_table(frame))
-    used = figures.integer_vs_fake(frame, out / "integer_vs_fake.png")
-    if used:
-        integer.figures.append(Figure(out / "integer_vs_fake.png", used))
-    sections = [fp, ptq, integer]
-    for name in REPORT_MODULES:
-        sections += importlib.import_module(name).sections(frame, out)
-    return sections
+    return [s for name in modules for s in importlib.import_module(name).sections(frame, out)]
 
 
 def render_markdown(sections: list[Section], link_base: Path) -> str:
@@ -83,12 +61,12 @@ def render_markdown(sections: list[Section], link_base: Path) -> str:
     return "\n\n".join(parts)
 
 
-def write_summary(results: str | os.PathLike | None, out: str | os.PathLike,
+def write_summary(results: str | os.PathLike | None, out: str | os.PathLike, modules: Sequence[str],
                   readme: str | os.PathLike | None = None) -> str:
     """Write summary.md, report.html and one CSV per table into `out`; optionally rewrite the
     README's results section. Returns the Markdown."""
     out = Path(out)
-    sections = build_sections(results, out)
+    sections = build_sections(results, out, modules)
     md = render_markdown(sections, out)
     for s in sections:
         atomic_write(out / f"{s.name}.csv", s.table.to_csv(index=False))

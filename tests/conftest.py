@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture
 def fake_fmnist(tmp_path, monkeypatch) -> Path:
     """A Fashion-MNIST folder of 60 train and 20 test random images, set as $PFCR_FMNIST_DIR."""
-    from pfcr.data import FMNIST_FILES, write_idx
+    from core.data import FMNIST_FILES, write_idx
 
     rng = np.random.default_rng(0)
     root = tmp_path / "fmnist"
@@ -77,8 +77,8 @@ def zoo_program():
 
     import torch
 
-    from pfcr import data, models
-    from pfcr.export import export_program, quantize_images
+    from core import data, models
+    from pfcr.export import export_program
     from pfcr.quant.model import QuantConfig
     from pfcr.quantize import QuantizeConfig, quantize
 
@@ -91,6 +91,6 @@ def zoo_program():
         qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(bits, bits), init_size=128))
         program = export_program(qm, x)
         test = data.fmnist("test", limit=64)
-        return program, quantize_images(program, test.tensors[0]), test.tensors[1].numpy()
+        return program, program.input_codes(test.tensors[0]), test.tensors[1].numpy()
 
     return build

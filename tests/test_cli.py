@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pfcr.cli import main, parser
+from cli.main import main, parser
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in parser()._subparsers._group_actions[0].choices]])
@@ -22,7 +22,7 @@ def test_models_lists_zoo(capsys):
 
 
 def test_bad_model_is_a_clear_error_not_a_traceback():
-    proc = subprocess.run([sys.executable, "-m", "pfcr.cli", "eval", "vit_nonexistent", "--limit", "4"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "eval", "vit_nonexistent", "--limit", "4"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown model 'vit_nonexistent'" in proc.stderr and "Traceback" not in proc.stderr
@@ -51,7 +51,7 @@ def test_real_user_path_timm_name_checkpoint_imagefolder(tmp_path, results, caps
 
 
 def test_report_rewrites_readme(tmp_path, results):
-    from pfcr.records import write_record
+    from core.records import write_record
     from tests.test_records import _record
 
     write_record(_record(metrics={"top1": 0.5, "top5": 0.75}), results)
@@ -67,8 +67,8 @@ def test_report_rewrites_readme(tmp_path, results):
 
 def test_zoo_eval_reproduces_card(results, capsys):
     """The committed weights give the accuracy their card claims, on the real test set."""
-    from pfcr.data import fmnist_dir
-    from pfcr.models import ZOO
+    from core.data import fmnist_dir
+    from core.models import ZOO
 
     if not fmnist_dir().is_dir():
         pytest.fail("Fashion-MNIST is missing: run ./suite test, which installs dataset-fashion-mnist")
@@ -84,7 +84,7 @@ def test_zoo_eval_reproduces_card(results, capsys):
 
 def test_main_stages_are_valid_command_lines(tmp_path):
     """Every stage of every part parses as a `pfcr` command line of plain strings, short and --full."""
-    from pfcr.pipeline import stages
+    from cli.pipeline import stages
 
     for full in (False, True):
         todo = stages(tmp_path, full, None)
@@ -96,7 +96,7 @@ def test_main_stages_are_valid_command_lines(tmp_path):
 
 def test_main_stages_rerun_when_the_suite_code_changes(tmp_path, monkeypatch):
     """The resume key covers the suite's sources: an edited module makes every stage stale."""
-    from pfcr import pipeline
+    from cli import pipeline
 
     pkg = tmp_path / "suite_pkg_for_digest"
     pkg.mkdir()
@@ -116,7 +116,7 @@ def test_main_stages_rerun_when_the_suite_code_changes(tmp_path, monkeypatch):
 def test_main_job_runs_and_resumes(tmp_path, capsys):
     """The main job end to end on a slice of the test set; every part writes its records; a second
     run skips every stage."""
-    from pfcr.pipeline import stages
+    from cli.pipeline import stages
 
     argv = ["main", "--limit", "200", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "rep")]
     assert main(argv) == 0

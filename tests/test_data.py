@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pfcr import data
-from pfcr.data import write_idx
-from pfcr.errors import DataError
+from core import data
+from core.data import write_idx
+from core.errors import DataError
 from tests.conftest import tiny_vit
 
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pfcr.evaluate import Evaluation, predict
+from core.evaluate import Evaluation, predict
 
 # Six samples, six classes; hand-checked answers below.
 LOGITS = torch.tensor([

@@ -123,7 +123,7 @@ def test_operands_wider_than_the_multipliers_are_refused(zoo_program):
 
 
 def test_simulate_command_writes_a_record_with_a_layer_table(zoo_program, results, tmp_path, capsys):
-    from pfcr.cli import main
+    from cli.main import main
 
     program, _, _ = zoo_program(4)
     program.meta.update({"model": "vit_fmnist", "w_bits": 4, "a_bits": 4})

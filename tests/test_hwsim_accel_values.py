@@ -130,13 +130,12 @@ def test_signed_bits():
 @pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4, 3])
 def test_whole_test_set_is_bit_exact_on_the_edge_npu(zoo_program, bits):
+    from core import data
     from hwsim.accelerator.simulate import simulate
-    from pfcr import data
-    from pfcr.export import quantize_images
 
     program, _, _ = zoo_program(bits)
     test = data.fmnist("test")
     images, labels = test.tensors[0], test.tensors[1].numpy()
-    batches = ((quantize_images(program, images[s:s + 500]), labels[s:s + 500]) for s in range(0, len(labels), 500))
+    batches = ((program.input_codes(images[s:s + 500]), labels[s:s + 500]) for s in range(0, len(labels), 500))
     metrics, _ = simulate(program, batches, load_config("edge-npu"))
     assert metrics["images"] == 10000 and metrics["bit_exact"] and metrics["overflows"] == 0

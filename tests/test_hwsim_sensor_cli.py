@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pfcr.cli import main
-from pfcr.records import read_records
+from cli.main import main
+from core.records import read_records
 
 
 def test_emva_command_writes_the_curve(results, capsys):

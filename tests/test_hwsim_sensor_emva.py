@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import SuiteError
 from hwsim.sensor import adc, camera, emva, isp, pixel, scene
 from hwsim.sensor.config import PRESETS, SensorConfig, load_sensor
-from pfcr.errors import SuiteError
 
 
 def test_camera_equation_by_hand():

@@ -100,14 +100,13 @@ def test_resize_bilinear_golden():
     {"scale": 0.0125, "zero_point": -10, "qmin": -128, "qmax": 127},  # signed, clipping both ends
 ])
 def test_input_code_lut_matches_the_float_path(spec):
-    """The ISP's last step gives the same codes as pfcr.export.quantize_images on the normalized image."""
+    """The ISP's last step gives the same codes as Program.input_codes on the normalized image."""
+    from core.data import FMNIST_MEAN, FMNIST_STD, fmnist_to_tensor
     from intprog.program import Program
-    from pfcr.data import FMNIST_MEAN, FMNIST_STD, fmnist_to_tensor
-    from pfcr.export import quantize_images
 
     program = Program(input={"name": "image", "shape": [1, 16, 16], **spec}, output={"name": "logits"})
     lut = isp.input_code_lut(program.input, FMNIST_MEAN, FMNIST_STD)
     values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
-    want = quantize_images(program, fmnist_to_tensor(values))
+    want = program.input_codes(fmnist_to_tensor(values))
     assert np.array_equal(lut[values][:, None], want)
     assert len(np.unique(want)) > 100  # the table is not trivially clamped

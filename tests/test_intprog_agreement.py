@@ -56,8 +56,8 @@ def test_attention_two_implementations(seed, bits):
 def test_zoo_swin_reference_equals_torch_integer_executor():
     """Windows, shift masks, relative position bias, patch merging: the torch executor computes
     windowed attention as dense block-diagonal attention, a different formulation of the spec."""
-    from pfcr import data, models
-    from pfcr.export import export_program, quantize_images
+    from core import data, models
+    from pfcr.export import export_program
     from pfcr.quant.model import QuantConfig
     from pfcr.quantize import QuantizeConfig, quantize
 
@@ -66,5 +66,5 @@ def test_zoo_swin_reference_equals_torch_integer_executor():
     x = data.fmnist_calibration(64, seed=0)[0].tensors[0]
     qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(4, 4), init_size=64))
     program = export_program(qm, x)
-    codes = quantize_images(program, data.fmnist("test", limit=8).tensors[0])
+    codes = program.input_codes(data.fmnist("test", limit=8).tensors[0])
     np.testing.assert_array_equal(reference.run(program, codes), intprog_torch.run(program, codes))

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from core import models
+from core.errors import ModelError
 from intprog import reference
 from intprog.program import ProgramError, load
-from pfcr import models
-from pfcr.errors import ModelError
-from pfcr.export import export_program, export_vit, quantize_images
+from pfcr.export import export_program, export_vit
 from pfcr.quant.model import QuantConfig
 from pfcr.quantize import QuantizeConfig, quantize
 from tests.test_models import TINY
@@ -35,7 +35,7 @@ def exported():
 def test_integer_program_follows_the_fake_quant_model(exported):
     qm, program, _ = exported
     x = _smooth(32, seed=1)
-    ints = reference.run(program, quantize_images(program, x))
+    ints = reference.run(program, program.input_codes(x))
     logits = ints * program.output["scale"]
     with torch.no_grad():
         fake = qm(x).double().numpy()
@@ -49,7 +49,7 @@ def test_program_round_trip(tmp_path, exported):
     path = program.save(tmp_path / "p.safetensors")
     again = load(path)
     assert again.ops == program.ops and set(again.consts) == set(program.consts)
-    codes = quantize_images(program, x[:4])
+    codes = program.input_codes(x[:4])
     assert np.array_equal(reference.run(again, codes), reference.run(program, codes))
     stats = {}
     reference.run(again, codes, stats)
@@ -112,7 +112,7 @@ def test_swin_program_follows_its_fake_quant_model(bits):
     assert {"gather_tokens", "sum_tokens"} <= kinds
     assert any("mask" in op["consts"] for op in program.ops)  # a shifted window was exported
     test = _smooth(16, seed=1)
-    logits = reference.run(program, quantize_images(program, test)) * program.output["scale"]
+    logits = reference.run(program, program.input_codes(test)) * program.output["scale"]
     with torch.no_grad():
         fake = qm(test).double().numpy()
     # measured 0.0044 (W8) and 0.072 (W4) of the span; an inverted shift mask gives 0.0117 at W8
@@ -128,7 +128,7 @@ def test_reference_takes_integer_codes_only(exported):
 
 def test_export_and_run_commands(tmp_path, results, capsys):
     """quantize -> export -> run for a user's timm model and folder, each writing its record."""
-    from pfcr.cli import main
+    from cli.main import main
     from tests.conftest import image_folder, user_model
 
     ckpt, kwargs = user_model(tmp_path, num_classes=2)
@@ -169,7 +169,7 @@ def test_low_bit_weights_are_stored_packed(tmp_path, bits):
     assert stored.size == (w.size * bits + 7) // 8  # packed on disk
     again = load(path)
     assert np.array_equal(again.consts["b0.fc1.weight"], w) and again.consts["b0.fc1.weight"].dtype == w.dtype
-    codes = quantize_images(program, x[:2])
+    codes = program.input_codes(x[:2])
     assert np.array_equal(reference.run(again, codes), reference.run(program, codes))
     sizes = program.weight_bytes()
     assert sizes["weight_bytes_packed"] * 32 == sizes["weight_bytes_fp32"] * bits  # bits/32 of FP32

@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pfcr import models
-from pfcr.errors import CheckpointError, ModelError
+from core import models
+from core.errors import CheckpointError, ModelError
 
 TINY = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10,

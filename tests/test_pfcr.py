@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from pfcr import models
-from pfcr.cli import main
-from pfcr.errors import CheckpointError, ModelError, SuiteError
+from cli.main import main
+from core import models
+from core.errors import CheckpointError, ModelError, SuiteError
 from pfcr.quant.calibrate import calibrate, reparameterize
 from pfcr.quant.model import QuantConfig, QuantModel, build_units, family
 from pfcr.quantize import QuantizeConfig, load_qmodel, quantize, save_qmodel

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits, round_ste
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from pfcr import records
-from pfcr.atomic import atomic_path, atomic_write
-from pfcr.errors import RecordError
+from core import records
+from core.errors import RecordError
+from core.files import atomic_path, atomic_write
 
 
 def _record(**over):

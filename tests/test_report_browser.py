@@ -62,14 +62,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Debian's chromium is not installed (scripts/system-deps.sh installs it for ./suite slow)")
-    from pfcr.records import write_record
+    from cli.parts import report_modules
+    from core.records import write_record
     from reports.summary import write_summary
 
     results = tmp_path / "results"
     for seed in range(2):
         for method, top1 in (("rtn", 0.80), ("pfcr", 0.88)):
             write_record(_quant_record(method, (3, 3), seed, top1, 0.05), results)
-    write_summary(results, tmp_path / "report")
+    write_summary(results, tmp_path / "report", report_modules())
     page = _devtools(browser, (tmp_path / "report" / "report.html").as_uri())
     assert page["images"] and all(i["ok"] for i in page["images"]), page["images"]
     assert page["height"] > 500  # rendered, not an empty page

@@ -3,7 +3,8 @@
 import base64
 import re
 
-from pfcr.records import make_record, write_record
+from cli.parts import report_modules
+from core.records import make_record, write_record
 from reports.summary import write_summary
 
 
@@ -23,7 +24,7 @@ def test_report_tables_figures_and_html(tmp_path):
             write_record(_quant_record(method, (3, 3), seed, top1 + 0.01 * seed, kl), results)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
-    md = write_summary(results, tmp_path / "report", readme=readme)
+    md = write_summary(results, tmp_path / "report", report_modules(), readme=readme)
     assert "| m | W3A3 | pfcr | study | 2 | 90.00 | 88.50 ± 0.71 |" in md
     assert "![ptq_m](ptq_m.png)" in md and "From 4 records: " in md
     assert "![ptq_m](report/ptq_m.png)" in readme.read_text()  # links relative to the README

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pfcr.errors import CheckpointError
-from pfcr.train import TrainConfig, augment, train
+from core.errors import CheckpointError
+from core.train import TrainConfig, augment, train
 from tests.conftest import tiny_vit
 
 CFG = TrainConfig(epochs=2, batch_size=16, lr=1e-3, seed=7)

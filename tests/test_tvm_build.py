@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("tvm")
 
+from cli.main import main
 from intprog.arith import quantize_multiplier
 from intprog.program import Program
-from pfcr.cli import main
 from tvm_backends import targets
 from tvm_backends.bench import Protocol, measure
 from tvm_backends.build import BuildError, check_cuda_library

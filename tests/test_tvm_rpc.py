@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from pfcr.cli import main
+from cli.main import main
 from tests.test_tvm_build import tiny_program
 from tvm_backends import emulate
 from tvm_backends.bench import Protocol, measure

@@ -133,7 +133,7 @@ def bench_record(art, checks: dict, latency: Measurement, fp32_method: str, fp32
                  emulated: bool = False) -> dict:
     """The `bench` record of one artifact on one device: checks and latency in `metrics`, every run
     time in `latency` (and `fp32`). Emulated timings go to `emulated_timing` only, never to metrics."""
-    from pfcr.records import make_record
+    from core.records import make_record
 
     meta, stats = art.meta, latency.stats()
     metrics, extra = {**checks, "emulated": emulated}, {}

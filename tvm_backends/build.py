@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pfcr.atomic import atomic_path, atomic_write, sha256_file
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
+from core.files import atomic_path, atomic_write, sha256_file
 from tvm_backends.targets import Preset, check_toolchain, get, resolve
 
 FORMAT = "pfcr-tvm-artifact"
@@ -225,17 +225,14 @@ def _quantization(program, lowered) -> tuple[dict, dict]:
 def compile_program(program_path: str | os.PathLike, target: str, out_dir: str | os.PathLike,
                     batch: int = 1) -> Artifact:
     """Lower, schedule and compile an integer program file into an artifact folder."""
-    from intprog.program import ProgramError, load
-    from pfcr.records import versions
+    from core.records import versions
+    from intprog.program import load
     from tvm_backends.lower import lower
     from tvm_backends.schedules import schedule
 
     preset = get(target)
     check_toolchain(preset)  # before the slow part
-    try:
-        program = load(program_path)
-    except ProgramError as err:
-        raise SuiteError(str(err)) from None
+    program = load(program_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -326,9 +323,9 @@ def compile_fp32(art: Artifact) -> Path:
     import torch
     from tvm.relax.frontend.torch import from_exported_program
 
-    from pfcr.models import load_model
+    from core.models import load_program_model
 
-    loaded = load_model(model["model"], model.get("checkpoint"), **(model.get("model_kwargs") or {}))
+    loaded = load_program_model(model)
     x = torch.zeros(art.meta["batch"], *art.meta["input"]["shape"][1:])
     with torch.no_grad():
         exported = torch.export.export(loaded.module.eval(), (x,))

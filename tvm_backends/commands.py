@@ -10,7 +10,9 @@ import os
 import time
 from pathlib import Path
 
-from pfcr.errors import SuiteError
+from core import arguments
+from core.errors import SuiteError
+from core.registry import MainJob, Stage
 
 EMULATED_TAG = "emulated"
 
@@ -23,7 +25,7 @@ def _tag(preset: str, batch: int, user: str | None, emulated: bool = False) -> s
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Integer program -> artifact folder (library + artifact.json) and a `compile` record."""
-    from pfcr.records import make_record, write_record
+    from core.records import make_record, write_record
     from tvm_backends.bench import model_field
     from tvm_backends.build import compile_program
 
@@ -47,11 +49,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def _check_codes(program, n: int, seed: int):
     """The first n Fashion-MNIST test images as the program's input codes, and their labels."""
-    from pfcr import data
-    from pfcr.export import quantize_images
+    from core import data
 
     test = data.fmnist("test", limit=n)
-    return quantize_images(program, test.tensors[0]), test.tensors[1].numpy()
+    return program.input_codes(test.tensors[0]), test.tensors[1].numpy()
 
 
 def _latency_input(meta: dict, codes, seed: int):
@@ -85,12 +86,11 @@ def _fp32_timer(args, art, remote, emulated: bool, log):
             raise SuiteError("--fp32 torch measures torch on this machine's CPU; for a board use --fp32 tvm")
         import torch
 
-        from pfcr.models import load_model
+        from core.models import load_program_model
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        m = art.meta["model"]
-        module = load_model(m["model"], m.get("checkpoint"), **(m.get("model_kwargs") or {})).module.eval()
+        module = load_program_model(art.meta["model"]).module.eval()
         log("FP32 baseline: torch eager on this CPU")
         return "torch-eager", torch_timer(module, torch.zeros(shape))
     lib = compile_fp32(art)
@@ -104,8 +104,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Bit-exact check and latency of an artifact, here or on a board; a `bench` record."""
     import contextlib
 
-    from intprog.program import ProgramError, load
-    from pfcr.records import write_record
+    from core.records import write_record
+    from intprog.program import load
     from tvm_backends.bench import Protocol, bench_record, check_outputs, measure
     from tvm_backends.build import Artifact
     from tvm_backends.emulate import running
@@ -120,10 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     program = codes = labels = None
     if args.program:
         art.check_program(args.program)
-        try:
-            program = load(args.program)
-        except ProgramError as err:
-            raise SuiteError(str(err)) from None
+        program = load(args.program)
         if args.check_images:
             codes, labels = _check_codes(program, args.check_images, args.seed)
     protocol = Protocol(args.warmup, args.min_runs, args.min_seconds)
@@ -198,7 +195,7 @@ def cmd_emulate_pi(args: argparse.Namespace) -> int:
         return 0
 
 
-def add_commands(sub, common) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     from tvm_backends.targets import PRESETS
 
     names = ", ".join(PRESETS)
@@ -208,7 +205,7 @@ def add_commands(sub, common) -> None:
     sp.add_argument("--out", required=True, help="artifact folder (model.so + artifact.json)")
     sp.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
     sp.add_argument("--tag", default=None, help="extra tag in the record's name")
-    common(sp)
+    arguments.common(sp)
     sp.set_defaults(func=cmd_compile)
 
     sp = sub.add_parser("bench", help="bit-exact check and latency of an artifact, here or on a board via TVM RPC")
@@ -231,7 +228,7 @@ def add_commands(sub, common) -> None:
                     "(default: torch here, tvm on a board, none when emulated)")
     sp.add_argument("--threads", type=int, default=None, help="TVM (and torch) threads here (default: all)")
     sp.add_argument("--tag", default=None, help="extra tag in the record's name")
-    common(sp)
+    arguments.common(sp)
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("emulate-pi", help="run an emulated Raspberry Pi (aarch64 under qemu) with a TVM RPC server")
@@ -245,13 +242,12 @@ def add_commands(sub, common) -> None:
     sp.set_defaults(func=cmd_emulate_pi)
 
 
-def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
+def main_stages(job: MainJob) -> list[Stage]:
     """Per model (ViT, Swin): host build + bit-exact check + latency vs FP32, Pi 5 cross build +
     emulated bit-exact check; for the ViT also the Pi 4 build and CUDA builds for the Jetson Orin and Nano."""
     from tvm_backends.targets import PRESETS
 
-    art = results / "tvm"
-    common = ["--results", str(results)]
+    art, common, programs, full = job.results / "tvm", job.common, job.programs, job.full
     runs = ["--min-runs", "300", "--min-seconds", "10"] if full else ["--min-runs", "100", "--min-seconds", "3"]
     stages = []
     for name, suffix in (("vit_fmnist W4A4", ""), ("swin_fmnist W4A4", "-swin")):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 from tvm_backends.build import cache_dir
 
 SUITE = "bookworm"

@@ -12,7 +12,7 @@ import ctypes
 import functools
 from pathlib import Path
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 
 # (wheel, what it provides under site-packages/nvidia)
 NVRTC = ("nvidia-cuda-nvrtc-cu12", "cuda_nvrtc/lib/libnvrtc.so.12")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 
 START_SERVER = ("start one on the board with `python3 -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090` "
                 "(or an emulated Pi here with `pfcr emulate-pi --port 9090`)")

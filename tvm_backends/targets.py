@@ -1,7 +1,7 @@
 """Target presets: the boards the suite compiles for, by name, with their host CPU and toolchain.
 
 A preset is plain data (no tvm import), so `pfcr compile --help` and error messages stay fast.
-TVM 0.27 takes targets as dicts only (../shared/notes/tvm-0.27.md). Jetson tags in TVM set some host
+TVM 0.27 takes targets as dicts only. Jetson tags in TVM set some host
 CPUs wrong (the Orin Nano tag says carmel, Xavier's core), so the presets spell every host out.
 """
 
@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 
 AARCH64_CC = "aarch64-linux-gnu-gcc"
 AARCH64_CC_PACKAGE = "gcc-aarch64-linux-gnu"

@@ -6,7 +6,9 @@ Light to import (numpy-only modules load inside the command).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from core import arguments
+from core.registry import MainJob, Stage
 
 MAIN_IMAGES = 300  # the main job's simulate stage: a few hundred test images (about a minute)
 
@@ -14,18 +16,14 @@ MAIN_IMAGES = 300  # the main job's simulate stage: a few hundred test images (a
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from core import data
+    from core.errors import SuiteError
+    from core.records import write_record
     from hwsim.accelerator.config import load_config
     from hwsim.accelerator.simulate import make_simulate_record, simulate
-    from intprog.program import ProgramError, load
-    from pfcr import data
-    from pfcr.errors import SuiteError
-    from pfcr.export import quantize_images
-    from pfcr.records import write_record
+    from intprog.program import load
 
-    try:
-        program = load(args.program)
-    except ProgramError as err:
-        raise SuiteError(str(err)) from None
+    program = load(args.program)
     changes = {k: v for k, v in (("acc_bits", args.acc_bits), ("overflow", args.overflow),
                                  ("rounding", args.rounding)) if v is not None}
     cfg = load_config(args.config)
@@ -38,7 +36,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise SuiteError(f"{args.program} takes {program.input['shape']} inputs; `pfcr simulate` feeds Fashion-MNIST "
                          f"images of {list(images.shape[1:])} (programs exported from the zoo ViT)")
     starts = range(0, len(labels), args.batch_size)
-    batches = ((quantize_images(program, images[s:s + args.batch_size]), labels[s:s + args.batch_size])
+    batches = ((program.input_codes(images[s:s + args.batch_size]), labels[s:s + args.batch_size])
                for s in tqdm(starts, desc=f"simulate on {cfg.name}", leave=False, disable=None))
     metrics, rows = simulate(program, batches, cfg, compare=not args.no_compare)
     record = make_simulate_record(args.program, program, cfg, metrics, rows,
@@ -62,7 +60,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction, common) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     from hwsim.accelerator.config import OVERFLOW_MODES, ROUNDING_MODES
 
     sp = sub.add_parser("simulate", help="run an integer program on the accelerator model (values, cycles, energy)")
@@ -77,14 +75,14 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--no-compare", action="store_true", help="skip the bit-for-bit comparison with the reference")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
-    common(sp)
+    arguments.common(sp)
     sp.set_defaults(func=cmd_simulate)
 
 
-def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
+def main_stages(job: MainJob) -> list[Stage]:
     """The W4A4 ViT on the edge NPU over a few hundred test images (all of them with --full), and the
     W4A4 Swin over a hundred (its windows, bias and mask on the array)."""
-    common = ["--config", "edge-npu", "--tag", "main", "--results", str(results)]
+    common = ["--config", "edge-npu", "--tag", "main", *job.common]
     return [(f"simulate {name} on the edge-NPU accelerator model",
-             ["simulate", str(programs[name]), *common, *([] if full else ["--limit", str(images)])])
+             ["simulate", str(job.programs[name]), *common, *([] if job.full else ["--limit", str(images)])])
             for name, images in (("vit_fmnist W4A4", MAIN_IMAGES), ("swin_fmnist W4A4", 100))]

@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DATAFLOWS = ("weight_stationary", "output_stationary")

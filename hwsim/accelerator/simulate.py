@@ -69,8 +69,8 @@ def simulate(program: Program, batches: Iterable[tuple[np.ndarray, np.ndarray]],
 def make_simulate_record(program_path: str | Path, program: Program, cfg: AccelConfig, metrics: dict,
                          rows: list[dict], data: dict, seed: int, tag: str | None) -> dict:
     """A `simulate` record: the accelerator's configuration and per-layer table beside the metrics."""
-    from pfcr.models import ZOO, sha256_file
-    from pfcr.records import make_record
+    from core.models import ZOO, sha256_file
+    from core.records import make_record
 
     name = program.meta.get("model", "unknown")
     ckpt = ZOO[name].checkpoint if name in ZOO else None

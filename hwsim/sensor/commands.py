@@ -8,7 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from pfcr.errors import SuiteError
+from core import arguments
+from core.errors import SuiteError
+from core.registry import MainJob, Stage
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image samples that load offline
 
@@ -30,8 +32,8 @@ def cmd_emva(args: argparse.Namespace) -> int:
     """EMVA 1288 photon transfer of the configured sensor; a `sensor` record with the curve."""
     import numpy as np
 
+    from core.records import make_record, write_record
     from hwsim.sensor import emva
-    from pfcr.records import make_record, write_record
 
     cfg = _sensor(args)
     t0 = time.perf_counter()
@@ -86,7 +88,7 @@ def _save_png(array, path: Path) -> Path:
     import numpy as np
     from PIL import Image
 
-    from pfcr.atomic import atomic_path
+    from core.files import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="png")
@@ -98,9 +100,9 @@ def cmd_photo(args: argparse.Namespace) -> int:
     naming them relative to the results folder (so a moved or cloned folder keeps its figures)."""
     import numpy as np
 
+    from core.records import make_record, results_dir, write_record
     from hwsim.sensor import camera, isp
     from hwsim.sensor.sweep import psnr_db
-    from pfcr.records import make_record, results_dir, write_record
 
     cfg = _sensor(args)
     scene_u8 = _load_photo(args.image)
@@ -146,12 +148,12 @@ def _evaluators(args: argparse.Namespace, shape: tuple[int, ...]):
     import numpy as np
     import torch
 
+    from core.data import FMNIST_MEAN, FMNIST_STD, fmnist_to_tensor
+    from core.models import load_model, load_program_model, sha256_file
     from hwsim.sensor import isp
     from hwsim.sensor.sweep import Evaluator
     from intprog import reference
-    from intprog.program import ProgramError, load
-    from pfcr.data import FMNIST_MEAN, FMNIST_STD, fmnist_to_tensor
-    from pfcr.models import load_model, sha256_file
+    from intprog.program import load
     from pfcr.quantize import load_qmodel, read_qmodel_meta
 
     def torch_predict(module):
@@ -168,33 +170,26 @@ def _evaluators(args: argparse.Namespace, shape: tuple[int, ...]):
                                    for b in np.array_split(images, max(1, len(images) // 256))])
         return predict
 
-    def model_rec(loaded):
-        return {"name": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256}
-
     out = []
     for name in args.fp:
         loaded = load_model(name)
-        out.append(Evaluator("sensor-fp32", None, None, model_rec(loaded), torch_predict(loaded.module)))
+        out.append(Evaluator("sensor-fp32", None, None, loaded.record(), torch_predict(loaded.module)))
     for q in args.quantized:
         qcfg, meta = read_qmodel_meta(q)
         loaded = load_model(meta["model"])
-        out.append(Evaluator("sensor-fake-quant", qcfg.w_bits, qcfg.a_bits, model_rec(loaded),
+        out.append(Evaluator("sensor-fake-quant", qcfg.w_bits, qcfg.a_bits, loaded.record(),
                              torch_predict(load_qmodel(q, loaded.module)), str(q), sha256_file(q)))
     for p in args.program:
-        try:
-            program = load(p)
-        except ProgramError as err:
-            raise SuiteError(str(err)) from None
+        program = load(p)
         if list(program.input["shape"]) != [1, *shape]:
             raise SuiteError(f"{p} takes input {program.input['shape']}, but the sensor sees Fashion-MNIST scenes "
                              f"{[1, *shape]}; use a program exported for a 28x28 grayscale model")
         if "model" not in program.meta:
             raise SuiteError(f"{p} does not name its model in its metadata; write it with `pfcr export`")
-        loaded = load_model(program.meta["model"], program.meta.get("checkpoint"),
-                            **program.meta.get("model_kwargs", {}))
+        loaded = load_program_model(program.meta)
         lut = isp.input_code_lut(program.input, FMNIST_MEAN, FMNIST_STD)
         out.append(Evaluator("sensor-intprog", program.meta.get("w_bits"), program.meta.get("a_bits"),
-                             model_rec(loaded), program_predict(program, lut), str(p), sha256_file(p)))
+                             loaded.record(), program_predict(program, lut), str(p), sha256_file(p)))
     if not out:
         raise SuiteError("nothing to evaluate: give --program, --quantized and/or --fp")
     return out
@@ -202,8 +197,8 @@ def _evaluators(args: argparse.Namespace, shape: tuple[int, ...]):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Top-1 through the sensor over illuminance x ADC bits; one `sensor` record per point."""
+    from core.data import load_fmnist_arrays
     from hwsim.sensor import sweep
-    from pfcr.data import load_fmnist_arrays
 
     cfg = _sensor(args)
     if cfg.cfa != "mono":
@@ -220,7 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction, common) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("sensor", help="CMOS sensor + fixed-point ISP simulator (emva, photo, sweep)")
     ssub = sp.add_subparsers(dest="sensor_command", required=True, metavar="SENSOR_COMMAND")
 
@@ -229,7 +224,7 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
                        f"SensorConfig fields (default {default})")
         p.add_argument("--analog-gain", type=float, default=None, help="override the sensor's analog gain")
         p.add_argument("--tag", default=None, help="a label kept in the record and its file name")
-        common(p)
+        arguments.common(p)
 
     p = ssub.add_parser("emva", help="EMVA 1288 photon-transfer measurement of the simulated sensor")
     p.add_argument("--adc-bits", dest="adc_bits_one", type=int, default=None, help="override the ADC bits")
@@ -260,11 +255,11 @@ def add_commands(sub: argparse._SubParsersAction, common) -> None:
     p.set_defaults(func=cmd_sweep, tag="sweep")
 
 
-def main_stages(results: Path, programs: dict[str, Path], full: bool) -> list[tuple[str, list[str]]]:
+def main_stages(job: MainJob) -> list[Stage]:
     """EMVA check, one photo, and a short sweep of the W4A4 program (a longer one with --full)."""
-    r = ["--results", str(results)]
+    r, programs = job.common, job.programs
     grid = (["--lux", "0.3", "1", "3", "10", "100", "1000", "--adc-bits", "6", "8", "10", "12", "--limit", "1000"]
-            if full else ["--lux", "1", "10", "100", "--adc-bits", "6", "10", "--limit", "200"])
+            if job.full else ["--lux", "1", "10", "100", "--adc-bits", "6", "10", "--limit", "200"])
     return [
         ("sensor: EMVA 1288 photon transfer (mono-3um, 12-bit ADC)", ["sensor", "emva", "--adc-bits", "12", *r]),
         ("sensor: a natural photo through the Bayer sensor and ISP", ["sensor", "photo", "--image", "astronaut",

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 
 CFAS = ("mono", "rggb")
 

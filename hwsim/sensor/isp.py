@@ -24,6 +24,7 @@ import numpy as np
 
 from hwsim.sensor.scene import cfa_index, linear_to_srgb
 from intprog.arith import quantize_multiplier, round_shift
+from intprog.program import input_codes
 
 LINEAR_MAX = (1 << 16) - 1
 GAMMA_INDEX_BITS = 12
@@ -191,13 +192,12 @@ def resize(img: np.ndarray, out_shape: tuple[int, int], channel_axis: bool = Fal
 def input_code_lut(spec: dict, mean: float, std: float) -> np.ndarray:
     """256-entry table: 8-bit pixel v -> the program's input code for the model input (v/255 - mean)/std.
 
-    Computed as pfcr.export.quantize_images does it (float32 normalization, float64 division by the
-    scale, round half even, clamp), so the sensor's codes equal the float path's bit for bit.
+    Float32 normalization as the model's preprocessing does it, then intprog's `input_codes`, so the
+    sensor's codes equal the float path's bit for bit.
     """
     v = np.arange(256, dtype=np.float32) / np.float32(255.0)
     x = (v - np.float32(mean)) / np.float32(std)
-    codes = np.round(x.astype(np.float64) / spec["scale"]) + spec["zero_point"]
-    return np.clip(codes, spec["qmin"], spec["qmax"]).astype(np.int64)
+    return input_codes(spec, x)
 
 
 def process(raw: np.ndarray, p: IspParams) -> np.ndarray:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.records import make_record, record_name, results_dir, write_record
 from hwsim.sensor import camera, isp
 from hwsim.sensor.config import SensorConfig
-from pfcr.records import make_record, record_name, results_dir, write_record
 
 
 @dataclass

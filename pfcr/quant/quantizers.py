@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from pfcr.errors import SuiteError
+from core.errors import SuiteError
 
 # AdaRound's rectified sigmoid stretch (Nagel et al. 2020).
 ZETA, GAMMA = 1.1, -0.1

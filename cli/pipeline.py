@@ -17,46 +17,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pfcr.atomic import atomic_write
-from pfcr.cli import COMMAND_MODULES
-from pfcr.models import ZOO, sha256_file
-from pfcr.records import results_dir
-
-Stage = tuple[str, list[str]]
+from cli.parts import PARTS
+from core.files import atomic_write
+from core.models import ZOO, sha256_file
+from core.records import results_dir
+from core.registry import MainJob, Stage
 
 
 def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
-    """The main job's stages in order: FP32 zoo, PFCR (ViT W4A4/W3A3, Swin W4A4), export, integer-only
-    accuracy, then each command module's stages on those programs (keyed "<model> <bits>")."""
-    common = ["--results", str(results)]
-    schedule = ["--calib-size", "1024", "--iters", "200"] if full else ["--calib-size", "256", "--iters", "20"]
-    test = ["--limit", str(limit)] if limit else []
-    # The numpy reference executor runs ~60 images/s on one core: the short job checks it on 2000.
-    int_test = test if (limit or full) else ["--limit", "2000"]
-    programs: dict[str, Path] = {}
-    out: list[Stage] = [(f"evaluate {name} (FP32)", ["eval", name, *common, *test])
-                        for name, entry in ZOO.items() if entry.checkpoint.exists()]
-    # ViT at both widths; the Swin (windows, token gathers, pooled head) at W4A4, checked on fewer images
-    for model, bits in (("vit_fmnist", "W4A4"), ("vit_fmnist", "W3A3"), ("swin_fmnist", "W4A4")):
-        q = results / "quantized" / f"{model}_pfcr_{bits.lower()}.safetensors"
-        prog = programs[f"{model} {bits}"] = q.with_suffix(".intprog.safetensors")
-        swin = model.startswith("swin") and not (limit or full)
-        out += [
-            (f"quantize {model} {bits} with PFCR",
-             ["quantize", model, "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main",
-              "--out", str(q), *common, *(["--limit", "2000"] if swin else test)]),
-            (f"export {model} {bits} to the integer program",
-             ["export", model, "--quantized", str(q), "--out", str(prog), "--tag", "main", *common]),
-            (f"integer-only accuracy of {model} {bits} (reference executor)",
-             ["run", str(prog), "--quantized", str(q), "--tag", "main", *common, *(["--limit", "500"] if swin
-                                                                                    else int_test)]),
-        ]
-    for name in COMMAND_MODULES:
-        out += importlib.import_module(name).main_stages(results, programs, full)
-    return out
+    """The main job's stages in order: each part's, in the registry's order (cli.parts.PARTS)."""
+    job = MainJob(results, full, limit)
+    return [stage for part in PARTS for stage in part.main_stages(job)]
 
 
-PACKAGES = ("pfcr", "intprog", "hwsim", "tvm_backends", "reports")
+PACKAGES = ("core", "intprog", "pfcr", "hwsim", "tvm_backends", "reports", "cli")
 
 
 @functools.cache

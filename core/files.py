@@ -1,5 +1,5 @@
-"""Files: atomic writes (a reader sees the old file or the new one, never half of either) and
-content digests.
+"""Files: atomic writes (a reader sees the old file or the new one, never half of either),
+content digests, and the portable form of a path that records keep.
 
 Torch-free so that the integer program, hwsim and tvm_backends can use it too.
 """
@@ -12,6 +12,22 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the suite's checkout (or install prefix)
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """`path` as a record should name it: relative to the working folder, or else to the suite's
+    checkout, when it lies inside one of them; otherwise as given. Records then read the same on
+    every machine (no /home/<user>/... in committed results)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    resolved = p.resolve()
+    for base in (Path.cwd().resolve(), ROOT):
+        if resolved.is_relative_to(base):
+            return resolved.relative_to(base).as_posix()
+    return p.as_posix()
 
 
 def _umask() -> int:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from pfcr.atomic import atomic_write
-from pfcr.errors import DataError
+from core.errors import DataError
+from core.files import atomic_write
 
 FMNIST_DIR_ENV = "PFCR_FMNIST_DIR"
 FMNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -200,3 +200,15 @@ def calibration_images(source: str, size: int, seed: int, model: torch.nn.Module
     folder = image_folder(split_folder(source, "train"), model)
     manifest = calibration_manifest(size, seed, len(folder), dataset=str(source), split="train")
     return torch.stack([folder[i][0] for i in manifest.indices]), manifest
+
+
+def evaluation_set(source: str, split: str, limit: int | None, model: torch.nn.Module) -> tuple[Dataset, dict]:
+    """(dataset, the record's `data` field) for a command's --data/--split/--limit: the embedded
+    Fashion-MNIST split, or the val/ part of a user's ImageFolder preprocessed for `model`."""
+    if source == "fashion-mnist":
+        ds = fmnist(split, limit=limit)
+        return ds, {"name": source, "split": split, "size": len(ds)}
+    ds = image_folder(split_folder(source, "val"), model)
+    if limit is not None:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    return ds, {"name": str(source), "split": "folder", "size": len(ds)}

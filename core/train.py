@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pfcr.atomic import atomic_path
-from pfcr.errors import CheckpointError
+from core.errors import CheckpointError
+from core.files import atomic_path
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import jsonschema
 
-from pfcr.atomic import atomic_write
-from pfcr.errors import RecordError
+from core.errors import RecordError
+from core.files import atomic_write, portable_path
 
 SCHEMA_ID = "pfcr.record/1"
 KINDS = ("eval", "train", "quantize", "export", "run", "compile", "bench", "simulate", "sensor")
@@ -117,6 +117,7 @@ def host() -> dict[str, Any]:
 def make_record(kind: str, *, model: dict, data: dict, config: dict, metrics: dict,
                 seed: int | None, extra: dict | None = None) -> dict[str, Any]:
     """A validated record of one measurement; `extra` holds stage-specific fields."""
+    model, data, config, extra = (_portable(v) for v in (model, data, config, extra or {}))
     record = {
         "schema": SCHEMA_ID,
         "kind": kind,
@@ -129,10 +130,21 @@ def make_record(kind: str, *, model: dict, data: dict, config: dict, metrics: di
         "config": config,
         "metrics": metrics,
         "host": host(),
-        **(extra or {}),
+        **extra,
     }
     validate(record)
     return record
+
+
+def _portable(value: Any) -> Any:
+    """Absolute paths inside the working folder or the suite's checkout, made relative (portable_path)."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return portable_path(value)
+    return value
 
 
 def validate(record: Any) -> None:

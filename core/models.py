@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pfcr.atomic import sha256_file
-from pfcr.errors import CheckpointError, ModelError
+from core.errors import CheckpointError, ModelError
+from core.files import portable_path, sha256_file
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 
@@ -152,6 +152,12 @@ class LoadedModel:
     name: str
     checkpoint: str | None
     checkpoint_sha256: str | None
+    from_zoo: bool = False  # the zoo's committed weights: a program names none, so it loads anywhere
+
+    def record(self) -> dict[str, Any]:
+        """The `model` field of a result record."""
+        return {"name": self.name, "checkpoint": portable_path(self.checkpoint) if self.checkpoint else None,
+                "checkpoint_sha256": self.checkpoint_sha256}
 
 
 def load_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs: Any) -> LoadedModel:
@@ -168,9 +174,17 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs:
             raise CheckpointError(f"zoo model {name} has no weights at {entry.checkpoint}; "
                                   f"train it with `pfcr train {name}`")
         checkpoint = entry.checkpoint
+        from_zoo = True
+    else:
+        from_zoo = False
     sha = None
     if checkpoint is not None:
         load_state_dict(module, read_state_dict(checkpoint), str(checkpoint))
         sha = sha256_file(checkpoint)
     module.eval()
-    return LoadedModel(module, name, str(checkpoint) if checkpoint else None, sha)
+    return LoadedModel(module, name, str(checkpoint) if checkpoint else None, sha, from_zoo)
+
+
+def load_program_model(meta: dict[str, Any]) -> LoadedModel:
+    """The float model an integer program was exported from, as its metadata names it."""
+    return load_model(meta["model"], meta.get("checkpoint"), **(meta.get("model_kwargs") or {}))

@@ -1,0 +1,294 @@
+"""PFCR's commands: `eval` (a float or fake-quant model), `quantize`, `export` (to the integer
+program) and `run` (the program on the reference executor); and their stages of the main job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from core import arguments
+from core.errors import SuiteError
+from core.registry import MainJob, Stage
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a float model, or a saved quantized one (--quantized), and write an `eval` record."""
+    import torch
+
+    from core.data import evaluation_set
+    from core.evaluate import predict
+    from core.models import load_model, sha256_file
+    from core.records import make_record, write_record
+
+    torch.manual_seed(args.seed)
+    if args.quantized:
+        loaded, module, meta = _quantized_model(args)
+        config = {"method": meta.get("method", "quantized"), "w_bits": module.cfg.w_bits,
+                  "a_bits": module.cfg.a_bits, "tag": "reloaded"}
+        extra = {"artifact": str(args.quantized), "artifact_sha256": sha256_file(args.quantized)}
+    else:
+        loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+        module, config, extra = loaded.module, {"method": "fp32", "w_bits": None, "a_bits": None}, {}
+    ds, data_rec = evaluation_set(args.data, args.split, args.limit, loaded.module)
+    t0 = time.perf_counter()
+    metrics = predict(module, ds, batch_size=args.batch_size, desc=f"eval {args.model}").metrics()
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    record = make_record("eval", model=loaded.record(), data=data_rec, config=config,
+                         metrics=metrics, seed=args.seed, extra=extra)
+    path = write_record(record, args.results)
+    print(f"{args.model} {config['method']}: top-1 {100 * metrics['top1']:.2f}%  "
+          f"top-5 {100 * metrics['top5']:.2f}% on {data_rec['size']} images -> {path}")
+    if args.confusion:
+        print("per-class top-1 and confusion (rows: true class, columns: predicted)")
+        for c, (acc, row) in enumerate(zip(metrics["per_class_top1"], metrics["confusion"], strict=True)):
+            share = "   -  " if acc is None else f"{100 * acc:5.1f}%"
+            print(f"{c:3d} {share} " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Quantize, save, evaluate against the float model, and write a `quantize` record."""
+    import resource
+
+    import torch
+    from tqdm import tqdm
+
+    from core import data
+    from core.evaluate import agreement, predict
+    from core.models import load_model
+    from core.records import make_record, write_record
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QuantizeConfig, quantize, save_qmodel
+    from pfcr.reconstruct.loop import ReconConfig
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SuiteError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    w_bits, a_bits = args.bits
+    cfg = QuantizeConfig(
+        method=args.method,
+        quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, attn_bits=args.attn_bits, input_bits=args.input_bits,
+                          first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax),
+        recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
+                          scale_lr=args.scale_lr, drop_prob=args.drop_prob),
+        pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
+        init_size=min(128, args.calib_size))
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+    fp = loaded.module.to(args.device)
+    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, fp)
+    t0 = time.perf_counter()
+    # A live bar on a terminal; one line per granule in logs (tqdm's disable=None: off without a tty).
+    bar = tqdm(desc=f"{args.method} {w_bits}/{a_bits}", unit="granule", disable=None, leave=False)
+
+    def show(stage: str, entry: dict) -> None:
+        text = f"{stage} {entry['granule']} loss {entry['loss_before']:.4g} -> {entry['loss_after']:.4g}"
+        if bar.disable:
+            print(f"  {text}", flush=True)
+        bar.update()
+        bar.set_postfix_str(text, refresh=False)
+
+    qm, log = quantize(fp, images.to(args.device), cfg, show)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    default_out = f"results/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors"
+    out = Path(args.out or default_out)
+    save_qmodel(qm, out, {"model": args.model, "method": args.method, "checkpoint_sha256": loaded.checkpoint_sha256,
+                          "model_kwargs": args.model_kwargs, "calibration": json.loads(manifest.to_json())})
+    ds, data_rec = data.evaluation_set(args.data, args.split, args.limit, fp)
+    fp_eval = predict(fp, ds, batch_size=args.batch_size, desc="eval fp32")
+    q_eval = predict(qm, ds, batch_size=args.batch_size, desc=f"eval {args.method}")
+    metrics = {**q_eval.metrics(), **agreement(fp_eval, q_eval), "fp_top1": fp_eval.topk(1),
+               "seconds": round(seconds, 2),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "granules": log}
+    config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "calib_size": args.calib_size,
+              "calib_sha256": manifest.sha256, "device": args.device, "tag": args.tag}
+    record = make_record("quantize", model=loaded.record(), data=data_rec, config=config,
+                         metrics=metrics, seed=args.seed, extra={"artifact": str(out)})
+    path = write_record(record, args.results)
+    print(f"{args.model} {args.method} W{w_bits}A{a_bits}: top-1 {100 * metrics['top1']:.2f}% "
+          f"(FP32 {100 * metrics['fp_top1']:.2f}%), agreement {100 * metrics['agreement']:.2f}%, "
+          f"KL {metrics['kl']:.4f}, {seconds:.0f} s -> {path}")
+    return 0
+
+
+def _quantized_model(args: argparse.Namespace):
+    """(float LoadedModel, quantized model, its metadata) for --quantized, checked against the model
+    name before anything is loaded."""
+    from core.models import load_model
+    from pfcr.quantize import load_qmodel, read_qmodel_meta
+
+    _, meta = read_qmodel_meta(args.quantized)
+    if meta.get("model") != args.model:
+        raise SuiteError(f"{args.quantized} quantizes {meta.get('model')!r}, not {args.model!r}; "
+                         f"pass {meta.get('model')} as the model")
+    loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+    return loaded, load_qmodel(args.quantized, loaded.module), meta
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Quantized model -> integer program file, with an `export` record (sizes)."""
+    import torch
+
+    from core import data
+    from core.models import sha256_file
+    from core.records import make_record, write_record
+    from pfcr.export import export_program
+
+    torch.manual_seed(args.seed)
+    loaded, qm, _ = _quantized_model(args)
+    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, loaded.module)
+    program = export_program(qm, images)
+    program.meta.update({"model": args.model, "model_kwargs": args.model_kwargs,
+                         "checkpoint": None if loaded.from_zoo else loaded.checkpoint,
+                         "w_bits": qm.cfg.w_bits, "a_bits": qm.cfg.a_bits,
+                         "quantized": str(args.quantized), "quantized_sha256": sha256_file(args.quantized)})
+    out = Path(args.out or Path(args.quantized).with_suffix(".intprog.safetensors"))
+    program.save(out)
+    sizes = program.weight_bytes()
+    metrics = {**sizes, "program_bytes": out.stat().st_size, "ops": len(program.ops),
+               "fp32_param_bytes": 4 * sum(p.numel() for p in loaded.module.parameters())}
+    cfg = qm.cfg
+    record = make_record("export", model=loaded.record(),
+                         data={"name": args.data, "split": "calibration", "size": len(images)},
+                         config={"method": "intprog", "w_bits": cfg.w_bits, "a_bits": cfg.a_bits,
+                                 "calib_sha256": manifest.sha256, "tag": args.tag},
+                         metrics=metrics, seed=args.seed,
+                         extra={"artifact": str(out), "artifact_sha256": sha256_file(out)})
+    write_record(record, args.results)
+    print(f"{out}: {len(program.ops)} integer ops, weights {sizes['weight_bytes_packed'] / 1024:.0f} KiB packed "
+          f"vs {sizes['weight_bytes_fp32'] / 1024:.0f} KiB FP32")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Evaluate an integer program with the reference executor; a `run` record."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from core.data import evaluation_set
+    from core.evaluate import Evaluation, agreement, predict
+    from core.models import load_program_model, sha256_file
+    from core.records import make_record, write_record
+    from intprog import reference
+    from intprog.program import load
+
+    program = load(args.program)
+    meta = program.meta
+    fp = load_program_model(meta)
+    ds, data_rec = evaluation_set(args.data, args.split, args.limit, fp.module)
+    logits, labels, stats = [], [], {}
+    t0 = time.perf_counter()
+    for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False, disable=None):
+        logits.append(torch.from_numpy(reference.run(program, program.input_codes(x), stats).astype(np.float64)))
+        labels.append(torch.as_tensor(y))
+    seconds = time.perf_counter() - t0
+    integer = Evaluation(torch.cat(logits).float(), torch.cat(labels).long())
+    metrics = {**integer.metrics(), **program.weight_bytes(), **stats, "seconds": round(seconds, 2),
+               "images_per_second": round(len(integer.labels) / seconds, 2)}
+    if args.quantized:
+        from pfcr.quantize import load_qmodel
+
+        fake = predict(load_qmodel(args.quantized, fp.module), ds, batch_size=args.batch_size, desc="fake-quant")
+        metrics.update({"fake_quant_top1": fake.topk(1),
+                        **{f"vs_fake_quant_{k}": v for k, v in agreement(fake, integer).items()}})
+    record = make_record("run", model=fp.record(), data=data_rec,
+                         config={"method": "intprog-reference", "w_bits": meta.get("w_bits"),
+                                 "a_bits": meta.get("a_bits"), "tag": args.tag},
+                         metrics=metrics, seed=args.seed,
+                         extra={"artifact": str(args.program), "artifact_sha256": sha256_file(args.program)})
+    path = write_record(record, args.results)
+    fq = f" (fake-quant {100 * metrics['fake_quant_top1']:.2f}%)" if args.quantized else ""
+    print(f"{args.program}: integer-only top-1 {100 * metrics['top1']:.2f}%{fq} on {data_rec['size']} images, "
+          f"peak activations {metrics['peak_activation_bytes'] / 1024:.1f} KiB per image -> {path}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from pfcr.reconstruct.loop import ReconConfig
+
+    sp = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion of a model")
+    arguments.model(sp)
+    sp.add_argument("--quantized", default=None, help="a quantized model saved by `pfcr quantize` to evaluate")
+    sp.add_argument("--confusion", action="store_true", help="print per-class accuracy and the confusion matrix")
+    arguments.data(sp)
+    arguments.common(sp)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("quantize", help="post-training quantization (pfcr, block, rtn), saved and evaluated")
+    arguments.model(sp)
+    sp.add_argument("--bits", type=arguments.bits, default=(4, 4), help="W<w>A<a>, e.g. W4A4, W3A3, W8A8, W4A8")
+    sp.add_argument("--method", default="pfcr", choices=["pfcr", "block", "rtn"])
+    sp.add_argument("--attn-bits", type=int, default=None, help="post-softmax bits (default: the A bits)")
+    sp.add_argument("--uniform-softmax", action="store_true", help="uniform instead of log2 post-softmax quantizer")
+    sp.add_argument("--input-bits", type=int, default=8, help="bits of the image entering the patch embedding")
+    sp.add_argument("--first-last-w-bits", type=int, default=None,
+                    help="weight bits of the patch embedding and the head (default: the W bits)")
+    sp.add_argument("--pos", default="sos", choices=["sos", "levelwise", "none"],
+                    help="PFCR's progressive optimization strategy reading (see pfcr/quantize.py)")
+    sp.add_argument("--coarsest", type=int, default=4, help="PFCR's largest granule in blocks (0, 1, 2, 4, ...)")
+    sp.add_argument("--no-finest", action="store_true", help="PFCR without the MHSA/MLP unit level")
+    sp.add_argument("--calib-size", type=int, default=1024, help="calibration images (seeded draw)")
+    sp.add_argument("--iters", type=int, default=200, help="reconstruction iterations per granule")
+    sp.add_argument("--recon-batch-size", type=int, default=32)
+    sp.add_argument("--round-lr", type=float, default=ReconConfig.round_lr, help="Adam lr of AdaRound variables")
+    sp.add_argument("--scale-lr", type=float, default=ReconConfig.scale_lr, help="Adam lr of activation steps")
+    sp.add_argument("--drop-prob", type=float, default=ReconConfig.drop_prob, help="QDrop probability")
+    sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sp.add_argument("--out", default=None, help="quantized model file (.safetensors)")
+    sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+    arguments.data(sp)
+    arguments.common(sp)
+    sp.set_defaults(func=cmd_quantize)
+
+    sp = sub.add_parser("export", help="quantized ViT -> integer program file (intprog)")
+    arguments.model(sp, "the model the quantized file was made from")
+    sp.add_argument("--quantized", required=True, help="a quantized model saved by `pfcr quantize`")
+    sp.add_argument("--calib-size", type=int, default=256, help="images that fix the stream/GELU/logit scales")
+    sp.add_argument("--out", default=None, help="program file (default: beside the quantized file)")
+    sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+    sp.add_argument("--data", default=arguments.FMNIST, help="calibration source: fashion-mnist or a folder")
+    arguments.common(sp)
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("run", help="evaluate an integer program with the reference executor")
+    sp.add_argument("program", help="an integer program file written by `pfcr export`")
+    sp.add_argument("--quantized", default=None, help="also compare with this fake-quant model")
+    sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
+    arguments.data(sp)
+    arguments.common(sp)
+    sp.set_defaults(func=cmd_run)
+
+
+def main_stages(job: MainJob) -> list[Stage]:
+    """The zoo in FP32; PFCR on the ViT at W4A4 and W3A3 and the Swin at W4A4, each exported and run
+    by the reference executor (the programs go to `job.programs` for the other parts' stages)."""
+    from core.models import ZOO
+
+    common, limit, full, results = job.common, job.limit, job.full, job.results
+    schedule = ["--calib-size", "1024", "--iters", "200"] if full else ["--calib-size", "256", "--iters", "20"]
+    test = ["--limit", str(limit)] if limit else []
+    # The numpy reference executor runs ~60 images/s on one core: the short job checks it on 2000.
+    int_test = test if (limit or full) else ["--limit", "2000"]
+    out: list[Stage] = [(f"evaluate {name} (FP32)", ["eval", name, *common, *test])
+                        for name, entry in ZOO.items() if entry.checkpoint.exists()]
+    # ViT at both widths; the Swin (windows, token gathers, pooled head) at W4A4, checked on fewer images
+    for model, bits in (("vit_fmnist", "W4A4"), ("vit_fmnist", "W3A3"), ("swin_fmnist", "W4A4")):
+        q = results / "quantized" / f"{model}_pfcr_{bits.lower()}.safetensors"
+        prog = job.programs[f"{model} {bits}"] = q.with_suffix(".intprog.safetensors")
+        swin = model.startswith("swin") and not (limit or full)
+        out += [
+            (f"quantize {model} {bits} with PFCR",
+             ["quantize", model, "--bits", bits, "--method", "pfcr", *schedule, "--tag", "main",
+              "--out", str(q), *common, *(["--limit", "2000"] if swin else test)]),
+            (f"export {model} {bits} to the integer program",
+             ["export", model, "--quantized", str(q), "--out", str(prog), "--tag", "main", *common]),
+            (f"integer-only accuracy of {model} {bits} (reference executor)",
+             ["run", str(prog), "--quantized", str(q), "--tag", "main", *common,
+              *(["--limit", "500"] if swin else int_test)]),
+        ]
+    return out

@@ -1,0 +1,31 @@
+"""PFCR's report sections: FP32 accuracy (`eval`), post-training quantization (`quantize`) and
+integer-only accuracy beside fake-quant (`run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from reports import figures
+from reports.summary import Figure, Section
+from reports.tables import accuracy_table, integer_table, quant_table
+
+
+def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
+    fp = Section("accuracy", "FP32 models (`pfcr eval`)", accuracy_table(frame))
+    ptq = Section("quantization", "Post-training quantization (`pfcr quantize`): mean ± std over calibration "
+                  "seeds; agree = top-1 agreement with the FP32 model; KL = mean KL(FP32 || quantized) of the outputs",
+                  quant_table(frame))
+    for model in sorted(set(frame["model"])) if not frame.empty else []:
+        for name, draw in (("ptq", figures.accuracy_vs_bits), ("ablation", figures.ablation)):
+            path = out / f"{name}_{model}.png"
+            used = draw(frame, model, path)
+            if used:
+                ptq.figures.append(Figure(path, used))
+    integer = Section("integer", "Integer-only accuracy (`pfcr run`, numpy reference executor) beside the "
+                      "fake-quant model on the same images; agree = identical top-1 predictions", integer_table(frame))
+    used = figures.integer_vs_fake(frame, out / "integer_vs_fake.png")
+    if used:
+        integer.figures.append(Figure(out / "integer_vs_fake.png", used))
+    return [fp, ptq, integer]
