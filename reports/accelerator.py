@@ -3,21 +3,17 @@ width, and the cycle counts beside SCALE-Sim's. Numbers come from `simulate` and
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from reports import load
 from reports.figures import _save
-from reports.summary import Figure, Section
+from reports.section import Figure, Section
 
 WIDTH_TAG = re.compile(r"accwidth-(ap_sat|ap_wrap)-(\d+)$")
-
-
-def _bits(r: pd.Series) -> str:
-    return f"W{r['w_bits']:.0f}A{r['a_bits']:.0f}" if pd.notna(r["w_bits"]) else "-"
 
 
 def _runs(sim: pd.DataFrame) -> pd.DataFrame:
@@ -28,7 +24,7 @@ def _runs(sim: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame({
-        "accelerator": runs["method"].str.removeprefix("accel-"), "bits": runs.apply(_bits, axis=1),
+        "accelerator": runs["method"].str.removeprefix("accel-"), "bits": runs["bits"].fillna("-"),
         "tag": runs["tag"], "images": runs["m.images"].astype("Int64"), "top1 %": (100 * runs["m.top1"]).round(2),
         "bit-exact": runs.get("m.bit_exact"), "overflows": runs["m.overflows"].astype("Int64"),
         "cycles/image": runs["m.cycles"].astype("Int64"), "latency ms": runs["m.latency_ms"].round(3),
@@ -49,7 +45,7 @@ def _role(name: str) -> str:
 
 def per_layer_figure(record: str, path: Path) -> list[str]:
     """Cycles (stalls stacked) and energy per layer role of one `simulate` record, summed over blocks."""
-    rows = pd.DataFrame(json.loads(Path(record).read_text())["layers"])
+    rows = pd.DataFrame(load.record(record)["layers"])
     rows = rows[rows["unit"] != "layout"].assign(role=lambda d: d["name"].map(_role))
     g = rows.groupby("role", sort=False)[["compute_cycles", "stall_cycles", "energy_pj"]].sum()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -72,7 +68,7 @@ def width_figure(sim: pd.DataFrame, path: Path) -> list[str]:
     if w.empty:
         return []
     w = w.assign(mode=w["tag"].str.extract(WIDTH_TAG)[0].str.upper(),
-                 width=w["tag"].str.extract(WIDTH_TAG)[1].astype(int), bits=w.apply(_bits, axis=1))
+                 width=w["tag"].str.extract(WIDTH_TAG)[1].astype(int), bits=w["bits"].fillna("-"))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colors = dict(zip(sorted(set(w["bits"])), ("tab:red", "tab:blue", "tab:gray", "tab:green"), strict=False))
     for (bits, mode), g in w.groupby(["bits", "mode"]):
@@ -93,7 +89,7 @@ def width_table(sim: pd.DataFrame) -> pd.DataFrame:
     if w.empty:
         return pd.DataFrame(columns=["bits", "mode"])
     w = w.assign(mode=w["tag"].str.extract(WIDTH_TAG)[0].str.upper(),
-                 width=w["tag"].str.extract(WIDTH_TAG)[1].astype(int), bits=w.apply(_bits, axis=1))
+                 width=w["tag"].str.extract(WIDTH_TAG)[1].astype(int), bits=w["bits"].fillna("-"))
     table = w.pivot_table(index=["bits", "mode"], columns="width", values="m.top1", aggfunc="first")
     table = (100 * table).round(2)
     table.columns = [f"{c} bits" for c in table.columns]
@@ -104,7 +100,7 @@ def scalesim_table(frame: pd.DataFrame) -> pd.DataFrame:
     b = frame[(frame["kind"] == "bench") & (frame["method"] == "accel-vs-scalesim")]
     if b.empty:
         return pd.DataFrame(columns=["gemm", "array", "dataflow", "ours", "SCALE-Sim"])
-    rows = json.loads(Path(b["record"].iloc[-1]).read_text())["comparison"]
+    rows = load.record(b["record"].iloc[-1])["comparison"]
     return pd.DataFrame([{"gemm": r["gemm"], "M,K,N": f"{r['m']},{r['k']},{r['n']}",
                           "array": f"{r['rows']}x{r['cols']}", "dataflow": r["dataflow"].upper(), "folds": r["folds"],
                           "ours": r["ours"], "SCALE-Sim": r["scalesim"], "difference": r["difference"],

@@ -18,8 +18,7 @@ METHOD_STYLE = {"rtn": ("tab:gray", "o"), "block": ("tab:blue", "s"), "pfcr": ("
 
 
 def _quantize_rows(frame: pd.DataFrame, model: str, tag: str) -> pd.DataFrame:
-    q = frame[(frame["kind"] == "quantize") & (frame["model"] == model) & (frame["tag"] == tag)]
-    return q.assign(bits=q.apply(lambda r: f"W{r['w_bits']:.0f}A{r['a_bits']:.0f}", axis=1)) if not q.empty else q
+    return frame[(frame["kind"] == "quantize") & (frame["model"] == model) & (frame["tag"] == tag)]
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
@@ -80,7 +79,7 @@ def integer_vs_fake(frame: pd.DataFrame, path: str | os.PathLike) -> list[str]:
     r = r[r["m.fake_quant_top1"].notna()]
     if r.empty:
         return []
-    labels = [f"{row['model']}\nW{row['w_bits']:.0f}A{row['a_bits']:.0f} {row['tag'] or ''}\n{row['n']:.0f} img"
+    labels = [f"{row['model']}\n{row['bits']} {row['tag'] or ''}\n{row['n']:.0f} img"
               for _, row in r.iterrows()]
     x = range(len(r))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(r)), 3.8))

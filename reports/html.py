@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from reports.summary import Section
+from reports.section import Section
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

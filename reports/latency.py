@@ -5,20 +5,20 @@ Emulated runs never enter a latency table or figure: their records hold no laten
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from reports import load
 from reports.figures import _save
-from reports.summary import Figure, Section
+from reports.section import Figure, Section
 
 METHOD = "tvm"
 
 
-def _bits(r: pd.Series) -> str:
-    return f"W{r['w_bits']:.0f}A{r['a_bits']:.0f}" if pd.notna(r["w_bits"]) else "-"
+def _bits(rows: pd.DataFrame) -> pd.Series:
+    return rows["bits"].fillna("-")
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -37,9 +37,9 @@ def _latency_rows(frame: pd.DataFrame) -> pd.DataFrame:
             "FP32 p50 ms", "FP32 / int p50", "bit-exact", "checked", "complete", "record"]
     if b.empty:
         return pd.DataFrame(columns=cols)
-    fp32 = b["record"].map(lambda p: json.loads(Path(p).read_text())["config"].get("fp32", "none"))
+    fp32 = b["record"].map(lambda p: load.record(p)["config"].get("fp32", "none"))
     out = pd.DataFrame({
-        "target": b["tag"], "model": b["model"], "bits": b.apply(_bits, axis=1), "runs": b["m.runs"].astype("Int64"),
+        "target": b["tag"], "model": b["model"], "bits": _bits(b), "runs": b["m.runs"].astype("Int64"),
         **{f"{k} ms": b[f"m.{k}_ms"].round(3) for k in ("p50", "p90", "p99", "mean", "std")},
         "FP32": fp32, "FP32 p50 ms": _col(b, "m.fp32_p50_ms").round(3),
         "FP32 / int p50": _col(b, "m.speedup_vs_fp32_p50"), "bit-exact": _col(b, "m.bit_exact"),
@@ -53,7 +53,7 @@ def _checks(frame: pd.DataFrame) -> pd.DataFrame:
     if b.empty or "m.bit_exact" not in b:
         return pd.DataFrame(columns=cols)
     b = b[b["m.bit_exact"].notna()]
-    out = pd.DataFrame({"target": b["tag"], "model": b["model"], "bits": b.apply(_bits, axis=1),
+    out = pd.DataFrame({"target": b["tag"], "model": b["model"], "bits": _bits(b),
                         "emulated": _col(b, "m.emulated").fillna(False), "bit-exact": b["m.bit_exact"],
                         "checked images": b["m.checked_images"].astype("Int64"),
                         "differing": b["m.mismatched_images"].astype("Int64"), "record": b["record"]})
@@ -66,7 +66,7 @@ def _compiles(frame: pd.DataFrame) -> pd.DataFrame:
     if c.empty:
         return pd.DataFrame(columns=cols)
     arch = _col(c, "m.cuda_arch")
-    out = pd.DataFrame({"target": c["tag"], "model": c["model"], "bits": c.apply(_bits, axis=1),
+    out = pd.DataFrame({"target": c["tag"], "model": c["model"], "bits": _bits(c),
                         "compile s": c["m.compile_seconds"].round(1),
                         "library MB": (c["m.library_bytes"] / 1e6).round(2),
                         "CUDA cubins": arch.where(arch.notna(), "-"), "record": c["record"]})
@@ -83,7 +83,7 @@ def _host_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     if b.empty:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame({
-        "model": b["model"], "bits": b.apply(_bits, axis=1),
+        "model": b["model"], "bits": _bits(b),
         "build": b["method"].map(lambda m: "unscheduled" if m.endswith("-default") else "scheduled"),
         **{f"{k} ms": b[f"m.tvm_{k}_ms"].round(3) for k in ("p50", "p90", "p99")},
         "FP32 p50 ms": b["m.fp32_p50_ms"].round(3), "onnxruntime int8 p50 ms": b["m.ort_int8_p50_ms"].round(3),
@@ -96,7 +96,7 @@ def latency_figure(rows: pd.DataFrame, path: Path) -> list[str]:
     """Box plots of every recorded run time: the integer build and its FP32 baseline, per target."""
     data, labels, colors = [], [], []
     for _, r in rows.iterrows():
-        rec = json.loads(Path(r["record"]).read_text())
+        rec = load.record(r["record"])
         data.append(rec["latency"]["runs_ms"])
         name = f"{r['target']}\n{str(r['model']).split('_')[0]}"  # vit / swin
         labels.append(f"{name} {r['bits']}")

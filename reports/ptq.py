@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports import figures
-from reports.summary import Figure, Section
+from reports.section import Figure, Section
 from reports.tables import accuracy_table, integer_table, quant_table
 
 

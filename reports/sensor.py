@@ -3,7 +3,6 @@ curve, top-1 against illuminance per ADC depth, and a natural photo through the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -14,8 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from reports import load
 from reports.figures import _save
-from reports.summary import Figure, Section
+from reports.section import Figure, Section
 
 EMVA_KEYS = ("system_gain", "quantum_efficiency", "dark_noise_e", "dark_current_e_per_s", "full_well_e")
 METHOD_LABEL = {"sensor-fp32": "", "sensor-fake-quant": " fake-quant", "sensor-intprog": " integer program"}
@@ -49,7 +49,7 @@ def photon_transfer_figure(frame: pd.DataFrame, path: Path) -> list[str]:
         return []
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for _, r in rows.iterrows():
-        ptc = json.loads(Path(r["record"]).read_text())["photon_transfer"]
+        ptc = load.record(r["record"])["photon_transfer"]
         signal = np.array(ptc["mu_y"]) - np.array(ptc["mu_y_dark"])
         noise = np.array(ptc["var_y"]) - np.array(ptc["var_y_dark"])
         label = f"{r['model'].removeprefix('sensor-')} {r['tag']}"
@@ -69,7 +69,7 @@ def _sweeps(frame: pd.DataFrame) -> pd.DataFrame:
     s = frame[(frame["kind"] == "sensor") & frame["method"].isin(list(METHOD_LABEL))]
     if s.empty:
         return s
-    bits = s.apply(lambda r: "FP32" if pd.isna(r["w_bits"]) else f"W{r['w_bits']:.0f}A{r['a_bits']:.0f}", axis=1)
+    bits = s["bits"].fillna("FP32")
     return s.assign(study=s["tag"].str.replace(r"-lux.*$", "", regex=True), bits=bits,
                     model_label=bits + s["method"].map(METHOD_LABEL))
 
@@ -128,17 +128,17 @@ def photo_figure(frame: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[Fig
                           "record": rows["record"].map(lambda p: Path(p).name)}).sort_values(["image", "lux"])
     records = []
     for p in sorted(rows["record"]):
-        rec = json.loads(Path(p).read_text())
+        rec = load.record(p)
         # The PNG paths are relative to the results folder the record was written to (its folder).
-        rec["images"] = {k: Path(p).parent / f for k, f in rec["images"].items()}
-        if all(f.exists() for f in rec["images"].values()):
-            records.append(rec)
+        images = {k: Path(p).parent / f for k, f in rec["images"].items()}
+        if all(f.exists() for f in images.values()):
+            records.append((rec, images))
     if not records:
         return table, []
     fig, axes = plt.subplots(len(records), 3, figsize=(10, 3.4 * len(records)), squeeze=False)
-    for ax_row, rec in zip(axes, records, strict=True):
+    for ax_row, (rec, images) in zip(axes, records, strict=True):
         for ax, key in zip(ax_row, ("scene", "raw", "isp"), strict=True):
-            img = mpimg.imread(rec["images"][key])
+            img = mpimg.imread(images[key])
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_title(f"{rec['data']['name']} {key} ({rec['config']['lux']:g} lux)", fontsize=9)
             ax.axis("off")

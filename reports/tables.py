@@ -16,19 +16,13 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def _bits(row: pd.Series) -> str:
-    if pd.isna(row["w_bits"]) and pd.isna(row["a_bits"]):
-        return "FP32"
-    return f"W{row['w_bits']:.0f}A{row['a_bits']:.0f}"
-
-
 def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Top-1/top-5 of every `eval` record on a full data split, one row per model/method/bits."""
     ev = frame[frame["kind"] == "eval"].copy()
     if ev.empty:
         return pd.DataFrame(columns=["model", "data", "method", "bits", "top1 %", "top5 %", "images", "record"])
     ev = ev.reindex(columns=[*ev.columns.drop(["m.top1", "m.top5"], errors="ignore"), "m.top1", "m.top5"])
-    ev["bits"] = ev.apply(_bits, axis=1)
+    ev["bits"] = ev["bits"].fillna("FP32")
     ev["top1 %"] = (100 * ev["m.top1"]).round(2)
     ev["top5 %"] = (100 * ev["m.top5"]).round(2)
     ev["images"] = ev["n"].astype(int)
@@ -47,8 +41,7 @@ def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
     q = frame[frame["kind"] == "quantize"] if not frame.empty else frame
     if q.empty:
         return pd.DataFrame()
-    q = q.assign(bits=q.apply(lambda r: f"W{r['w_bits']:.0f}A{r['a_bits']:.0f}", axis=1),
-                 tag=q["tag"].fillna("-"))
+    q = q.assign(tag=q["tag"].fillna("-"))
     rows = []
     for (model, bits, method, tag), g in q.groupby(["model", "bits", "method", "tag"], sort=False):
         rows.append({
@@ -76,7 +69,7 @@ def integer_table(frame: pd.DataFrame) -> pd.DataFrame:
     r = frame[frame["kind"] == "run"]
     kib = 1024
     rows = [{
-        "model": row["model"], "bits": f"W{row['w_bits']:.0f}A{row['a_bits']:.0f}", "variant": row["tag"] or "-",
+        "model": row["model"], "bits": row["bits"], "variant": row["tag"] or "-",
         "images": int(row["n"]),
         "integer top1 %": f"{100 * row['m.top1']:.2f}",
         "fake-quant top1 %": f"{100 * row['m.fake_quant_top1']:.2f}" if pd.notna(row.get("m.fake_quant_top1")) else "",
