@@ -45,7 +45,9 @@ def ort_int8_session(model, calib_images, threads: int, workdir: Path):
     fp32, pre, qdq = (workdir / n for n in ("model.onnx", "model_pre.onnx", "model_qdq.onnx"))
     torch.onnx.export(model, (calib_images[:1],), str(fp32), input_names=["x"], output_names=["logits"],
                       dynamo=False, opset_version=17)
-    with contextlib.chdir(workdir):  # a failed shape inference saves its partial model to the working folder
+    # A symbolic shape inference that fails saves its partial model, weights as external data, to the
+    # working folder before raising (sym_shape_infer_temp.onnx and a <uuid1>.data): here, the temporary one.
+    with contextlib.chdir(workdir):
         quant_pre_process(str(fp32), str(pre), auto_merge=True)  # the Swin's padded shapes need merged symbols
     batches = iter([{"x": calib_images[i:i + 1].numpy()} for i in range(len(calib_images))])
 
