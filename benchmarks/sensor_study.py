@@ -2,8 +2,11 @@
 Fashion-MNIST test images through the simulated mono-3um sensor and the fixed-point ISP, against scene
 illuminance and ADC bits; plus the EMVA 1288 characterization and natural photos through the Bayer ISP.
 
-Records and plots go to benchmarks/results/sensor. Resumable: every (model, illuminance, ADC bits) point
-is one `sensor` record, skipped when it exists with the same fingerprint (sensor, images, model file).
+Records go to benchmarks/results/sensor, the photos' scene, raw and ISP images (which the photo records
+name) to its sensor/ folder; the study's figures, a quick look, to results/sensor_study/ (--figures, not
+committed: the committed report is `pfcr report --results benchmarks/results --out docs/report`).
+Resumable: every (model, illuminance, ADC bits) point is one `sensor` record, skipped when it exists with
+the same fingerprint (sensor, images, model file).
 The quantized models are taken from --quantized-dir (the main job's, by default); missing ones are
 produced there with `pfcr quantize` and `pfcr export` at their defaults. The records name the files
 they used (artifact + sha256).
@@ -63,6 +66,8 @@ def main() -> None:
     p.add_argument("--lux", nargs="+", default=LUX)
     p.add_argument("--adc-bits", nargs="+", default=ADC_BITS)
     p.add_argument("--seed", default="0")
+    p.add_argument("--figures", type=Path, default=ROOT / "results" / "sensor_study",
+                   help="where the study's figures are drawn (default results/sensor_study, not among the records)")
     args = p.parse_args()
     r = ["--results", str(args.results), "--seed", args.seed]
     t0 = time.perf_counter()
@@ -78,7 +83,7 @@ def main() -> None:
     from reports.load import records_frame
     from reports.sensor import sections
 
-    for section in sections(records_frame(args.results), args.results):
+    for section in sections(records_frame(args.results), args.figures):
         for fig in section.figures:
             print(f"figure: {fig.path}")
     print(f"sensor study done in {time.perf_counter() - t0:.0f} s")
