@@ -154,8 +154,9 @@ def run(args: argparse.Namespace) -> int:
     import tvm
 
     from core.records import write_record
+    from tvm_backends.artifact import Artifact
     from tvm_backends.bench import Protocol, bench_record, measure
-    from tvm_backends.build import Artifact, load_cuda_runtime
+    from tvm_backends.cuda.runtime import load_cuda_runtime
     from tvm_backends.rpc import Runner
 
     load_cuda_runtime(allow_stub=False)  # a runtime-only TVM does not load its CUDA runtime by itself

@@ -18,7 +18,8 @@ from intprog.arith import quantize_multiplier
 from intprog.program import Program
 from tvm_backends import targets
 from tvm_backends.bench import Protocol, measure
-from tvm_backends.build import BuildError, check_cuda_library
+from tvm_backends.cuda import BuildError
+from tvm_backends.cuda.cubin import check_cuda_library
 from tvm_backends.rpc import RemoteLost
 
 
@@ -92,7 +93,7 @@ def test_missing_cross_toolchain_names_the_debian_package(monkeypatch):
 
 
 def test_missing_or_unfit_nvrtc_is_named(monkeypatch):
-    from tvm_backends import nvrtc
+    from tvm_backends.cuda import nvrtc
 
     monkeypatch.setattr(targets.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(nvrtc, "_nvidia_dirs", lambda: [])
@@ -119,7 +120,7 @@ def test_host_artifact_metadata_and_compile_record(host_artifact):
     assert meta["input"] == {"name": "image", "shape": [1, 1, 28, 28], "dtype": "uint8", "scale": 1 / 255,
                              "zero_point": 0, "qmin": 0, "qmax": 255}
     assert meta["output"]["shape"] == [1, 5] and meta["output"]["scale"] == 1e-3
-    from tvm_backends.build import sha256_file
+    from core.files import sha256_file
 
     assert meta["program"]["sha256"] == sha256_file(prog)
     assert meta["build"]["library_sha256"] == sha256_file(art / "model.so")

@@ -85,19 +85,6 @@ def call_timer(run: Callable[[], object]) -> Timer:
     return timer
 
 
-def torch_timer(model, x) -> Timer:
-    """Per-run wall times of a torch module on the CPU (the FP32 eager baseline)."""
-    import torch
-
-    timed = call_timer(lambda: model(x))
-
-    def timer(k: int) -> list[float]:
-        with torch.inference_mode():
-            return timed(k)
-
-    return timer
-
-
 def check_outputs(run: Callable[[np.ndarray], np.ndarray], program, codes: np.ndarray, batch: int,
                   dtype: str) -> dict:
     """Artifact outputs vs the reference executor on `codes` [N, ...], batch by batch (the last one

@@ -70,8 +70,7 @@ def _fp32_timer(args, art, remote, emulated: bool, log):
     timing so that its errors cost no measurement. An emulated device gets none by default."""
     import numpy as np
 
-    from tvm_backends.bench import torch_timer
-    from tvm_backends.build import compile_fp32
+    from tvm_backends.baseline import compile_fp32, torch_timer
     from tvm_backends.rpc import Runner
 
     mode = args.fp32
@@ -106,8 +105,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from core.records import write_record
     from intprog.program import load
+    from tvm_backends.artifact import Artifact
     from tvm_backends.bench import Protocol, bench_record, check_outputs, measure
-    from tvm_backends.build import Artifact
     from tvm_backends.emulate import running
     from tvm_backends.rpc import RemoteError, Runner, connect
 

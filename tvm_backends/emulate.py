@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from core.errors import SuiteError
-from tvm_backends.build import cache_dir
+from tvm_backends.cache import cache_dir
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("PFCR_DEBIAN_MIRROR", "http://deb.debian.org/debian")

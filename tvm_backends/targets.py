@@ -91,13 +91,6 @@ def resolve(preset: Preset) -> dict[str, Any]:
     return _native(preset.target)
 
 
-def tvm_target(preset: Preset):
-    """tvm.target.Target of the preset."""
-    import tvm
-
-    return tvm.target.Target(resolve(preset))
-
-
 def check_toolchain(preset: Preset) -> None:
     """Raise TargetError naming the Debian package or the wheel that a missing tool comes from."""
     if preset.cc and shutil.which(preset.cc) is None:
@@ -106,7 +99,7 @@ def check_toolchain(preset: Preset) -> None:
                           "or run scripts/system-deps.sh)")
     if preset.device != "cuda":
         return
-    from tvm_backends import nvrtc
+    from tvm_backends.cuda import nvrtc
 
     try:
         nvrtc.check_arch(preset.cuda_arch)

@@ -4,6 +4,7 @@ CUDA 12's NVRTC (`nvidia-cuda-nvrtc-cu12`) compiles for every preset, sm_53 (Jet
 sm_90: CUDA 13 dropped sm_50..sm_72, and JetPack 6 (Orin) ships CUDA 12. TVM's CUDA source
 includes <cuda/std/cstdint> and <cuda/std/type_traits> under NVRTC, from `nvidia-cuda-cccl-cu12`.
 The library is called through ctypes: cuda-bindings (TVM's own NVRTC path) is tied to torch's CUDA 13.
+`enable_cuda_codegen` makes TVM's CUDA builds call it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 from pathlib import Path
 
 from core.errors import SuiteError
+from tvm_backends.cuda.runtime import load_cuda_runtime
 
 # (wheel, what it provides under site-packages/nvidia)
 NVRTC = ("nvidia-cuda-nvrtc-cu12", "cuda_nvrtc/lib/libnvrtc.so.12")
@@ -107,3 +109,19 @@ def check_arch(arch: str) -> Nvrtc:
 def compile_cuda(code: str, arch: str) -> bytes:
     """TVM's CUDA source -> cubin for `arch` (e.g. "sm_53")."""
     return check_arch(arch).compile(code, arch, [f"-I{include_dir()}", "--device-int128"])
+
+
+def enable_cuda_codegen() -> None:
+    """Make TVM compile CUDA kernels to cubins with NVRTC, on a machine with or without a GPU (TVM's
+    CUDA runtime loaded first, see tvm_backends/cuda/runtime.py); the architecture comes from the
+    target the build runs under."""
+    import tvm
+    import tvm.support.nvcc  # registers TVM's callback first, which ours then replaces
+    import tvm_ffi
+
+    load_cuda_runtime()
+
+    def compile_for_target(code: str) -> bytes:
+        return compile_cuda(code, str(tvm.target.Target.current().attrs["arch"]))
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_for_target, override=True)
