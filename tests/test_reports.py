@@ -5,6 +5,7 @@ import re
 
 from cli.parts import report_modules
 from core.records import make_record, write_record
+from reports.load import bits_label, record, records_frame
 from reports.summary import write_summary
 
 
@@ -35,3 +36,13 @@ def test_report_tables_figures_and_html(tmp_path):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 1 and base64.b64decode(images[0]).startswith(b"\x89PNG")
     assert "<table" in page and "From 4 records" in page
+
+
+def test_bits_label_and_whole_record_reader(tmp_path):
+    """One bits label for every table (None without bits); a rewritten record file is read again."""
+    assert bits_label(4, 4) == "W4A4" and bits_label(3, 2) == "W3A2" and bits_label(None, None) is None
+    path = write_record(_quant_record("rtn", (4, 4), 0, 0.8, 0.1), tmp_path)
+    assert records_frame(tmp_path)["bits"].tolist() == ["W4A4"]
+    assert record(path)["metrics"]["top1"] == 0.8
+    assert write_record(_quant_record("rtn", (4, 4), 0, 0.825, 0.1), tmp_path) == path
+    assert record(path)["metrics"]["top1"] == 0.825
