@@ -46,7 +46,7 @@ def program_path(bits: str) -> Path:
         import torch
 
         from core import data, models
-        from pfcr.export import export_vit
+        from pfcr.export import export_program
         from pfcr.quant.model import QuantConfig
         from pfcr.quantize import QuantizeConfig, quantize
 
@@ -55,7 +55,7 @@ def program_path(bits: str) -> Path:
         calib, _ = data.fmnist_calibration(128, seed=0)
         x = calib.tensors[0]
         qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(8, 8), init_size=128))
-        program = export_vit(qm, x)
+        program = export_program(qm, x)
         program.meta.update({"model": "vit_fmnist", "w_bits": 8, "a_bits": 8, "method": "rtn"})
         program.save(path)
     return path

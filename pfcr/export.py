@@ -1,4 +1,4 @@
-"""Export a quantized timm ViT/DeiT or Swin to the integer program (intprog).
+"""Export a quantized timm model to the integer program (intprog): the helpers the families share.
 
 Beyond the fake-quant model's own quantizers, the integer program needs three scales that the
 fake-quant protocol leaves float; they are measured on calibration images:
@@ -8,15 +8,13 @@ fake-quant protocol leaves float; they are measured on calibration images:
 LayerNorm, softmax and GELU become the integer kernels of intprog/nonlinear.py; attention
 probabilities below 2^-15 are dropped in attention x V (documented approximations).
 
-Swin: tokens stay [B, H*W, C] in row-major order. A shifted-window attention gathers its tokens into
-window order (the cyclic shift and the partition are one fixed permutation), attends within
-consecutive groups of window-area tokens with the relative position bias rounded to the logit
-scale and the shift mask as "probability zero", and gathers the result back. Patch merging is a
-gather of 2x2 neighbours into 4C channels, then LayerNorm and the reduction. The head's average
-pool is an integer sum requantized by 1/N.
+Each family module (pfcr/families/) writes its architecture's ops with the helpers here;
+`export_program` is the one entry point and dispatches on the quantized model's family.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +24,10 @@ from core.errors import ModelError
 from intprog.arith import Rounding, quantize_multiplier
 from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, build_lut
 from intprog.program import Program
-from pfcr.quant.model import QuantModel, blocks_of
 from pfcr.quant.quantizers import UniformQuantizer
+
+if TYPE_CHECKING:  # a type only: the family modules, which pfcr.quant.model imports, import this module
+    from pfcr.quant.model import QuantModel
 
 STREAM_BITS = 20  # fraction of int32 used by the residual stream's largest calibration value
 ROUNDING = Rounding.HALF_UP
@@ -90,7 +90,7 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict[str, float]:
             seen[key] = max(seen[key], out.abs().max().item())
         return hook
 
-    hooks = [blk.mlp.fc1.register_forward_hook(watch("fc1")) for blk in blocks_of(m)]
+    hooks = [blk.mlp.fc1.register_forward_hook(watch("fc1")) for blk in qm.family.blocks(m)]
     hooks += [m.patch_embed.proj.register_forward_hook(watch("embed")), m.norm.register_forward_hook(watch("norm"))]
     stream, x = 0.0, images
     try:
@@ -123,7 +123,7 @@ def _program(qm: QuantModel, images: torch.Tensor, s: _Scales) -> tuple[Program,
     p = Program(input={"name": "image", "shape": [c, h, w], "scale": in_q[0], "zero_point": in_q[1],
                        "qmin": in_q[2], "qmax": in_q[3]},
                 output={"name": "logits", "scale": s.logit},
-                meta={"family": qm.family, "residual_scale": s.res, "gelu_scale": s.gelu})
+                meta={"family": qm.family.name, "residual_scale": s.res, "gelu_scale": s.gelu})
     return p, in_q
 
 
@@ -175,95 +175,12 @@ def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
 
 
 def export_program(qm: QuantModel, images: torch.Tensor) -> Program:
-    """The integer program of a quantized ViT/DeiT or Swin; `images` (calibration) fix the extra scales."""
-    return export_swin(qm, images) if qm.family == "swin" else export_vit(qm, images)
-
-
-def _start(qm: QuantModel, images: torch.Tensor, family: str) -> tuple[nn.Module, _Scales, Program, tuple, str]:
-    """The model in eval mode, its extra scales, a program with its input, and the patches op."""
-    if qm.family != family:
-        raise ModelError(f"export_{family} takes a {family} model, got a {qm.family} model: use export_program")
+    """The integer program of a quantized model; `images` (calibration) fix the extra scales."""
     qm.eval()
     s = _Scales(qm, images)
     p, in_q = _program(qm, images, s)
     x = p.add("patchify", ["image"], "patches", {"patch": qm.model.patch_embed.proj.weight.shape[-1]})
-    return qm.model, s, p, in_q, x
-
-
-def export_vit(qm: QuantModel, images: torch.Tensor) -> Program:
-    """The integer program of a quantized ViT/DeiT."""
-    m, s, p, in_q, x = _start(qm, images, "vit")
-    x = _linear(p, "embed", x, m.patch_embed.proj, in_q, s.res, 0, *_I32)
-    cls_token = np.round(_np(m.cls_token).reshape(-1) / s.res).astype(np.int64)
-    x = p.add("prepend", [x], "tokens", consts={"token": cls_token})
-    x = p.add("add_const", [x], "stream0", consts={"value": np.round(_np(m.pos_embed)[0] / s.res).astype(np.int64)})
-    for i, blk in enumerate(m.blocks):
-        t = f"b{i}."
-        h_ = _layernorm(p, t + "ln1", x, blk.norm1, s.res, _act(blk.attn.qkv.a_quant))
-        x = p.add("add", [x, _attention(p, t, h_, blk.attn, s.res)], t + "stream_attn")
-        x = _mlp(p, t, x, blk, s)
-    x = p.add("take_token", [x], "cls", {"index": 0})
-    head_in = _act(m.head.a_quant)
-    x = _layernorm(p, "norm", x, m.norm, s.res, head_in)
-    _linear(p, "logits", x, m.head, head_in, s.logit, 0, *_I32)
-    return p
-
-
-def _token_grid(h: int, w: int) -> torch.Tensor:
-    """Token indices [1, H, W, 1], to push through timm's own reshapes and get their permutation."""
-    return torch.arange(h * w).view(1, h, w, 1)
-
-
-def _window_order(blk: nn.Module, h: int, w: int) -> np.ndarray:
-    """Row-major token index of each position in window order, after the cyclic shift."""
-    from timm.models.swin_transformer import window_partition
-
-    ws, shift = tuple(blk.window_size), tuple(blk.shift_size)
-    if h % ws[0] or w % ws[1]:
-        raise ModelError(f"Swin export needs resolutions divisible by the window: {h}x{w} tokens, window {ws}")
-    grid = _token_grid(h, w)
-    if any(shift):
-        grid = torch.roll(grid, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-    return window_partition(grid, ws).reshape(-1).numpy()
-
-
-def export_swin(qm: QuantModel, images: torch.Tensor) -> Program:
-    """The integer program of a quantized Swin (see the module docstring for the window layout)."""
-    m, s, p, in_q, x = _start(qm, images, "swin")
-    pe = m.patch_embed
-    x = _linear(p, "embed", x, pe.proj, in_q, s.embed, 0, *_I32)
-    x = _layernorm(p, "embed_norm", x, pe.norm, s.embed, (s.res, 0, *_I32))
-    h, w = pe.grid_size
-    for si, stage in enumerate(m.layers):
-        if not isinstance(stage.downsample, nn.Identity):
-            mg, t = stage.downsample, f"s{si}.merge."
-            if h % 2 or w % 2:
-                raise ModelError(f"Swin export needs even resolutions at patch merging, got {h}x{w} tokens")
-            index = _token_grid(h, w).reshape(1, h // 2, 2, w // 2, 2, 1).permute(0, 1, 3, 4, 2, 5).reshape(-1, 4)
-            x = p.add("gather_tokens", [x], t + "gather", consts={"index": index.numpy()})
-            red_in = _act(mg.reduction.a_quant)
-            x = _layernorm(p, t + "norm", x, mg.norm, s.res, red_in)
-            x = _linear(p, t + "reduction", x, mg.reduction, red_in, s.res, 0, *_I32)
-            h, w = h // 2, w // 2
-        for bi, blk in enumerate(stage.blocks):
-            t = f"s{si}.b{bi}."
-            order = _window_order(blk, h, w)
-            a = blk.attn
-            mask = blk.attn_mask
-            window = {"size": int(np.prod(blk.window_size)), "bias": _np(a.rel_pos._get_rel_pos_bias())[0],
-                      "mask": None if mask is None else _np(mask) < 0}
-            h_ = _layernorm(p, t + "ln1", x, blk.norm1, s.res, _act(a.qkv.a_quant))
-            h_ = p.add("gather_tokens", [h_], t + "to_windows", consts={"index": order[:, None]})
-            att = _attention(p, t, h_, a, s.res, window)
-            att = p.add("gather_tokens", [att], t + "from_windows", consts={"index": np.argsort(order)[:, None]})
-            x = p.add("add", [x, att], t + "stream_attn")
-            x = _mlp(p, t, x, blk, s)
-    head_in = _act(m.head.fc.a_quant)
-    x = _layernorm(p, "norm", x, m.norm, s.res, (s.norm, 0, *_I32))
-    x = p.add("sum_tokens", [x], "pooled_sum")
-    x = p.add("requantize", [x], "pooled", {"rounding": ROUNDING},
-              _requant_consts(s.norm / (h * w) / head_in[0], head_in[1], head_in[2], head_in[3], 1))
-    _linear(p, "logits", x, m.head.fc, head_in, s.logit, 0, *_I32)
+    qm.family.export(p, qm.model, s, in_q, x)
     return p
 
 

@@ -8,10 +8,9 @@ import torch
 from safetensors.numpy import save_file
 
 from core import models
-from core.errors import ModelError
 from intprog import reference
 from intprog.program import ProgramError, load
-from pfcr.export import export_program, export_vit
+from pfcr.export import export_program
 from pfcr.quant.model import QuantConfig
 from pfcr.quantize import QuantizeConfig, quantize
 from tests.test_models import TINY
@@ -29,7 +28,7 @@ def exported():
     fp = models.build(arch, **kw).eval()
     x = _smooth(64)
     qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(8, 8), init_size=64))
-    return qm, export_vit(qm, x), x
+    return qm, export_program(qm, x), x
 
 
 def test_integer_program_follows_the_fake_quant_model(exported):
@@ -117,8 +116,6 @@ def test_swin_program_follows_its_fake_quant_model(bits):
         fake = qm(test).double().numpy()
     # measured 0.0044 (W8) and 0.072 (W4) of the span; an inverted shift mask gives 0.0117 at W8
     assert np.abs(logits - fake).max() < (0.008 if bits == 8 else 0.15) * (fake.max() - fake.min())
-    with pytest.raises(ModelError, match="export_vit takes a vit model, got a swin model"):
-        export_vit(qm, x)
 
 
 def test_reference_takes_integer_codes_only(exported):
@@ -160,7 +157,7 @@ def test_low_bit_weights_are_stored_packed(tmp_path, bits):
     fp = models.build(arch, **kw).eval()
     x = _smooth(16)
     qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(bits, 4), init_size=16))
-    program = export_vit(qm, x)
+    program = export_program(qm, x)
     path = program.save(tmp_path / "p.safetensors")
     from safetensors.numpy import load_file
 

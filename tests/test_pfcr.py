@@ -8,8 +8,9 @@ import torch
 from cli.main import main
 from core import models
 from core.errors import CheckpointError, ModelError, SuiteError
+from pfcr.families import family_of
 from pfcr.quant.calibrate import calibrate, reparameterize
-from pfcr.quant.model import QuantConfig, QuantModel, build_units, family
+from pfcr.quant.model import QuantConfig, QuantModel, build_units
 from pfcr.quantize import QuantizeConfig, load_qmodel, quantize, save_qmodel
 from pfcr.reconstruct.granules import schedule
 from pfcr.reconstruct.loop import ReconConfig, Streams, reconstruct
@@ -53,7 +54,7 @@ def test_quantizer_placement_vit():
 
 def test_unsupported_models_and_bits():
     with pytest.raises(ModelError, match="VisionTransformer"):
-        family(torch.nn.Linear(2, 2))
+        family_of(torch.nn.Linear(2, 2))
     with pytest.raises(SuiteError, match="w_bits=9"):
         QuantConfig(w_bits=9)
     with pytest.raises(SuiteError, match="a_bits=1"):

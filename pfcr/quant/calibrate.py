@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from pfcr.quant.model import QuantModel
-from pfcr.quant.modules import QuantLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer, UniformQuantizer
 
 
@@ -43,18 +42,6 @@ def calibrate_weights(qmodel: QuantModel) -> None:
         layer.w_quant.calibrate(layer.weight)
 
 
-def _postln_pairs(qmodel: QuantModel) -> list[tuple[nn.LayerNorm, QuantLinear]]:
-    """(LayerNorm, the Linear that reads it): norm1 -> qkv, norm2 -> fc1, merging norm -> reduction."""
-    m, pairs = qmodel.model, []
-    blocks = [b for s in m.layers for b in s.blocks] if qmodel.family == "swin" else list(m.blocks)
-    for b in blocks:
-        pairs += [(b.norm1, b.attn.qkv), (b.norm2, b.mlp.fc1)]
-    if qmodel.family == "swin":
-        pairs += [(s.downsample.norm, s.downsample.reduction) for s in m.layers
-                  if hasattr(s.downsample, "reduction")]
-    return pairs
-
-
 @torch.no_grad()
 def reparameterize(qmodel: QuantModel) -> int:
     """Fold channel-wise post-LN activation scales into the LayerNorm and the next Linear.
@@ -65,7 +52,7 @@ def reparameterize(qmodel: QuantModel) -> int:
     recalibrated on W'. Returns how many layers were folded.
     """
     folded = 0
-    for norm, linear in _postln_pairs(qmodel):
+    for norm, linear in qmodel.family.postln_pairs(qmodel.model):
         aq = linear.a_quant
         if aq.axis is None or not bool(aq.calibrated):
             continue
