@@ -120,7 +120,7 @@ def cmd_photo(args: argparse.Namespace) -> int:
     out = isp.process(raw, camera.isp_for(cfg, exp, demosaic=args.demosaic))
     seconds = time.perf_counter() - t0
     ideal = scene_u8 if out.ndim == scene_u8.ndim else isp.luma(scene_u8)
-    folder = Path(args.out) if args.out else results_dir(args.results) / "sensor"
+    folder = Path(args.out) if args.out else results_dir(args.results) / "photos"
     stem = f"photo_{Path(args.image).stem}_{cfg.name}_{args.lux:g}lux_adc{cfg.adc_bits}_{args.demosaic}"
     white_dn = max(float(exp.white_e.max() * cfg.system_gain), 1.0)
     raw_view = np.clip((raw - cfg.black_level_dn) * (255.0 / white_dn), 0, 255)
@@ -239,7 +239,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adc-bits", dest="adc_bits_one", type=int, default=None, help="override the ADC bits")
     p.add_argument("--demosaic", default="mhc", choices=["mhc", "bilinear"])
     p.add_argument("--max-side", type=int, default=None, help="scale the scene down to N pixels on its long side")
-    p.add_argument("--out", default=None, help="PNG folder (default <results>/sensor)")
+    p.add_argument("--out", default=None, help="PNG folder (default <results>/photos)")
     sensor_args(p, "rggb-1.4um")
     p.set_defaults(func=cmd_photo)
 
