@@ -19,26 +19,10 @@ from typing import Any
 import numpy as np
 
 from core.errors import SuiteError
+from intprog.ops import OPS  # the op table validation reads (re-exported here)
 
 FORMAT = "intprog"
 VERSION = 2  # 2: LayerNorm adds beta before its one rounding (beta_fixed)
-# op kind -> (number of inputs, constant roles it needs); attention may also carry "bias" and "mask" (Swin)
-OPS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "patchify": (1, ()),
-    "linear": (1, ("weight", "weight_zp", "bias", "multiplier", "shift", "out_zp", "qmin", "qmax")),
-    "prepend": (1, ("token",)),
-    "add_const": (1, ("value",)),
-    "add": (2, ()),
-    "layernorm": (1, ("multiplier", "shift", "sign", "beta_fixed")),
-    "split_heads": (1, ()),
-    "attention": (3, ()),
-    "merge_heads": (1, ()),
-    "requantize": (1, ("multiplier", "shift", "out_zp", "qmin", "qmax")),
-    "lut": (1, ("table",)),
-    "take_token": (1, ()),
-    "gather_tokens": (1, ("index",)),
-    "sum_tokens": (1, ()),
-}
 _INT_DTYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64)
 
 
@@ -164,7 +148,8 @@ def load(path: str | os.PathLike) -> Program:
 
 
 def validate(graph: dict, consts: dict[str, np.ndarray], where: str) -> None:
-    """Raise ProgramError naming the first problem: format, version, op kinds, wiring, constants."""
+    """Raise ProgramError naming the first problem: format, version, op kinds (`intprog.ops.OPS`),
+    wiring, constants."""
     if graph.get("format") != FORMAT:
         raise ProgramError(f"{where} is not an integer program (format {graph.get('format')!r})")
     if graph.get("version") != VERSION:
@@ -175,13 +160,17 @@ def validate(graph: dict, consts: dict[str, np.ndarray], where: str) -> None:
         kind = op.get("op")
         if kind not in OPS:
             raise ProgramError(f"{where}: op {i} has unknown kind {kind!r}; known: {', '.join(OPS)}")
-        n_in, roles = OPS[kind]
-        if len(op["in"]) != n_in:
-            raise ProgramError(f"{where}: op {i} ({kind}) takes {n_in} inputs, has {len(op['in'])}")
+        spec = OPS[kind]
+        if len(op["in"]) != spec.inputs:
+            raise ProgramError(f"{where}: op {i} ({kind}) takes {spec.inputs} inputs, has {len(op['in'])}")
         for name in op["in"]:
             if name not in defined:
                 raise ProgramError(f"{where}: op {i} ({kind}) reads {name!r} before it is computed")
-        for role in dict.fromkeys([*roles, *op["consts"]]):
+        for role in op["consts"]:
+            if role not in spec.consts + spec.optional:
+                raise ProgramError(f"{where}: op {i} ({kind}) has a constant {role!r} it does not take; it takes "
+                                   f"{', '.join(spec.consts + spec.optional) or 'none'}")
+        for role in dict.fromkeys([*spec.consts, *op["consts"]]):
             key = op["consts"].get(role)
             if key not in consts:
                 raise ProgramError(f"{where}: op {i} ({kind}) misses its constant {role!r} ({key})")

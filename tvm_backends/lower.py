@@ -1,12 +1,13 @@
 """Integer program -> Relax module of integer ops only, bit-exact with intprog.reference.
 
-Each op kind of intprog.program.OPS becomes one fused TE kernel (linear with its requantization,
+Each op kind of intprog.ops.OPS becomes one fused TE kernel (linear with its requantization,
 requantize, layernorm, and attention as logits / log2 softmax / weighted sum) or Relax data-movement
 ops (reshape, permute, slice, concat, take, add). No float and no float scale is used. The reference
-computes in int64; here every value carries a proven integer interval (propagated op by op from the
-program's constants and clamps), which picks the narrowest container that holds it and the width of
-every sum: int32 where the interval proves it exact, int64 otherwise. 3/4-bit values sit in
-int8/uint8 containers (TVM's int4 is broken in 0.27).
+computes in int64; here every value carries its interval from intprog's proof (`intprog.ops.infer`,
+the one the accelerator model's widths come from too), which picks the narrowest container that
+holds it, and the proof's product bounds (`dot_bound`, `attention_bounds`) pick the width of every
+sum: int32 where the bound proves it exact, int64 otherwise. 3/4-bit values sit in int8/uint8
+containers (TVM's int4 is broken in 0.27).
 
 Linear layers are lowered as 8-bit GEMMs where possible: weights minus their zero points become
 int8 constants, activations (at most 256 codes wide) are shifted to start at 0 (uint8: the operand
@@ -27,6 +28,7 @@ from tvm.relax import op as R
 
 from intprog.arith import Rounding
 from intprog.nonlinear import EXP_FRAC_BITS, LOG_FRAC_BITS, NORM_FRAC_BITS, IntSoftmaxLog2, _ilog2_fixed
+from intprog.ops import Interval, attention_bounds, dot_bound, infer, span
 from intprog.program import Program
 
 _I32 = 1 << 31
@@ -61,7 +63,7 @@ class Lowered:
 
 @dataclass(frozen=True)
 class Value:
-    """A lowered tensor and the interval [lo, hi] that every one of its elements lies in."""
+    """A lowered tensor and the interval [lo, hi] that every one of its elements lies in (the proof's)."""
 
     expr: relax.Expr
     lo: int
@@ -191,9 +193,9 @@ class _Builder:
     def emit(self, expr: relax.Expr) -> relax.Expr:
         return self.bb.emit(expr)
 
-    def value(self, expr: relax.Expr, lo: int, hi: int) -> Value:
-        """Bind `expr` cast to the container of [lo, hi]."""
-        lo, hi = int(lo), int(hi)
+    def value(self, expr: relax.Expr, out: Interval) -> Value:
+        """Bind `expr` cast to the container of the interval `out`."""
+        lo, hi = out
         dtype, expr = container(lo, hi), self.emit(expr)
         if expr.ty.dtype != dtype:
             expr = self.emit(R.astype(expr, dtype))
@@ -239,15 +241,15 @@ def _contract(a: te.Tensor, b: te.Tensor, acc: str, b_rows: bool, a_off: int = 0
 Consts = dict[str, np.ndarray]
 
 
-def _patchify(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _patchify(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     x, p = xs[0], attrs["patch"]
     n, ch, h, w = x.shape
     y = R.reshape(x.expr, (n, ch, h // p, p, w // p, p))
     y = R.reshape(R.permute_dims(y, (0, 2, 4, 1, 3, 5)), (n, (h // p) * (w // p), ch * p * p))
-    return Value(b.emit(y), x.lo, x.hi)
+    return Value(b.emit(y), *out)
 
 
-def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel, as one kernel.
 
     With x spanning at most 256 codes, the GEMM multiplies x - off (off = lo: uint8 operands, or
@@ -268,12 +270,10 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     off = x.lo + 128 * signed if narrow else attrs["in_zp"]
     a_off = 0 if signed else off
     w8 = raw - s[:, None]
-    bound = w.shape[1] * max(abs(x.lo - off), abs(x.hi - off)) * int(np.abs(w8).max(initial=0))
-    acc = acc_dtype(bound)
+    acc = acc_dtype(dot_bound(w.shape[1], (x.lo - off, x.hi - off), span(w8)))
     weight = _c(w8, "int8" if narrow else acc)
     chans = Channels({"bias": c["bias"] - (attrs["in_zp"] - off) * w.sum(axis=1), "correction": correction,
                       **{r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax")}})
-    out_lo, out_hi = int(np.min(c["qmin"])), int(np.max(c["qmax"]))
 
     def kernel(ch: Channels, a: te.Tensor, wt: te.Tensor) -> te.Tensor:
         if signed:
@@ -291,43 +291,41 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
                 total += ch("correction", n) * a_sum[i[:-1]]
             return requantize(total, ch("multiplier", n), ch("shift", n), ch("out_zp", n), ch("qmin", n),
                               ch("qmax", n), attrs["rounding"])
-        return elementwise(dot.shape, body, container(out_lo, out_hi), "requantize")
+        return elementwise(dot.shape, body, container(*out), "requantize")
 
-    return Value(b.te("linear", kernel, [x.expr, weight], chans), out_lo, out_hi)
+    return Value(b.te("linear", kernel, [x.expr, weight], chans), *out)
 
 
-def _requantize(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _requantize(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     chans = Channels({r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax")})
-    lo, hi = int(np.min(c["qmin"])), int(np.max(c["qmax"]))
 
     def kernel(ch: Channels, x: te.Tensor) -> te.Tensor:
         def body(i: tuple) -> tirx.PrimExpr:
             n = i[-1] if ch.varying else 0
             return requantize(x[i].astype("int64"), ch("multiplier", n), ch("shift", n), ch("out_zp", n),
                               ch("qmin", n), ch("qmax", n), attrs["rounding"])
-        return elementwise(x.shape, body, container(lo, hi), "requantize")
+        return elementwise(x.shape, body, container(*out), "requantize")
 
-    return Value(b.te("requantize", kernel, [xs[0].expr], chans), lo, hi)
+    return Value(b.te("requantize", kernel, [xs[0].expr], chans), *out)
 
 
-def _prepend(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _prepend(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     x, token = xs[0], c["token"]
-    lo, hi = min(x.lo, int(token.min())), max(x.hi, int(token.max()))
-    dtype = container(lo, hi)
+    dtype = container(*out)
     n, _, d = x.shape
     tok = R.broadcast_to(_c(token.reshape(1, 1, d), dtype), (n, 1, d))
-    return b.value(R.concat([tok, b.wide(x, dtype)], axis=1), lo, hi)
+    return b.value(R.concat([tok, b.wide(x, dtype)], axis=1), out)
 
 
-def _add(b: _Builder, x: Value, y: Value | np.ndarray) -> Value:
-    ylo, yhi = (y.lo, y.hi) if isinstance(y, Value) else (int(y.min()), int(y.max()))
-    lo, hi = x.lo + ylo, x.hi + yhi
-    dtype = acc_dtype(max(abs(lo), abs(hi), x.mag, abs(ylo), abs(yhi)))
+def _add(b: _Builder, x: Value, y: Value | np.ndarray, out: Interval) -> Value:
+    """x + y in a dtype holding both operands and the sum."""
+    ylo, yhi = (y.lo, y.hi) if isinstance(y, Value) else span(y)
+    dtype = acc_dtype(max(abs(out[0]), abs(out[1]), x.mag, abs(ylo), abs(yhi)))
     rhs = b.wide(y, dtype) if isinstance(y, Value) else _c(y, dtype)
-    return b.value(R.add(b.wide(x, dtype), rhs), lo, hi)
+    return b.value(R.add(b.wide(x, dtype), rhs), out)
 
 
-def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     """intprog.nonlinear.IntLayerNorm.__call__ in int64, as one kernel (two row sums, isqrt per row)."""
     chans = Channels({"multiplier": c["sign"] * c["multiplier"], "shift": c["shift"] + NORM_FRAC_BITS,
                       "beta": c["beta_fixed"]})
@@ -351,26 +349,26 @@ def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
             norm = tirx.floordiv(centered(i) * (2 * attrs["sqrt_c"]) + r, r * 2)  # div_half_up: (x - mean)/std, Q15
             y = round_shift(norm * ch("multiplier", n) + ch("beta", n), ch("shift", n), Rounding.HALF_UP)
             return tirx.min(tirx.max(y + attrs["out_zp"], qmin), qmax)
-        return elementwise(x.shape, body, container(qmin, qmax), "layernorm")
+        return elementwise(x.shape, body, container(*out), "layernorm")
 
-    return Value(b.te("layernorm", kernel, [xs[0].expr], chans), qmin, qmax)
+    return Value(b.te("layernorm", kernel, [xs[0].expr], chans), *out)
 
 
-def _split_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _split_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     x, start, dim, heads = xs[0], attrs["start"], attrs["dim"], attrs["heads"]
     n, t, _ = x.shape
     y = R.strided_slice(x.expr, axes=[2], begin=[start], end=[start + dim])
     y = R.permute_dims(R.reshape(y, (n, t, heads, dim // heads)), (0, 2, 1, 3))
-    return Value(b.emit(y), x.lo, x.hi)
+    return Value(b.emit(y), *out)
 
 
-def _merge_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _merge_heads(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     x = xs[0]
     n, h, t, d = x.shape
-    return Value(b.emit(R.reshape(R.permute_dims(x.expr, (0, 2, 1, 3)), (n, t, h * d))), x.lo, x.hi)
+    return Value(b.emit(R.reshape(R.permute_dims(x.expr, (0, 2, 1, 3)), (n, t, h * d))), *out)
 
 
-def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     """intprog.reference.attention as three kernels: integer logits; IntSoftmaxLog2 codes turned into
     weights 2^(L - code) (0 for dropped probabilities); sum_j weight_j (v_j - zv).
 
@@ -380,17 +378,15 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     q, k, v = xs
     zq, zk, zv, top = attrs["q_zp"], attrs["k_zp"], attrs["v_zp"], attrs["max_code"]
     shape = q.shape
+    logit_bound, value_bound = attention_bounds([(t.lo, t.hi) for t in xs], [t.shape for t in xs], attrs)
     if attrs.get("window"):
         n, h, t, d = shape
         q, k, v = (Value(b.emit(R.reshape(x.expr, (n, h, t // attrs["window"], attrs["window"], d))), x.lo, x.hi)
                    for x in (q, k, v))
-    mag = {name: max(abs(t.lo - attrs[z]), abs(t.hi - attrs[z])) for name, t, z in
-           (("q", q, "q_zp"), ("k", k, "k_zp"), ("v", v, "v_zp"))}
-    acc = acc_dtype(q.shape[-1] * mag["q"] * mag["k"])
+    acc = acc_dtype(logit_bound)
     logits = b.te("attention_logits", lambda ch, a, bt: _contract(a, bt, acc, True, zq, zk, "logits"),
                   [q.expr, k.expr])
-    bound = k.shape[-2] * (1 << top) * mag["v"]
-    weight_dtype = acc_dtype(bound)
+    weight_dtype = acc_dtype(value_bound)
     sm = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])
     roles = [r for r in ("bias", "mask") if r in c]
 
@@ -402,11 +398,11 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
     tables = [_c(t, "int32") for t in exp2_tables(sm)]
     weights = b.te("softmax_log2", softmax, [logits, *tables,
                                              *(_c(c[r], container(int(c[r].min()), int(c[r].max()))) for r in roles)])
-    out = b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, weight_dtype, False, 0, zv, "values"),
-               [weights, v.expr])
+    values = b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, weight_dtype, False, 0, zv, "values"),
+                  [weights, v.expr])
     if attrs.get("window"):
-        out = R.reshape(out, shape)
-    return b.value(out, -bound, bound)
+        values = R.reshape(values, shape)
+    return b.value(values, out)
 
 
 def exp2_tables(sm: IntSoftmaxLog2) -> tuple[np.ndarray, np.ndarray]:
@@ -463,44 +459,43 @@ def _softmax_log2(x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, sm: In
     return elementwise(x.shape, weight, dtype, "weight")
 
 
-def _lut(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _lut(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     x, table = xs[0], c["table"]
     lo = -(1 << (attrs["in_bits"] - 1))
     if x.lo < lo or x.hi >= lo + len(table):
         raise ValueError(f"lookup input range [{x.lo}, {x.hi}] exceeds the table's {attrs['in_bits']}-bit range")
     index = R.subtract(b.wide(x, "int32"), _c(lo, "int32"))
-    tlo, thi = int(table.min()), int(table.max())
-    return Value(b.emit(R.take(_c(table, container(tlo, thi)), index, axis=0, mode="clip")), tlo, thi)
+    return Value(b.emit(R.take(_c(table, container(*out)), index, axis=0, mode="clip")), *out)
 
 
-def _take_token(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _take_token(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     x, i = xs[0], attrs["index"]
     n, _, d = x.shape
     y = R.reshape(R.strided_slice(x.expr, axes=[1], begin=[i], end=[i + 1]), (n, d))
-    return Value(b.emit(y), x.lo, x.hi)
+    return Value(b.emit(y), *out)
 
 
-def _gather_tokens(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
+def _gather_tokens(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     """out[:, i] = concat_j x[:, index[i, j]] as one take over the flattened index and a reshape."""
     x, index = xs[0], c["index"]
     n, _, d = x.shape
     y = R.take(x.expr, _c(index.reshape(-1), "int32"), axis=1, mode="clip")  # in bounds; "fast" warns
-    return Value(b.emit(R.reshape(y, (n, index.shape[0], index.shape[1] * d))), x.lo, x.hi)
+    return Value(b.emit(R.reshape(y, (n, index.shape[0], index.shape[1] * d))), *out)
 
 
-def _sum_tokens(b: _Builder, xs: list[Value], attrs: dict, c: Consts) -> Value:
-    x = xs[0]
-    lo, hi = x.shape[1] * min(x.lo, 0), x.shape[1] * max(x.hi, 0)
-    return b.value(R.sum(b.wide(x, acc_dtype(max(-lo, hi))), axis=1), lo, hi)
+def _sum_tokens(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
+    """The proof's N [lo, hi] also bounds every partial sum's magnitude: it picks the sum's dtype."""
+    return b.value(R.sum(b.wide(xs[0], acc_dtype(max(-out[0], out[1]))), axis=1), out)
 
 
-Kernel = Callable[[_Builder, list[Value], dict, Consts], Value]
+# (builder, inputs, attrs, constants by role, the output's proven interval) -> the output
+Kernel = Callable[[_Builder, list[Value], dict, Consts, Interval], Value]
 KERNELS: dict[str, Kernel] = {
     "patchify": _patchify,
     "linear": _linear,
     "prepend": _prepend,
-    "add_const": lambda b, xs, a, c: _add(b, xs[0], c["value"]),
-    "add": lambda b, xs, a, c: _add(b, xs[0], xs[1]),
+    "add_const": lambda b, xs, a, c, out: _add(b, xs[0], c["value"], out),
+    "add": lambda b, xs, a, c, out: _add(b, xs[0], xs[1], out),
     "layernorm": _layernorm,
     "split_heads": _split_heads,
     "attention": _attention,
@@ -516,7 +511,9 @@ KERNELS: dict[str, Kernel] = {
 def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[dict],
                 consts: dict[str, np.ndarray], output: str, signed_activations: bool = False) -> tvm.IRModule:
     """main(*inputs) -> output for ops in the program format; inputs map name -> (shape, lo, hi),
-    each passed in the container of [lo, hi]; the output is int32 where its interval allows, else int64."""
+    each passed in the container of [lo, hi]; the output is int32 where its interval allows, else int64.
+    Every value's interval is intprog's proof (`intprog.ops.infer`) from the inputs'."""
+    proof = infer({name: (shape, (lo, hi)) for name, (shape, lo, hi) in inputs.items()}, ops, consts)[1]
     bb = relax.BlockBuilder()
     params = [relax.Var(name, relax.TensorType(shape, container(lo, hi))) for name, (shape, lo, hi) in inputs.items()]
     b = _Builder(bb, signed_activations)
@@ -525,7 +522,8 @@ def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[d
             values = {name: Value(p, lo, hi) for p, (name, (_, lo, hi)) in zip(params, inputs.items(), strict=True)}
             for op in ops:
                 roles = {role: consts[key].astype(np.int64) for role, key in op["consts"].items()}
-                values[op["out"]] = KERNELS[op["op"]](b, [values[n] for n in op["in"]], op["attrs"], roles)
+                values[op["out"]] = KERNELS[op["op"]](b, [values[n] for n in op["in"]], op["attrs"], roles,
+                                                      proof[op["out"]])
             out = values[output]
             result = bb.emit_output(b.wide(out, "int32" if out.lo >= -_I32 and out.hi < _I32 else "int64"))
         bb.emit_func_output(result)

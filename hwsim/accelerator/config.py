@@ -92,10 +92,6 @@ class AccelConfig:
     units: dict[str, Unit]
     source: str = ""
 
-    @property
-    def acc_range(self) -> tuple[int, int]:
-        return -(1 << (self.acc_bits - 1)), (1 << (self.acc_bits - 1)) - 1
-
     def mac_energy(self, width: int) -> float:
         """pJ of one MAC whose operands need `width` bits: the multiplier's smallest mode that holds them."""
         return self.mac_pj[min(w for w in self.mac_pj if w >= width)]

@@ -21,8 +21,9 @@ import numpy as np
 
 from hwsim.accelerator.config import AccelConfig, ConfigError
 from hwsim.accelerator.fixed import ap_requantize, overflow
-from hwsim.accelerator.workload import Layer, describe, value_ranges
+from hwsim.accelerator.workload import Layer, describe, storage_widths
 from intprog.arith import matmul_exact
+from intprog.ops import value_ranges
 from intprog.program import Program
 from intprog.reference import KERNELS, attention, execute
 
@@ -85,6 +86,7 @@ class Accelerator:
     def __init__(self, program: Program, config: AccelConfig):
         self.program, self.config = program, config
         self.ranges = value_ranges(program)
+        self.widths = storage_widths(program, self.ranges)
         self.trace = Trace()
         self._own = {"linear": self._linear, "attention": self._attention, "requantize": self._requantize}
 
@@ -134,7 +136,8 @@ class Accelerator:
             own = self._own.get(op["op"])
             out = own(ins, op["attrs"], consts, op["out"]) if own else KERNELS[op["op"]](ins, op["attrs"], consts)
             if first:
-                self.trace.layers += describe(op, self.program, self.ranges, [v.shape for v in ins], out.shape)
+                shapes = [v.shape for v in ins]
+                self.trace.layers += describe(op, self.program, self.ranges, self.widths, shapes, out.shape)
                 self.check_operands()
             return out
 

@@ -1,9 +1,10 @@
 """What each op of an integer program asks of the accelerator: GEMM shapes, unit work, value widths.
 
 One description serves both halves of the simulator: the values (execute.py) check operand widths
-against it, the timing model (timing.py) turns it into cycles, traffic and energy. Value ranges are
-derived statically from the program's constants (clamps, tables), so a width check holds for
-every input, not only the images seen.
+against it, the timing model (timing.py) turns it into cycles, traffic and energy. Widths come
+from intprog's interval proof (`intprog.ops.value_ranges`, the one TVM's containers come from too),
+so a width check holds for every input, not only the images seen; each op's unit comes from
+intprog's op table.
 """
 
 from __future__ import annotations
@@ -13,13 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hwsim.accelerator.fixed import signed_bits
+from intprog.ops import OPS
 from intprog.program import Program
-
-# op kind -> the unit that executes it; "array" ops are GEMMs, "layout" ops are address generation only
-UNIT_OF = {"linear": "array", "attention": "array", "layernorm": "layernorm", "lut": "lut",
-           "add": "vector", "add_const": "vector", "requantize": "vector", "patchify": "layout",
-           "prepend": "layout", "split_heads": "layout", "merge_heads": "layout", "take_token": "layout",
-           "gather_tokens": "layout", "sum_tokens": "vector"}
 
 
 @dataclass
@@ -57,37 +53,26 @@ def storage_bits(lo: int, hi: int) -> int:
     return min(bits, 32)  # the program's widest values are int32 (its residual stream)
 
 
-def value_ranges(program: Program) -> dict[str, tuple[int, int]]:
-    """An interval [lo, hi] holding every value each op can produce, from the program's constants."""
-    c = program.consts
-    r = {program.input["name"]: (int(program.input["qmin"]), int(program.input["qmax"]))}
+# Sums (attention x V, sum_tokens) leave the accumulators as 32-bit words, the width the requantize
+# that follows reads, whatever interval the proof gives them (narrower for attention; for
+# sum_tokens over int32 values, wider).
+SUM_STORAGE_BITS = 32
+_SUMS = ("attention", "sum_tokens")
 
-    def span(*keys: str) -> tuple[int, int]:
-        return min(int(c[k].min()) for k in keys), max(int(c[k].max()) for k in keys)
 
+def storage_widths(program: Program, ranges: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Bits each value is stored in: its proven interval's (`storage_bits`), except that sums are
+    stored at SUM_STORAGE_BITS and layout ops keep at least their input's storage width."""
+    name = program.input["name"]
+    widths = {name: storage_bits(*ranges[name])}
     for op in program.ops:
-        kind, a, refs, ins = op["op"], op["attrs"], op["consts"], [r[n] for n in op["in"]]
-        if kind in ("linear", "requantize"):
-            out = span(refs["qmin"]), span(refs["qmax"])
-            out = (out[0][0], out[1][1])
-        elif kind == "layernorm":
-            out = (a["qmin"], a["qmax"])
-        elif kind == "lut":
-            out = span(refs["table"])
-        elif kind == "prepend":
-            tok = span(refs["token"])
-            out = (min(ins[0][0], tok[0]), max(ins[0][1], tok[1]))
-        elif kind == "add_const":
-            v = span(refs["value"])
-            out = (ins[0][0] + v[0], ins[0][1] + v[1])
-        elif kind == "add":
-            out = (ins[0][0] + ins[1][0], ins[0][1] + ins[1][1])
-        elif kind in ("attention", "sum_tokens"):  # sums: stored as the int32 they are requantized from
-            out = (-(1 << 31), (1 << 31) - 1)
-        else:  # layout ops move values unchanged
-            out = ins[0]
-        r[op["out"]] = (int(out[0]), int(out[1]))
-    return r
+        bits = storage_bits(*ranges[op["out"]])
+        if op["op"] in _SUMS:
+            bits = SUM_STORAGE_BITS
+        elif OPS[op["op"]].unit == "layout":
+            bits = max(bits, widths[op["in"][0]])
+        widths[op["out"]] = bits
+    return widths
 
 
 def operand_width(lo: int, hi: int, zero_point: int | np.ndarray) -> int:
@@ -96,13 +81,13 @@ def operand_width(lo: int, hi: int, zero_point: int | np.ndarray) -> int:
     return signed_bits(int(lo - zp.max()), int(hi - zp.min()))
 
 
-def describe(op: dict, program: Program, ranges: dict[str, tuple[int, int]], shapes: list[tuple[int, ...]],
-             out_shape: tuple[int, ...]) -> list[Layer]:
-    """The accelerator work of `op` for one image, given its input and output shapes (batch first)."""
+def describe(op: dict, program: Program, ranges: dict[str, tuple[int, int]], widths: dict[str, int],
+             shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> list[Layer]:
+    """The accelerator work of `op` for one image, given the proven value ranges, the storage widths
+    (`storage_widths`) and its input and output shapes (batch first)."""
     name, kind, a = op["out"], op["op"], op["attrs"]
     per_image = int(np.prod(out_shape[1:]))
-    out_bits = storage_bits(*ranges[name])
-    in_bits = storage_bits(*ranges[op["in"][0]])
+    out_bits, in_bits = widths[name], widths[op["in"][0]]
     if kind == "linear":
         w = program.consts[op["consts"]["weight"]].astype(np.int64)
         w = w - program.consts[op["consts"]["weight_zp"]].astype(np.int64)[:, None]
@@ -116,13 +101,13 @@ def describe(op: dict, program: Program, ranges: dict[str, tuple[int, int]], sha
             h, t = h * (t // a["window"]), a["window"]
         qk = [operand_width(*ranges[n], a[z]) for n, z in zip(op["in"], ("q_zp", "k_zp", "v_zp"), strict=True)]
         return [Layer(name + ".qk", kind, "array", m=t, k=d, n=t, count=h, w_width=qk[1], a_width=qk[0],
-                      in_bits=in_bits, out_bits=32),
+                      in_bits=in_bits, out_bits=SUM_STORAGE_BITS),
                 Layer(name + ".softmax", kind, "softmax", elements=h * t * t, passes=3,
-                      in_bits=32, out_bits=a["bits"]),
+                      in_bits=SUM_STORAGE_BITS, out_bits=a["bits"]),
                 Layer(name + ".av", kind, "shift_av", m=t, k=t, n=d, count=h, a_width=qk[2], w_bits=a["bits"],
-                      elements=h * t * t * d, in_bits=storage_bits(*ranges[op["in"][2]]),
+                      elements=h * t * t * d, in_bits=widths[op["in"][2]],
                       out_bits=out_bits)]
-    unit = UNIT_OF[kind]
+    unit = OPS[kind].unit
     passes = 2 if kind == "layernorm" else 1  # statistics, then normalization
     return [Layer(name, kind, unit, elements=per_image if unit != "layout" else 0, passes=passes,
                   in_bits=in_bits, out_bits=out_bits)]
