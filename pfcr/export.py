@@ -163,12 +163,13 @@ def _attention(p: Program, t: str, h_: str, a: nn.Module, s_res: float, window: 
 
 
 def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
-    """x + fc2(GELU(fc1(norm2(x)))): GELU is a table from fc1's int8 output to fc2's input codes."""
+    """x + fc2(act(fc1(norm2(x)))): the activation (GELU, or whatever elementwise function the model
+    uses) is a table of the model's own module from fc1's int8 output to fc2's input codes."""
     fc1_in = _act(blk.mlp.fc1.a_quant)
     h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, fc1_in)
     h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, s.gelu, 0, -127, 127)
     fc2_in = _act(blk.mlp.fc2.a_quant)
-    table = build_lut(_gelu, s.gelu, 0, 8, *fc2_in)
+    table = build_lut(_elementwise(blk.mlp.act), s.gelu, 0, 8, *fc2_in)
     h_ = p.add("lut", [h_], t + "gelu", {"in_bits": 8}, {"table": table})
     h_ = _linear(p, t + "fc2", h_, blk.mlp.fc2, fc2_in, s.res, 0, *_I32)
     return p.add("add", [x, h_], t + "stream")
@@ -184,5 +185,9 @@ def export_program(qm: QuantModel, images: torch.Tensor) -> Program:
     return p
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    return _np(nn.functional.gelu(torch.from_numpy(x)))
+def _elementwise(act: nn.Module):
+    """An elementwise torch module as a numpy function (in float64), for build_lut."""
+    def f(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return _np(act(torch.from_numpy(x)))
+    return f

@@ -62,12 +62,12 @@ def test_unsupported_models_are_named_with_the_supported_families(build):
     assert all(f.name in str(err.value) and f.description in str(err.value) for f in FAMILIES.values())
 
 
-def test_vits_with_register_tokens_or_non_linear_heads_are_refused():
-    with pytest.raises(ModelError, match="register tokens"):
-        family_of(_tiny("vit", reg_tokens=1))
+def test_vits_with_non_linear_heads_are_refused():
+    """Register tokens are exported (tests/test_export_variants.py); a head that is no Linear is not."""
+    assert family_of(_tiny("vit", reg_tokens=1)).name == "vit"
     model = _tiny("vit")
     model.head = torch.nn.Sequential(model.head, torch.nn.ReLU())
-    with pytest.raises(ModelError, match="non-linear heads"):
+    with pytest.raises(ModelError, match="Sequential head"):
         family_of(model)
 
 

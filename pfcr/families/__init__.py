@@ -37,6 +37,10 @@ class Family(ABC):
     def check(self, model: nn.Module) -> None:  # noqa: B027  (a hook: most families take all they match)
         """Raise ModelError for variants of a matching model that the family cannot handle yet."""
 
+    def prepare(self, model: nn.Module) -> None:  # noqa: B027  (a hook: most families need no rewrite)
+        """Rewrite the quantized model's float copy, before its layers are swapped for quantized ones,
+        into an equal function that the integer program can express (e.g. fold scales into weights)."""
+
     @abstractmethod
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         """The transformer blocks, in the order the model runs them."""

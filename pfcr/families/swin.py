@@ -21,6 +21,7 @@ from core.errors import ModelError
 from pfcr.export import _I32, ROUNDING, _act, _attention, _layernorm, _linear, _mlp, _np, _requant_consts
 from pfcr.families import Family, register
 from pfcr.families.units import AttnUnit, MlpUnit, Tail, Unit
+from pfcr.quant.modules import QuantLinear
 
 if TYPE_CHECKING:
     from intprog.program import Program
@@ -87,6 +88,26 @@ class Swin(Family):
         from timm.models.swin_transformer import SwinTransformer
 
         return isinstance(model, SwinTransformer)
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse by name what the export below does not compute: pooling other than the token
+        average, norms other than LayerNorm, MLPs other than timm's Mlp."""
+        from timm.layers import Mlp
+
+        def refuse(what: str, fix: str) -> ModelError:
+            return ModelError(f"{type(model).__name__} with {what} cannot be exported to the integer program; {fix}")
+
+        if model.global_pool != "avg":
+            raise refuse(f"global_pool={model.global_pool!r}", "use global_pool='avg'")
+        if not isinstance(self.head(model), nn.Linear | QuantLinear):
+            raise refuse(f"a {type(self.head(model)).__name__} head", "give it a Linear head (num_classes > 0)")
+        norms = [model.patch_embed.norm, model.norm, *(n for b in self.blocks(model) for n in (b.norm1, b.norm2)),
+                 *(mg.norm for mg in map(_merging, model.layers) if mg is not None)]
+        if not all(isinstance(n, nn.LayerNorm) for n in norms):
+            raise refuse("norms other than LayerNorm (or no patch norm)", "only LayerNorm is exported")
+        for blk in self.blocks(model):
+            if type(blk.mlp) is not Mlp or not isinstance(blk.mlp.norm, nn.Identity):
+                raise refuse(f"a {type(blk.mlp).__name__} MLP", "only timm's Mlp (fc1, elementwise activation, fc2)")
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return [blk for stage in model.layers for blk in stage.blocks]

@@ -79,6 +79,7 @@ class QuantModel(nn.Module):
         self.family = family_of(fp_model)
         self.cfg = cfg
         self.model = m = copy.deepcopy(fp_model).eval()
+        self.family.prepare(m)
         cw = cfg.channelwise_postln
         for blk in self.family.blocks(m):
             blk.attn = QuantAttention(blk.attn, cfg.w_bits, cfg.a_bits, cfg.softmax_bits, cw, cfg.log2_softmax)
