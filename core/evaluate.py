@@ -56,11 +56,21 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 256, desc: str = 
     return Evaluation(torch.cat(logits), torch.cat(labels).long())
 
 
+def centred_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row cosine of mean-centred logits (a correlation): blind to a common offset, which
+    softmax and argmax ignore too; 1 where either row is constant."""
+    a = a.double() - a.double().mean(dim=1, keepdim=True)
+    b = b.double() - b.double().mean(dim=1, keepdim=True)
+    norm = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(norm > 0, (a * b).sum(dim=1) / norm.clamp(min=1e-300), torch.ones_like(norm))
+
+
 def agreement(reference: Evaluation, other: Evaluation) -> dict:
     """How closely `other` follows `reference` on the same samples: less noisy than top-1 alone.
 
     agreement: fraction of identical top-1 predictions; kl: mean KL(reference || other) of the
-    softmax outputs, in nats.
+    softmax outputs, in nats (both must be logits in the same units: dequantize integer codes
+    first); cosine: mean centred cosine of the logits.
     """
     if not torch.equal(reference.labels, other.labels):
         raise ValueError("agreement needs evaluations of the same samples")
@@ -68,4 +78,4 @@ def agreement(reference: Evaluation, other: Evaluation) -> dict:
     q_log = other.logits.log_softmax(dim=1)
     kl = (p_log.exp() * (p_log - q_log)).sum(dim=1).mean().item()
     same = (reference.logits.argmax(1) == other.logits.argmax(1)).float().mean().item()
-    return {"agreement": same, "kl": kl}
+    return {"agreement": same, "kl": kl, "cosine": centred_cosine(reference.logits, other.logits).mean().item()}

@@ -7,8 +7,10 @@ can never execute code. Every mismatch is reported against the model it was mean
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +129,7 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: st
     """Load `state` into `model` strictly, naming every missing, unexpected or misshapen tensor."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
+    _fit_position_embedding(model, state, own, source)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     misshapen = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -142,6 +145,28 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: st
             "pass the model name and options the checkpoint was trained with"
         )
     model.load_state_dict(state, strict=True)
+
+
+def _fit_position_embedding(model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                            source: str) -> None:
+    """A ViT position embedding trained at another resolution (e.g. DINOv2's 37x37 grid for a 224
+    input with patch 14: 16x16), resampled once, here, to the model's grid with timm's own bicubic
+    resampling; the program then holds it at that size."""
+    pos, want = state.get("pos_embed"), own.get("pos_embed")
+    if pos is None or want is None or pos.shape == want.shape or pos.shape[-1] != want.shape[-1]:
+        return
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
+    old = pos.shape[1] - prefix
+    side = math.isqrt(old)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if side * side != old or grid is None:
+        return  # not a square grid: reported as misshapen below
+    from timm.layers import resample_abs_pos_embed
+
+    state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(grid), old_size=[side, side],
+                                                num_prefix_tokens=prefix)
+    print(f"note: {source}: position embedding resampled from a {side}x{side} grid to the model's "
+          f"{grid[0]}x{grid[1]}", file=sys.stderr)
 
 
 @dataclass

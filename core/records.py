@@ -174,10 +174,43 @@ def record_name(record: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts)) + ".json"
 
 
-def write_record(record: dict, directory: str | os.PathLike | None = None) -> Path:
-    """Validate and atomically write `record`; returns its path."""
+PARTIAL_SUFFIX = ".partial.json"
+
+
+def is_complete(record: dict) -> bool:
+    """False for a record of an interrupted or failed measurement: marked `"partial": true` by
+    write_record, or whose metrics say `"complete": false` (a bench stopped early)."""
+    metrics = record.get("metrics")
+    return record.get("partial") is not True and not (isinstance(metrics, dict) and metrics.get("complete") is False)
+
+
+def _complete_on_disk(path: Path) -> bool:
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # unreadable or not JSON: nothing worth keeping
+    return isinstance(old, dict) and "schema" in old and is_complete(old)
+
+
+def write_record(record: dict, directory: str | os.PathLike | None = None, *, complete: bool = True) -> Path:
+    """Validate and atomically write `record`; returns its path.
+
+    A complete record is never replaced by an incomplete one: a record written with
+    `complete=False` (or that `is_complete` finds incomplete) is marked `"partial": true`, and when
+    a complete record of the same name exists it goes beside it as NAME.partial.json instead. A
+    complete record removes a stale NAME.partial.json that it supersedes.
+    """
     validate(record)
-    return atomic_write(results_dir(directory) / record_name(record), json.dumps(record, indent=1) + "\n")
+    path = results_dir(directory) / record_name(record)
+    partial_path = path.with_name(path.name.removesuffix(".json") + PARTIAL_SUFFIX)
+    if complete and is_complete(record):
+        out = atomic_write(path, json.dumps(record, indent=1) + "\n")
+        partial_path.unlink(missing_ok=True)
+        return out
+    record = {**record, "partial": True}
+    if path.exists() and _complete_on_disk(path):
+        path = partial_path
+    return atomic_write(path, json.dumps(record, indent=1) + "\n")
 
 
 def read_records(directory: str | os.PathLike | None = None) -> list[dict]:

@@ -135,12 +135,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core import data
     from core.models import sha256_file
     from core.records import make_record, write_record
+    from pfcr import fidelity
     from pfcr.export import export_program
 
     torch.manual_seed(args.seed)
     loaded, qm, _ = _quantized_model(args)
     images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, loaded.module)
     program = export_program(qm, images)
+    check = fidelity.measure(qm, program, images[:args.check_images], args.min_cosine)
+    if check.logit_cosine < args.min_cosine:
+        raise SuiteError(
+            f"the exported program does not compute {args.quantized}: its logits have cosine "
+            f"{check.logit_cosine:.3f} with the quantized model's on {check.images} calibration images (below "
+            f"--min-cosine {args.min_cosine}); it departs first at {check.divergence}. Nothing was written; "
+            "report the model and its timm options, or pass a lower --min-cosine to keep it anyway")
     program.meta.update({"model": args.model, "model_kwargs": args.model_kwargs,
                          "checkpoint": None if loaded.from_zoo else loaded.checkpoint,
                          "w_bits": qm.cfg.w_bits, "a_bits": qm.cfg.a_bits,
@@ -149,7 +157,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     program.save(out)
     sizes = program.weight_bytes()
     metrics = {**sizes, "program_bytes": out.stat().st_size, "ops": len(program.ops),
-               "fp32_param_bytes": 4 * sum(p.numel() for p in loaded.module.parameters())}
+               "fp32_param_bytes": 4 * sum(p.numel() for p in loaded.module.parameters()), **check.metrics()}
     cfg = qm.cfg
     record = make_record("export", model=loaded.record(),
                          data={"name": args.data, "split": "calibration", "size": len(images)},
@@ -159,7 +167,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                          extra={"artifact": str(out), "artifact_sha256": sha256_file(out)})
     write_record(record, args.results)
     print(f"{out}: {len(program.ops)} integer ops, weights {sizes['weight_bytes_packed'] / 1024:.0f} KiB packed "
-          f"vs {sizes['weight_bytes_fp32'] / 1024:.0f} KiB FP32")
+          f"vs {sizes['weight_bytes_fp32'] / 1024:.0f} KiB FP32; fidelity to the quantized model on {check.images} "
+          f"images: logit cosine {check.logit_cosine:.4f}, top-1 agreement {100 * check.top1_agreement:.1f}%")
     return 0
 
 
@@ -184,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logits, labels, stats = [], [], {}
     t0 = time.perf_counter()
     for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False, disable=None):
-        logits.append(torch.from_numpy(reference.run(program, program.input_codes(x), stats).astype(np.float64)))
+        codes = reference.run(program, program.input_codes(x), stats)
+        logits.append(torch.from_numpy(codes.astype(np.float64) * program.output["scale"]))  # in the model's units
         labels.append(torch.as_tensor(y))
     seconds = time.perf_counter() - t0
     integer = Evaluation(torch.cat(logits).float(), torch.cat(labels).long())
@@ -252,6 +262,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--out", default=None, help="program file (default: beside the quantized file)")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
     sp.add_argument("--data", default=arguments.FMNIST, help="calibration source: fashion-mnist or a folder")
+    sp.add_argument("--check-images", type=int, default=32,
+                    help="calibration images on which the program is checked against the quantized model")
+    sp.add_argument("--min-cosine", type=float, default=0.95,
+                    help="refuse a program whose logits have a lower mean (centred) cosine with the quantized "
+                    "model's (default 0.95; right programs of the zoo: 0.987-0.997)")
     arguments.common(sp)
     sp.set_defaults(func=cmd_export)
 

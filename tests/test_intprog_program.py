@@ -143,8 +143,17 @@ def test_export_and_run_commands(tmp_path, results, capsys):
     assert run["data"]["size"] == 8 and run["config"]["w_bits"] == 8
     assert {"top1", "fake_quant_top1", "vs_fake_quant_agreement", "peak_activation_bytes",
             "weight_bytes_packed"} <= set(run["metrics"])
+    assert run["metrics"]["vs_fake_quant_kl"] < 0.05  # dequantized logits: not integer codes against floats
+    assert run["metrics"]["vs_fake_quant_cosine"] > 0.99
     exp = json.loads(next(results.glob("export_*.json")).read_text())
     assert exp["metrics"]["weight_bytes_packed"] * 4 == exp["metrics"]["weight_bytes_fp32"]
+    assert exp["metrics"]["fidelity_logit_cosine"] > 0.99 and exp["metrics"]["fidelity_images"] == 8
+    # The fidelity guard: a program below --min-cosine is refused by name and not written.
+    prog.unlink()
+    assert main(["export", *user, "--quantized", str(q), "--data", str(tmp_path / "data"), "--calib-size", "8",
+                 "--min-cosine", "1.01"]) == 2
+    err = capsys.readouterr().err
+    assert "departs first at" in err and "Nothing was written" in err and not prog.exists()
     (tmp_path / "broken.safetensors").write_bytes(b"junk")
     assert main(["run", str(tmp_path / "broken.safetensors")]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
@@ -170,3 +179,21 @@ def test_low_bit_weights_are_stored_packed(tmp_path, bits):
     assert np.array_equal(reference.run(again, codes), reference.run(program, codes))
     sizes = program.weight_bytes()
     assert sizes["weight_bytes_packed"] * 32 == sizes["weight_bytes_fp32"] * bits  # bits/32 of FP32
+
+
+def test_fidelity_guard_names_the_op_where_a_program_departs():
+    """A program whose first block's attention branch is wrong (its projection requantized 2^6 too
+    large, as a dropped LayerScale of 64 would make it) is caught, and located at that block's
+    residual add, not later."""
+    from pfcr import fidelity
+
+    torch.manual_seed(0)
+    arch, kw = TINY["vit"]
+    fp = models.build(arch, **kw).eval()
+    x = _smooth(16)
+    qm, _ = quantize(fp, x, QuantizeConfig(method="rtn", quant=QuantConfig(8, 8), init_size=16))
+    program = export_program(qm, x)
+    assert fidelity.measure(qm, program, x, 0.95).logit_cosine > 0.99
+    program.consts["b0.proj.shift"] = program.consts["b0.proj.shift"] - 6
+    bad = fidelity.measure(qm, program, x, 0.95)
+    assert bad.logit_cosine < 0.95 and "'b0.stream_attn'" in bad.divergence

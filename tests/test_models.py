@@ -113,3 +113,20 @@ def test_zoo_shapes():
     swin = models.build(models.ZOO["swin_fmnist"].arch, **models.ZOO["swin_fmnist"].kwargs)
     assert [len(s.blocks) for s in swin.layers] == [2, 4]
     assert swin(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("no_embed_class", [False, True])
+def test_position_embedding_trained_at_another_resolution_is_resampled_once(tmp_path, capsys, no_embed_class):
+    """A checkpoint trained at 42x42 (6x6 patches) loads into the same ViT at 28x28 (4x4): its
+    position embedding is resampled to the model's grid as timm resamples it, and the user is told."""
+    from timm.layers import resample_abs_pos_embed
+
+    arch, kw = TINY["vit"]
+    torch.manual_seed(0)
+    big = models.build(arch, **{**kw, "img_size": 42, "no_embed_class": no_embed_class}).eval()
+    save_file({k: v.contiguous() for k, v in big.state_dict().items()}, str(tmp_path / "big.safetensors"))
+    loaded = models.load_model(arch, tmp_path / "big.safetensors", **{**kw, "no_embed_class": no_embed_class})
+    want = resample_abs_pos_embed(big.pos_embed, new_size=[4, 4], old_size=[6, 6],
+                                  num_prefix_tokens=0 if no_embed_class else 1)
+    assert torch.equal(loaded.module.pos_embed, want)
+    assert "resampled from a 6x6 grid to the model's 4x4" in capsys.readouterr().err
