@@ -61,7 +61,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from core.records import make_record, write_record
     from pfcr.quant.model import QuantConfig
     from pfcr.quantize import QuantizeConfig, quantize, save_qmodel
-    from pfcr.reconstruct.loop import ReconConfig
+    from pfcr.reconstruct.config import ReconConfig
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SuiteError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
@@ -219,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from pfcr.reconstruct.loop import ReconConfig
+    from pfcr.reconstruct.config import ReconConfig
 
     sp = sub.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion of a model")
     arguments.model(sp)

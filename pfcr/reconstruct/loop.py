@@ -11,32 +11,14 @@ step sizes (Adam, lr 4e-5, cosine), with QDrop dropping activation quantization 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from pfcr.quant.model import QuantModel, build_units
 from pfcr.quant.quantizers import AdaRoundQuantizer, UniformQuantizer
+from pfcr.reconstruct.config import ReconConfig
 from pfcr.reconstruct.granules import Granule
-
-
-@dataclass(frozen=True)
-class ReconConfig:
-    iters: int = 200
-    batch_size: int = 32
-    round_lr: float = 1e-2  # peers use 1e-3 with 20000 iterations; see docs/pfcr.md
-    scale_lr: float = 4e-5
-    reg_weight: float = 0.01
-    beta: tuple[float, float] = (20.0, 2.0)
-    warmup: float = 0.2
-    drop_prob: float = 0.5
-    learn_rounding: bool = True
-    learn_scales: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 LOSS_REPORT_SIZE = 256  # images on which each granule's loss before/after is reported
 

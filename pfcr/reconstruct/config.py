@@ -1,0 +1,23 @@
+"""The reconstruction loop's knobs, torch-free so that the command line can show their defaults
+without loading torch (`pfcr --help` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    iters: int = 200
+    batch_size: int = 32
+    round_lr: float = 1e-2  # peers use 1e-3 with 20000 iterations; see docs/pfcr.md
+    scale_lr: float = 4e-5
+    reg_weight: float = 0.01
+    beta: tuple[float, float] = (20.0, 2.0)
+    warmup: float = 0.2
+    drop_prob: float = 0.5
+    learn_rounding: bool = True
+    learn_scales: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
