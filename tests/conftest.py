@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +97,103 @@ def zoo_program():
         return program, program.input_codes(test.tensors[0]), test.tensors[1].numpy()
 
     return build
+
+
+# --- No process started by a test outlives it -------------------------------------------------
+# pytest becomes a child subreaper (Linux), so a process orphaned by a test (a server's worker
+# whose launcher was stopped) is re-parented to pytest instead of init and stays visible here.
+# After each test, every live descendant of pytest that was not there before it is a leak: it gets
+# a few seconds to exit, then it is killed and the test errors, naming it.
+
+LEAK_GRACE_S = 5.0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (Z: zombie), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every descendant of `root`: pid -> state letter."""
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for child in _children(todo.pop()):
+            state = _state(child)
+            if child not in found and state is not None:
+                found[child] = state
+                todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200] or "?"
+    except OSError:
+        return "?"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _subreaper():
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(_subreaper):
+    """Fail a test that leaves a process running (or orphaned) behind; kill what it left."""
+    me = os.getpid()
+    before = set(_descendants(me))
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while True:
+        now = _descendants(me)
+        for pid, state in now.items():  # reap orphans that exited (pytest is their reaper now)
+            if state == "Z" and pid not in before and pid in _children(me):
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        leaked = {pid: _cmdline(pid) for pid, state in now.items() if pid not in before and state != "Z"}
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if leaked:
+        for pid in leaked:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in leaked:
+            if pid in _children(me):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        pytest.fail("processes started by this test outlived it (now killed): "
+                    + "; ".join(f"pid {pid}: {cmd}" for pid, cmd in leaked.items()), pytrace=False)

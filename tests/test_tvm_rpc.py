@@ -39,18 +39,36 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def _start(argv: list[str], port: int) -> subprocess.Popen:
+    """A server in a process group of its own, so that _stop reaches every process it starts (TVM's
+    tracker runs in a popen_worker child that outlived its launcher when only the launcher was stopped)."""
     env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "TVM_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port, proc)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_port(port, proc)
+    except BaseException:
+        _stop(proc)
+        raise
     return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """Stop the server's whole process group (SIGTERM, then SIGKILL after 10 s) and reap the server."""
+    import signal
+
+    def group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    group(signal.SIGTERM)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        pass
+    group(signal.SIGKILL)  # whatever of the group is left (the tracker's worker ignores its launcher's end)
+    proc.wait()
 
 
 @pytest.fixture(scope="module")
