@@ -31,11 +31,13 @@ def cmd_main(args: argparse.Namespace) -> int:
     from cli.pipeline import run_main
     from reports.summary import write_summary
 
-    def run_stage(argv: list[str]) -> None:
+    def run_stage(argv: list[str]) -> int | None:
         sub = parser().parse_args(argv)
-        sub.func(sub)
+        return sub.func(sub)
 
-    run_main(args, run_stage)
+    status = run_main(args, run_stage)  # a stage that fails or is interrupted stops the job, not marked done
+    if status:
+        return status
     print("== report", flush=True)
     print(write_summary(args.results, args.out, report_modules(), readme=None))
     print(f"\nreport: {Path(args.out) / 'report.html'}")

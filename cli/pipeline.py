@@ -13,11 +13,13 @@ import functools
 import hashlib
 import importlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cli.parts import PARTS
+from core.errors import SuiteError
 from core.files import atomic_write
 from core.models import ZOO, sha256_file
 from core.records import results_dir
@@ -58,21 +60,56 @@ def _inputs_digest(argv: list[str]) -> str:
     return h.hexdigest()
 
 
-def run_main(args: argparse.Namespace, run_stage: Callable[[list[str]], None]) -> None:
+INTERRUPTED = 130
+
+
+def _read_state(state_path: Path) -> dict:
+    try:
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    except (OSError, ValueError):
+        state = {}  # unreadable: every stage reruns, which is always safe
+    return state if isinstance(state, dict) else {}
+
+
+def run_main(args: argparse.Namespace, run_stage: Callable[[list[str]], int | None]) -> int:
+    """Run the stages not up to date, in order; 0 when all are done.
+
+    A stage is marked done only when its command returns 0 (or None). A stage that returns another
+    status, raises, or is interrupted (Ctrl-C) is not: the job stops there, and the next `pfcr main`
+    resumes at that stage. An interrupt returns 130; a failure raises SuiteError naming the stage.
+    """
     results = results_dir(args.results)
     state_path = results / ".main-state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state = _read_state(state_path)
     todo = stages(results, args.full, args.limit)
     for i, (title, argv) in enumerate(todo, 1):
         print(f"== stage {i}/{len(todo)}: {title}", flush=True)
         key = _inputs_digest(argv)
         done = state.get(title)
-        if not args.rerun and done and done["inputs"] == key and all(Path(f).exists() for f in done["produced"]):
+        if not args.rerun and isinstance(done, dict) and done.get("inputs") == key \
+                and all(Path(f).exists() for f in done.get("produced", [])):
             print("   up to date (same command, inputs and suite code, outputs present): skipped", flush=True)
             continue
+        if state.pop(title, None) is not None:  # running it again: not done until it succeeds
+            atomic_write(state_path, json.dumps(state, indent=1))
+        where = f"stage {i}/{len(todo)} ({title}: pfcr {' '.join(argv)})"
+        resume = "run `pfcr main` again to resume from this stage"
         start = time.time()
-        run_stage(argv)
+        try:
+            status = run_stage(argv)
+        except KeyboardInterrupt:
+            status = INTERRUPTED
+        except SystemExit as exit_:  # argparse of a stage's command line
+            status = exit_.code if isinstance(exit_.code, int) else 2
+        except SuiteError as err:
+            raise SuiteError(f"{where} failed: {err}; {resume}") from None
+        if status == INTERRUPTED:
+            print(f"pfcr main: {where} was interrupted; it is not marked done: {resume}", file=sys.stderr, flush=True)
+            return INTERRUPTED
+        if status:
+            raise SuiteError(f"{where} failed with exit status {status}; {resume}")
         produced = [str(p) for p in results.rglob("*") if p.is_file() and p.stat().st_mtime >= start - 1
                     and p != state_path]
         state[title] = {"inputs": key, "produced": sorted(produced), "seconds": round(time.time() - start, 1)}
         atomic_write(state_path, json.dumps(state, indent=1))
+    return 0

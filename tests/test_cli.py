@@ -141,3 +141,49 @@ def test_help_loads_neither_torch_nor_tvm():
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_main_job_stops_at_a_failed_or_interrupted_stage_and_resumes_it(tmp_path, monkeypatch, capsys):
+    """A stage whose command returns non-zero (the host bench's 130 after Ctrl-C), raises, or is
+    interrupted is not marked done: `pfcr main` stops with its status (130 for an interrupt, 2 and
+    the stage's name for a failure), and the next run resumes at that stage. It used to mark the
+    interrupted bench done and finish with exit 0, and the rerun skipped it."""
+    from cli import pipeline
+    from core.errors import SuiteError
+    from tvm_backends import commands
+
+    todo = [("first stage", ["bench", "first"]), ("host bench", ["bench", "second"]),
+            ("last stage", ["bench", "third"])]
+    monkeypatch.setattr(pipeline, "stages", lambda results, full, limit: todo)
+    monkeypatch.setattr("reports.summary.write_summary", lambda *a, **kw: "report")
+    ran, outcome = [], {}
+
+    def bench(args):
+        ran.append(args.artifact)
+        result = outcome.get(args.artifact, 0)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    monkeypatch.setattr(commands, "cmd_bench", bench)
+    res = tmp_path / "res"
+    argv = ["main", "--results", str(res), "--out", str(tmp_path / "rep")]
+
+    def state() -> set[str]:
+        return set(json.loads((res / ".main-state.json").read_text()))
+
+    for result, status, message in ((130, 130, "interrupted"), (KeyboardInterrupt(), 130, "interrupted"),
+                                    (3, 2, "failed with exit status 3"),
+                                    (SuiteError("the board went away"), 2, "failed: the board went away")):
+        outcome["second"] = result
+        ran.clear()
+        assert main(argv) == status
+        err = capsys.readouterr().err
+        assert "stage 2/3 (host bench" in err and message in err and "resume" in err
+        assert state() == {"first stage"} and "third" not in ran
+    outcome["second"] = 0
+    ran.clear()
+    assert main(argv) == 0
+    assert ran == ["second", "third"] and state() == {"first stage", "host bench", "last stage"}
+    ran.clear()
+    assert main(argv) == 0 and ran == []
