@@ -130,7 +130,7 @@ def bench_record(art, checks: dict, latency: Measurement, fp32_method: str, fp32
         extra["emulated_timing"] = _timing(latency)
     else:
         extra["latency"] = _timing(latency)
-        metrics.update(stats, complete=latency.complete)
+        metrics.update(stats, complete=latency.complete and (fp32 is None or fp32.complete))
         if fp32 is not None and fp32.runs_s and latency.runs_s:
             f = fp32.stats()
             metrics.update({f"fp32_{k}": f[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")},
