@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.files import atomic_write
-from tvm_backends.artifact import Artifact, dist_version
+from core.files import atomic_write, sha256_file
+from tvm_backends.artifact import Artifact, ArtifactError, check_library, dist_version, expected_machine
 from tvm_backends.bench import Timer, call_timer
 from tvm_backends.build import compile_module
 
@@ -32,6 +32,22 @@ def torch_timer(model, x) -> Timer:
     return timer
 
 
+def _cached(lib: Path, stamp_path: Path, stamp: dict, target: dict) -> bool:
+    """True when the cached FP32 library was built from `stamp` and is whole (size, ELF, sha256 as
+    built): a truncated or damaged one is rebuilt, never loaded (it would crash the loader)."""
+    if not (lib.is_file() and stamp_path.is_file()):
+        return False
+    try:
+        saved = json.loads(stamp_path.read_text())
+        build = saved["build"]
+        if saved.get("stamp") != stamp:
+            return False
+        check_library(lib, size=build["library_bytes"], machine=expected_machine(target), described_by=str(stamp_path))
+        return sha256_file(lib) == build["library_sha256"]
+    except (ValueError, KeyError, TypeError, ArtifactError):
+        return False
+
+
 def compile_fp32(art: Artifact) -> Path:
     """The FP32 model behind an artifact, built by TVM for the same target: the baseline measured on
     the same board. Imported with TVM's torch frontend (from_exported_program, which imports float
@@ -40,7 +56,7 @@ def compile_fp32(art: Artifact) -> Path:
     stamp = {"model": model, "target": art.meta["target"]["tvm"], "batch": art.meta["batch"],
              "tvm": dist_version("apache-tvm")}
     lib, stamp_path = art.path / FP32_LIBRARY, art.path / FP32_STAMP
-    if lib.exists() and stamp_path.exists() and json.loads(stamp_path.read_text()).get("stamp") == stamp:
+    if _cached(lib, stamp_path, stamp, art.meta["target"]["tvm"]):
         return lib
     import torch
     from tvm.relax.frontend.torch import from_exported_program

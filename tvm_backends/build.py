@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.files import sha256_file
-from tvm_backends.artifact import FORMAT, LIBRARY, VERSION, Artifact, dist_version
+from tvm_backends.artifact import FORMAT, LIBRARY, VERSION, Artifact, dist_version, elf_facts
 from tvm_backends.cuda import nvrtc
 from tvm_backends.cuda import schedules as cuda_schedules
 from tvm_backends.cuda.cubin import check_cuda_library
@@ -52,7 +52,7 @@ def compile_module(mod, preset: Preset, library: Path, cpu_schedule=None) -> dic
     finally:
         partial.unlink(missing_ok=True)
     facts = {"compile_seconds": round(compile_s, 3), "library_bytes": library.stat().st_size,
-             "library_sha256": sha256_file(library)}
+             "library_sha256": sha256_file(library), "elf": elf_facts(library)}
     if preset.device == "cuda":
         facts.update(check_cuda_library(library, preset.cuda_arch), nvrtc=nvrtc.library().version)
     return facts

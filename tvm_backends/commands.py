@@ -29,6 +29,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from tvm_backends.bench import model_field
     from tvm_backends.build import compile_program
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SuiteError(f"--out {out} is a file; an artifact is a folder (model.so + artifact.json): "
+                         "give a folder name")
+    _writable(args.results)  # before the build, not after it
     t0 = time.perf_counter()
     art = compile_program(args.program, args.target, args.out, batch=args.batch)
     meta = art.meta
@@ -99,8 +104,47 @@ def _fp32_timer(args, art, remote, emulated: bool, log):
     return "tvm-fp32", lambda k: runner.timer(x, k)
 
 
+def _writable(results: str | None) -> Path:
+    """The results folder, created and checked writable before any measurement (SuiteError otherwise)."""
+    import tempfile
+
+    from core.records import results_dir
+
+    folder = results_dir(results)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise SuiteError(f"cannot write result records to {folder} ({err.strerror or err}); make it writable or "
+                         "choose another folder with --results") from None
+    return folder
+
+
+def _check_images_fit(program, n: int, program_path: str) -> None:
+    """--check-images feeds Fashion-MNIST test images (1x28x28): the program must take them."""
+    shape = list(program.input.get("shape", []))
+    if shape and shape[-3:] != [1, 28, 28]:
+        raise SuiteError(f"--check-images {n} feeds Fashion-MNIST test images (1x28x28), but {program_path} takes "
+                         f"{'x'.join(map(str, shape))}; pass --check-images 0 to skip the bit-exact check on "
+                         "images (latency is still measured)")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Bit-exact check and latency of an artifact, here or on a board; a `bench` record."""
+    """Bit-exact check and latency of an artifact, here or on a board; a `bench` record.
+
+    Interrupted (Ctrl-C) or cut off by the board, it records what finished (marked incomplete; an
+    earlier complete record of the same name is kept, the new one goes beside it as .partial.json)
+    and nothing when nothing finished; exit 130 for an interrupt."""
+    import sys
+
+    try:
+        return _bench(args)
+    except KeyboardInterrupt:
+        print("pfcr bench: interrupted before any measurement finished; nothing was recorded", file=sys.stderr)
+        return 130
+
+
+def _bench(args: argparse.Namespace) -> int:
     import contextlib
 
     from core.records import write_record
@@ -121,7 +165,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         art.check_program(args.program)
         program = load(args.program)
         if args.check_images:
-            codes, labels = _check_codes(program, args.check_images, args.seed)
+            _check_images_fit(program, args.check_images, args.program)
+    _writable(args.results)  # before anything is measured
+    if program is not None and args.check_images:
+        codes, labels = _check_codes(program, args.check_images, args.seed)
     protocol = Protocol(args.warmup, args.min_runs, args.min_seconds)
     emulated = bool(args.emulated_pi)
     with contextlib.ExitStack() as stack:
@@ -132,7 +179,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  f"{meta['target']['preset']}")
             host, port = stack.enter_context(running(cache=args.cache))
             rpc = f"{host}:{port}"
-        remote = connect(rpc, args.tracker, args.key)
+        remote = connect(rpc, args.tracker, args.key, timeout=args.timeout)
         emulated = emulated or "emulated" in remote.info  # e.g. `pfcr emulate-pi` reached with --rpc
         runner = Runner(art.library, art.preset.device, remote)
         checks = {}
@@ -146,6 +193,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         x = _latency_input(meta, codes, args.seed)
         latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
         fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
+    stopped = latency.stopped or (fp32.stopped if fp32 is not None else "")
+    complete = not stopped
+    if not complete and not latency.runs_s and not checks:
+        print(f"nothing finished ({stopped}): nothing recorded; any earlier record is kept")
+        if stopped.startswith("remote failure"):
+            raise RemoteError(f"the board went away before any run finished ({stopped})")
+        return 130
     device = remote.describe()
     data = {"name": "fashion-mnist", "split": "test", "size": len(codes)} if codes is not None \
         else {"name": "random-codes", "split": "latency", "size": 0}
@@ -154,16 +208,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           seed=args.seed, tag=_tag(meta["target"]["preset"], meta["batch"], args.tag, emulated),
                           emulated=emulated)
     metrics, stats = record["metrics"], latency.stats()
-    path = write_record(record, args.results)
+    path = write_record(record, args.results, complete=complete)
     what = "emulated (not latency)" if emulated else "latency"
     line = f"{what}: p50 {stats.get('p50_ms', float('nan')):.3f} ms over {stats['runs']} runs"
     if "speedup_vs_fp32_p50" in metrics:
         line += f"; FP32 ({fp32_method}) p50 {metrics['fp32_p50_ms']:.3f} ms, ratio {metrics['speedup_vs_fp32_p50']}x"
+    if not complete:
+        line += f"; INCOMPLETE ({stopped})"
     print(f"{line} -> {path}")
-    if latency.stopped.startswith("remote failure"):
-        raise RemoteError(f"the board went away during the benchmark ({latency.stopped}); the {stats['runs']} "
-                          f"finished runs are recorded in {path}")
-    if latency.stopped == "interrupted":
+    if stopped.startswith("remote failure"):
+        raise RemoteError(f"the board went away during the benchmark ({stopped}); the {stats['runs']} "
+                          f"finished runs are recorded, marked incomplete, in {path}")
+    if stopped == "interrupted":
         return 130
     if codes is not None and not metrics["bit_exact"]:
         raise SuiteError(f"{args.artifact} is NOT bit-exact with the reference executor on "
@@ -173,25 +229,59 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_emulate_pi(args: argparse.Namespace) -> int:
     """Prepare (once) and run the emulated Raspberry Pi's RPC server until Ctrl-C."""
-    from tvm_backends.emulate import command, prepare
+    from tvm_backends.emulate import check_port_free, command, prepare, serve
 
+    if not args.prepare:
+        check_port_free(args.host, args.port)  # before the (possibly long) preparation
     t0 = time.perf_counter()
     cache = prepare(Path(args.cache) if args.cache else None)
     print(f"emulated Pi ready in {time.perf_counter() - t0:.0f} s (cache {cache})", flush=True)
     if args.prepare:
         return 0
-    import subprocess
-
     argv, env = command(cache, args.port, host=args.host, tracker=args.tracker, key=args.key)
     print(f"serving TVM RPC on {args.host}:{args.port}"
           + (f" (registered at {args.tracker} as {args.key})" if args.tracker else "")
           + "; connect with `pfcr bench ARTIFACT --rpc "
           + f"{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}`. Emulated: no latency.",
           flush=True)
-    try:
-        return subprocess.run(argv, env=env).returncode
-    except KeyboardInterrupt:
-        return 0
+    return serve(argv, env)  # Ctrl-C, SIGTERM or SIGHUP stop the server too: it never outlives this command
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= minimum (argparse then exits 2 with a one-line message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(minimum: float, strict: bool = False):
+    """argparse type: a finite number of seconds >= minimum (> minimum when strict)."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text} is not a number of seconds {'>' if strict else '>='} {minimum:g}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    port = _count(1)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -202,7 +292,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("program", help="integer program file (`pfcr export`)")
     sp.add_argument("--target", required=True, help=f"target preset: {names}")
     sp.add_argument("--out", required=True, help="artifact folder (model.so + artifact.json)")
-    sp.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
+    sp.add_argument("--batch", type=_count(1), default=1, help="images per inference (default 1)")
     sp.add_argument("--tag", default=None, help="extra tag in the record's name")
     arguments.common(sp)
     sp.set_defaults(func=cmd_compile)
@@ -213,25 +303,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--rpc", default=None, help="host:port of the board's RPC server")
     where.add_argument("--tracker", default=None, help="host:port of an RPC tracker (with --key)")
     sp.add_argument("--key", default=None, help="device key at the tracker")
+    sp.add_argument("--timeout", type=_seconds(0, strict=True), default=60.0,
+                    help="seconds to wait for the board or tracker to connect and to answer each call (default 60)")
     sp.add_argument("--emulated-pi", action="store_true",
                     help="start the emulated Pi (qemu) and run there: correctness only, never latency")
     sp.add_argument("--cache", default=None, help="emulated Pi cache folder (default $PFCR_CACHE or ~/.cache/pfcr)")
     sp.add_argument("--program", default=None, help="the program the artifact was compiled from: checks it is the "
                     "same file and compares outputs with the reference executor")
-    sp.add_argument("--check-images", type=int, default=64, help="test images for the bit-exact check (default 64)")
-    sp.add_argument("--warmup", type=int, default=10, help="warm-up runs (default 10)")
-    sp.add_argument("--min-runs", type=int, default=100, help="at least this many timed runs (default 100)")
-    sp.add_argument("--min-seconds", type=float, default=5.0, help="and at least this long (default 5 s)")
+    sp.add_argument("--check-images", type=_count(0), default=64,
+                    help="Fashion-MNIST test images for the bit-exact check with --program (default 64; 0: none)")
+    sp.add_argument("--warmup", type=_count(0), default=10, help="warm-up runs (default 10)")
+    sp.add_argument("--min-runs", type=_count(1), default=100, help="at least this many timed runs (default 100)")
+    sp.add_argument("--min-seconds", type=_seconds(0), default=5.0, help="and at least this long (default 5 s)")
     sp.add_argument("--fp32", choices=["auto", "torch", "tvm", "none"], default="auto",
                     help="FP32 baseline on the same device: torch eager (this CPU) or a TVM FP32 build "
                     "(default: torch here, tvm on a board, none when emulated)")
-    sp.add_argument("--threads", type=int, default=None, help="TVM (and torch) threads here (default: all)")
+    sp.add_argument("--threads", type=_count(1), default=None, help="TVM (and torch) threads here (default: all)")
     sp.add_argument("--tag", default=None, help="extra tag in the record's name")
     arguments.common(sp)
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("emulate-pi", help="run an emulated Raspberry Pi (aarch64 under qemu) with a TVM RPC server")
-    sp.add_argument("--port", type=int, default=9090)
+    sp.add_argument("--port", type=_port, default=9090)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sp.add_argument("--tracker", default=None, help="register at this RPC tracker (host:port)")
     sp.add_argument("--key", default="pi-emulated", help="device key at the tracker (default pi-emulated)")

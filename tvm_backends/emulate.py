@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -122,6 +124,77 @@ def command(cache: Path, port: int, host: str = "127.0.0.1", tracker: str | None
     return argv, env
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGTERM when this process dies, however it dies
+    (SIGKILL included: Linux's PR_SET_PDEATHSIG); None where prctl is unavailable."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def spawn(argv: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
+    """Start the RPC server (qemu and the server it runs); it never outlives this process."""
+    return subprocess.Popen(argv, env=env, preexec_fn=_parent_death_signal(), **kw)
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate the server, kill it after `grace` seconds, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
+class _Terminated(Exception):
+    """SIGTERM or SIGHUP reached `serve`."""
+
+
+def serve(argv: list[str], env: dict[str, str]) -> int:
+    """Run the RPC server in the foreground until it exits or this process gets Ctrl-C, SIGTERM or
+    SIGHUP; then stop it (the port is free when this returns). Its exit code, or 0 when stopped."""
+    def on_signal(signum, frame):
+        raise _Terminated
+
+    signals = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    proc = spawn(argv, env)
+    old = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        return proc.wait()
+    except (KeyboardInterrupt, _Terminated):
+        return 0
+    finally:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)  # a second SIGTERM does not cut the stopping short
+        stop(proc)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """EmulatorError naming the port when something already listens there (e.g. another emulate-pi)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise EmulatorError(f"cannot serve on {host}:{port} ({err.strerror or err}); another server (an "
+                                "earlier `pfcr emulate-pi`?) holds it: stop it, or choose another --port") from None
+
+
 def _wait_ready(proc: subprocess.Popen, ready: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,7 +204,6 @@ def _wait_ready(proc: subprocess.Popen, ready: Path, timeout: float) -> None:
         if ready.exists():
             return
         time.sleep(0.2)
-    proc.terminate()
     raise EmulatorError(f"the emulated Pi's RPC server did not come up within {timeout:.0f} s; "
                         f"its log: {ready.with_suffix('.log')}")
 
@@ -152,16 +224,10 @@ def running(port: int | None = None, cache: Path | None = None, tracker: str | N
     ready = cache / f"server-{port}.ready"
     ready.unlink(missing_ok=True)
     with open(ready.with_suffix(".log"), "w") as logfile:
-        proc = subprocess.Popen([*argv, "--ready-file", str(ready)], env=env, stdout=logfile,
-                                stderr=subprocess.STDOUT)
+        proc = spawn([*argv, "--ready-file", str(ready)], env, stdout=logfile, stderr=subprocess.STDOUT)
     try:
         _wait_ready(proc, ready, timeout)
         yield "127.0.0.1", port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         ready.unlink(missing_ok=True)
