@@ -103,11 +103,75 @@ def test_photon_transfer_notices_a_different_sensor():
     assert ptc.system_gain == pytest.approx(2 * CHARACTERIZED.system_gain, rel=0.02)
 
 
+ADC_LIMITED = SensorConfig(name="adc-limited", conversion_gain_uv_per_e=4687.5)  # K = 8 DN/e-: ADC top 120 e-
+
+
+def test_effective_saturation_is_the_smaller_limit():
+    cfg = PRESETS["mono-3um"]
+    assert emva.saturation(cfg) == (cfg.full_well_e, "full well")
+    assert ADC_LIMITED.system_gain == pytest.approx(8.0)
+    assert emva.saturation(ADC_LIMITED) == (pytest.approx((1023 - 64) / 8), "ADC")
+    assert emva.expected(ADC_LIMITED, 0.01)["full_well_e"] == pytest.approx(119.875)
+
+
+def test_photon_transfer_of_an_adc_limited_sensor():
+    """The series runs up to 1.3x the ADC's top (not the well): unsaturated steps for the fits, and the
+    plateau at the ADC's top."""
+    ptc = emva.photon_transfer(ADC_LIMITED, (96, 96), steps=30, seed=0)
+    assert ptc.fit_points >= 10
+    assert ptc.system_gain == pytest.approx(8.0, rel=0.02)
+    assert ptc.quantum_efficiency == pytest.approx(0.6, rel=0.02)
+    assert ptc.full_well_e == pytest.approx(emva.adc_top_e(ADC_LIMITED), rel=0.01)
+
+
+@pytest.mark.parametrize(("cfg", "shape", "steps", "match"), [
+    (PRESETS["mono-3um"], (8, 8), 40, "--size 8"),
+    (PRESETS["mono-3um"], (64, 64), 3, "--steps 3"),
+    (PRESETS["mono-3um"].replace(adc_bits=4), (64, 64), 40, "saturates 13.3 DN above black"),
+    (PRESETS["mono-3um"].replace(full_well_e=5.0, adc_bits=8), (64, 64), 40, "full well of 5 e-"),
+    (PRESETS["mono-3um"].replace(adc_bits=6), (64, 64), 40, "temporal noise is only 0.45 DN"),
+], ids=["size", "steps", "adc-4bit", "well-5e", "adc-6bit"])
+def test_check_refuses_what_cannot_be_measured(cfg, shape, steps, match):
+    with pytest.raises(SuiteError, match=match):
+        emva.check(cfg, shape, steps)
+
+
+def test_check_accepts_the_presets():
+    for preset in PRESETS.values():
+        for bits in (8, 10, 12):
+            emva.check(preset.replace(adc_bits=bits), (256, 256), 80)
+
+
+def test_caveats_name_the_biased_results():
+    """Dark noise below 0.5 DN: gain, QE and well flagged too (8 bits: about +3 %); a black level of 0:
+    the dark frames clip and every result is flagged with the fix; the 12-bit preset: none."""
+    quantized = emva.photon_transfer(PRESETS["mono-3um"].replace(adc_bits=8), (64, 64), steps=24)
+    notes = emva.caveats(PRESETS["mono-3um"].replace(adc_bits=8), quantized)
+    assert set(notes) == {"system_gain", "quantum_efficiency", "full_well_e", "dark_noise_e", "dark_current_e_per_s"}
+    assert all("quantization noise dominates" in v for v in notes.values())
+    low_black = PRESETS["mono-3um"].replace(adc_bits=12, black_level_fraction=0.0)
+    clipped = emva.photon_transfer(low_black, (64, 64), steps=24)
+    assert clipped.dark_clipped_fraction > 0.5
+    assert all("raise black_level_fraction" in v for v in emva.caveats(low_black, clipped).values())
+    good = PRESETS["mono-3um"].replace(adc_bits=12)
+    assert emva.caveats(good, emva.photon_transfer(good, (64, 64), steps=24)) == {}
+
+
 def test_bad_sensor_configs_name_the_field(tmp_path):
     with pytest.raises(SuiteError, match="adc_bits 20"):
         SensorConfig(adc_bits=20)
     with pytest.raises(SuiteError, match="cfa 'rgbw'"):
         SensorConfig(cfa="rgbw")
+    with pytest.raises(SuiteError, match=r"prnu 3.0 \(must be in \[0, 0.2\]"):
+        SensorConfig(prnu=3.0)
+    with pytest.raises(SuiteError, match="read_noise_e nan"):
+        SensorConfig(read_noise_e=float("nan"))
+    with pytest.raises(SuiteError, match=r"adc_bits 10\.5"):
+        SensorConfig(adc_bits=10.5)
+    with pytest.raises(SuiteError, match="adc_bits '10'"):
+        SensorConfig(adc_bits="10")
+    with pytest.raises(SuiteError, match=r"lens_transmittance 1\.5"):
+        SensorConfig(lens_transmittance=1.5)
     bad = tmp_path / "mine.json"
     bad.write_text('{"full_wel_e": 3}')
     with pytest.raises(SuiteError, match="full_wel_e"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import SuiteError
 from hwsim.sensor import adc, pixel, scene
 from hwsim.sensor.config import SensorConfig
 from hwsim.sensor.isp import LINEAR_MAX, IspParams
@@ -33,8 +34,8 @@ def white_response(cfg: SensorConfig) -> np.ndarray:
 
 def exposure_program(cfg: SensorConfig, lux: float, target: float = AE_TARGET) -> Exposure:
     """Exposure time that puts the brightest channel's white at `target` x full well, capped."""
-    if not lux > 0:
-        raise ValueError(f"illuminance must be > 0 lux, got {lux}")
+    if not (np.isfinite(lux) and lux > 0):
+        raise SuiteError(f"illuminance {lux} lux: must be a finite number > 0 (--lux)")
     rel = white_response(cfg)
     per_second = cfg.quantum_efficiency * float(scene.mean_photons(1.0, lux, 1.0, cfg)) * rel
     t = min(cfg.max_exposure_s, target * cfg.full_well_e / per_second.max())

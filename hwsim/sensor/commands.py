@@ -13,14 +13,37 @@ from core.errors import SuiteError
 from core.registry import MainJob, Stage
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image samples that load offline
+MIN_PHOTO_SIDE = 8  # pixels: the Malvar-He-Cutler demosaic's 5x5 kernels on an even-sized mosaic
+
+
+def _check_seed(args: argparse.Namespace) -> None:
+    if args.seed < 0:
+        raise SuiteError(f"--seed {args.seed}: seeds must be >= 0 (numpy's generators take no negative seed)")
+
+
+def _check_lux(values: list[float]) -> None:
+    import math
+
+    for lux in values:
+        if not (math.isfinite(lux) and lux > 0):
+            raise SuiteError(f"--lux {lux:g}: an illuminance must be a finite number of lux > 0 "
+                             "(e.g. 0.1 for moonlight, 100 indoors, 10000 daylight)")
 
 
 def _sensor(args: argparse.Namespace):
+    """The sensor of --sensor with the --adc-bits and --analog-gain overrides, each checked by name; the seed."""
+    import math
+
     from hwsim.sensor.config import load_sensor
 
+    _check_seed(args)
+    bits, gain = getattr(args, "adc_bits_one", None), getattr(args, "analog_gain", None)
+    if bits is not None and not 1 <= bits <= 16:
+        raise SuiteError(f"--adc-bits {bits}: an ADC has 1..16 bits (e.g. 10 or 12)")
+    if gain is not None and not (math.isfinite(gain) and gain > 0):
+        raise SuiteError(f"--analog-gain {gain:g}: the analog gain must be a finite number > 0 (1 = none)")
     cfg = load_sensor(args.sensor)
-    changes = {k: v for k, v in (("adc_bits", getattr(args, "adc_bits_one", None)),
-                                  ("analog_gain", getattr(args, "analog_gain", None))) if v is not None}
+    changes = {k: v for k, v in (("adc_bits", bits), ("analog_gain", gain)) if v is not None}
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -29,22 +52,44 @@ def _sensor_model(cfg) -> dict:
 
 
 def cmd_emva(args: argparse.Namespace) -> int:
-    """EMVA 1288 photon transfer of the configured sensor; a `sensor` record with the curve."""
+    """EMVA 1288 photon transfer of the configured sensor; a `sensor` record with the curve.
+
+    Bad arguments and sensors that cannot be measured are refused before any frame is simulated; a
+    result that would not be finite is an error, never a record."""
+    import math
+
     import numpy as np
 
     from core.records import make_record, write_record
     from hwsim.sensor import emva
 
     cfg = _sensor(args)
+    shape = (args.size, args.size)
+    emva.check(cfg, shape, args.steps)
     t0 = time.perf_counter()
-    ptc = emva.photon_transfer(cfg, (args.size, args.size), steps=args.steps, seed=args.seed)
+    ptc = emva.photon_transfer(cfg, shape, steps=args.steps, seed=args.seed)
     want = emva.expected(cfg, ptc.exposure_s[0])
     got = ptc.to_dict()
+    sat_e, limit = emva.saturation(cfg)
     dark_dn = float(np.sqrt(ptc.var_y_dark[0]))
+    caveats = emva.caveats(cfg, ptc)
     metrics = {**{f"{k}": got[k] for k in want}, **{f"configured_{k}": v for k, v in want.items()},
                **{f"rel_error_{k}": got[k] / v - 1 for k, v in want.items()},
+               # The plateau is compared with the effective saturation (want["full_well_e"]): the full
+               # well or, when the ADC clips first, the ADC's top in electrons.
+               "configured_full_well_e": cfg.full_well_e, "expected_full_well_e": sat_e,
+               "adc_top_e": emva.adc_top_e(cfg), "saturation_limited_by": limit,
                "saturation_e": ptc.saturation_e, "dark_noise_dn": dark_dn,
-               "dark_noise_resolved": dark_dn >= emva.MIN_DARK_NOISE_DN, "seconds": round(time.perf_counter() - t0, 2)}
+               "dark_noise_resolved": dark_dn >= emva.MIN_DARK_NOISE_DN,
+               "quantization_limited": dark_dn < emva.MIN_DARK_NOISE_DN,
+               "dark_clipped_fraction": ptc.dark_clipped_fraction,
+               "black_level_clips": ptc.dark_clipped_fraction > emva.MAX_DARK_CLIPPED,
+               "fit_points": ptc.fit_points, "caveats": caveats,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # never write a NaN as a result
+        raise SuiteError(f"sensor {cfg.name!r}: {', '.join(bad)} came out not finite; no record written. "
+                         "Check the sensor's gain, full well and ADC bits (docs/sensor.md)")
     curve = {k: got[k] for k in ("exposure_s", "mu_p", "mu_y", "mu_y_dark", "var_y", "var_y_dark")}
     record = make_record("sensor", model=_sensor_model(cfg),
                          data={"name": "flat-field", "split": "emva1288", "size": 4 * args.steps},
@@ -55,12 +100,16 @@ def cmd_emva(args: argparse.Namespace) -> int:
     print(f"EMVA 1288 photon transfer of {cfg.name} ({cfg.adc_bits}-bit ADC, {args.size}x{args.size}, "
           f"{args.steps} steps):")
     for k, v in want.items():
-        print(f"  {k:<22} measured {got[k]:>10.4g}   configured {v:>10.4g}   ({100 * (got[k] / v - 1):+.2f}%)")
+        name = "expected" if k == "full_well_e" else "configured"
+        flag = "  [see below]" if k in caveats else ""
+        print(f"  {k:<22} measured {got[k]:>10.4g}   {name} {v:>10.4g}   ({100 * (got[k] / v - 1):+.2f}%){flag}")
+    if limit == "ADC":
+        print(f"  {'':<22} the ADC saturates first: its top code is {sat_e:.4g} e- above black, below the "
+              f"{cfg.full_well_e:.4g} e- full well")
     print(f"  {'saturation_e':<22} measured {ptc.saturation_e:>10.4g}   (EMVA: at the variance peak)")
-    if not metrics["dark_noise_resolved"]:
-        print(f"  warning: the dark noise is {dark_dn:.2f} DN, below the {emva.MIN_DARK_NOISE_DN} DN EMVA 1288 needs: "
-              "the ADC's quantization hides it, so dark noise and dark current are not measurable here; "
-              "raise --analog-gain or --adc-bits")
+    for reason in dict.fromkeys(caveats.values()):
+        keys = ", ".join(k for k, v in caveats.items() if v == reason)
+        print(f"  warning: {keys} {reason}")
     print(f"-> {path}")
     return 0
 
@@ -102,10 +151,18 @@ def cmd_photo(args: argparse.Namespace) -> int:
 
     from core.records import make_record, results_dir, write_record
     from hwsim.sensor import camera, isp
-    from hwsim.sensor.sweep import psnr_db
+    from hwsim.sensor.sweep import finite_or_none, lux_text, psnr_db
 
+    _check_lux([args.lux])
+    if args.max_side is not None and args.max_side < MIN_PHOTO_SIDE:
+        raise SuiteError(f"--max-side {args.max_side}: the scaled photo needs at least {MIN_PHOTO_SIDE} pixels on "
+                         "its long side (the demosaic's 5x5 kernels); leave it out to keep the full size")
     cfg = _sensor(args)
     scene_u8 = _load_photo(args.image)
+    if min(scene_u8.shape[:2]) < MIN_PHOTO_SIDE:
+        raise SuiteError(f"{args.image}: the image is {scene_u8.shape[1]}x{scene_u8.shape[0]} pixels; the sensor "
+                         f"needs at least {MIN_PHOTO_SIDE}x{MIN_PHOTO_SIDE} (the demosaic's 5x5 kernels); use a larger "
+                         "image")
     if args.max_side and max(scene_u8.shape[:2]) > args.max_side:
         from skimage.transform import rescale
 
@@ -113,6 +170,9 @@ def cmd_photo(args: argparse.Namespace) -> int:
         factor = args.max_side / max(scene_u8.shape[:2])
         scene_u8 = np.round(255 * rescale(scene_u8, factor, channel_axis=-1, anti_aliasing=True)).astype(np.uint8)
     h, w = scene_u8.shape[:2]
+    if min(h, w) < MIN_PHOTO_SIDE:
+        raise SuiteError(f"--max-side {args.max_side} scales the {args.image} photo to {w}x{h} pixels, below the "
+                         f"{MIN_PHOTO_SIDE}x{MIN_PHOTO_SIDE} the sensor needs; raise --max-side")
     scene_u8 = scene_u8[: h - h % 2, : w - w % 2]  # a Bayer mosaic needs even sizes
     t0 = time.perf_counter()
     exp = camera.exposure_program(cfg, args.lux)
@@ -121,15 +181,15 @@ def cmd_photo(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     ideal = scene_u8 if out.ndim == scene_u8.ndim else isp.luma(scene_u8)
     folder = Path(args.out) if args.out else results_dir(args.results) / "photos"
-    stem = f"photo_{Path(args.image).stem}_{cfg.name}_{args.lux:g}lux_adc{cfg.adc_bits}_{args.demosaic}"
+    stem = f"photo_{Path(args.image).stem}_{cfg.name}_{lux_text(args.lux)}lux_adc{cfg.adc_bits}_{args.demosaic}"
     white_dn = max(float(exp.white_e.max() * cfg.system_gain), 1.0)
     raw_view = np.clip((raw - cfg.black_level_dn) * (255.0 / white_dn), 0, 255)
     files = {"scene": _save_png(ideal, folder / f"{stem}_scene.png"),
              "raw": _save_png(raw_view, folder / f"{stem}_raw.png"),
              "isp": _save_png(out, folder / f"{stem}_isp.png")}
-    metrics = {"psnr_db": psnr_db(out, ideal), "lux": args.lux, "exposure_s": exp.exposure_s,
+    metrics = {"psnr_db": finite_or_none(psnr_db(out, ideal)), "lux": args.lux, "exposure_s": exp.exposure_s,
                "white_electrons": float(exp.white_e.max()), "seconds": round(seconds, 2)}
-    tag = args.tag or f"{args.lux:g}lux-adc{cfg.adc_bits}-{args.demosaic}"
+    tag = args.tag or f"{lux_text(args.lux)}lux-adc{cfg.adc_bits}-{args.demosaic}"
     record = make_record("sensor", model=_sensor_model(cfg),
                          data={"name": Path(args.image).stem, "split": "photo", "size": 1},
                          config={"method": "isp-photo", "tag": tag,
@@ -138,7 +198,7 @@ def cmd_photo(args: argparse.Namespace) -> int:
                          extra={"images": {k: os.path.relpath(v, results_dir(args.results)) for k, v in files.items()}})
     path = write_record(record, args.results)
     print(f"{args.image} at {args.lux:g} lux through {cfg.name}: exposure {1e3 * exp.exposure_s:.2f} ms, "
-          f"white {metrics['white_electrons']:.0f} e-, PSNR {metrics['psnr_db']:.1f} dB vs the scene -> "
+          f"white {metrics['white_electrons']:.0f} e-, PSNR {psnr_db(out, ideal):.1f} dB vs the scene -> "
           f"{files['isp']}, {path}")
     return 0
 
@@ -200,10 +260,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from core.data import load_fmnist_arrays
     from hwsim.sensor import sweep
 
+    # Arguments first, before any image or model is loaded.
+    _check_lux(args.lux)
+    if args.limit < 1:
+        raise SuiteError(f"--limit {args.limit}: the sweep needs at least 1 image (default 200)")
+    for bits in args.adc_bits:
+        if not 1 <= bits <= 16:
+            raise SuiteError(f"--adc-bits {bits}: an ADC has 1..16 bits (e.g. --adc-bits 8 12)")
+    if not (args.program or args.quantized or args.fp):
+        raise SuiteError("nothing to evaluate: give --program, --quantized and/or --fp")
     cfg = _sensor(args)
     if cfg.cfa != "mono":
         raise SuiteError(f"the sweep sees grayscale Fashion-MNIST scenes with a monochrome sensor; {cfg.name} is "
                          f"{cfg.cfa} (use mono-3um or a JSON sensor with \"cfa\": \"mono\")")
+    for bits in args.adc_bits:  # every depth of the grid is a valid sensor
+        cfg.replace(adc_bits=bits)
     images, labels = load_fmnist_arrays(args.split)
     images, labels = images[: args.limit], labels[: args.limit]
     evaluators = _evaluators(args, images.shape[1:])

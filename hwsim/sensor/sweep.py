@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import SuiteError
 from core.records import make_record, record_name, results_dir, write_record
 from hwsim.sensor import camera, isp
 from hwsim.sensor.config import SensorConfig
@@ -52,6 +53,25 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def lux_text(lux: float) -> str:
+    """An illuminance for tags and file names: 1e+09 -> 1e9 (record names turn '+' into '-', so 1e+09 and
+    1e-09 lux would share a file)."""
+    return f"{lux:g}".replace("e+", "e")
+
+
+def finite_or_none(x: float) -> float | None:
+    """`x`, or None for inf / NaN (a record holds JSON numbers only: PSNR of identical images is None)."""
+    return x if np.isfinite(x) else None
+
+
+def _recorded_fingerprint(path: Path) -> str | None:
+    """The fingerprint of the record at `path`; None when it is missing or unreadable (then it is redone)."""
+    try:
+        return json.loads(path.read_text())["config"].get("fingerprint")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def _fingerprint(cfg: SensorConfig, ev: Evaluator, images: np.ndarray, seed: int) -> str:
     body = json.dumps([cfg.to_dict(), ev.method, ev.artifact_sha256, ev.model.get("checkpoint_sha256"), seed])
     return hashlib.sha256(body.encode() + images.tobytes()).hexdigest()[:16]
@@ -61,6 +81,8 @@ def run(evaluators: list[Evaluator], images: np.ndarray, labels: np.ndarray, lux
         adc_bits: Iterable[int], cfg: SensorConfig, seed: int, results: str | Path | None, tag: str,
         data: dict, log: Callable[[str], None] = print) -> list[Path]:
     """Every (lux, ADC bits, evaluator) point: simulate once per (lux, bits), evaluate, write a record."""
+    if len(images) == 0:
+        raise SuiteError("the sweep got no images; give --limit >= 1")
     written: list[Path] = []
     clean: dict[int, float] = {}
     for bits in adc_bits:
@@ -70,11 +92,11 @@ def run(evaluators: list[Evaluator], images: np.ndarray, labels: np.ndarray, lux
             for i, ev in enumerate(evaluators):
                 fp = _fingerprint(sensor, ev, images, seed)
                 config = {"method": ev.method, "w_bits": ev.w_bits, "a_bits": ev.a_bits,
-                          "tag": f"{tag}-lux{lux:g}-adc{bits}", "sensor": sensor.to_dict(), "lux": lux,
+                          "tag": f"{tag}-lux{lux_text(lux)}-adc{bits}", "sensor": sensor.to_dict(), "lux": lux,
                           "adc_bits": bits, "fingerprint": fp}
                 path = results_dir(results) / record_name({"kind": "sensor", "model": ev.model, "data": data,
                                                            "config": config, "seed": seed})
-                if path.exists() and json.loads(path.read_text())["config"].get("fingerprint") == fp:
+                if path.exists() and _recorded_fingerprint(path) == fp:
                     log(f"  {ev.label} {lux:g} lux {bits}-bit ADC: record exists, skipped")
                     continue
                 todo.append((i, ev, config))
@@ -82,7 +104,7 @@ def run(evaluators: list[Evaluator], images: np.ndarray, labels: np.ndarray, lux
                 continue
             t0 = time.perf_counter()
             seen, exp = sense(images, lux, sensor, seed)
-            quality = {"psnr_db": psnr_db(seen, images), "exposure_s": exp.exposure_s,
+            quality = {"psnr_db": finite_or_none(psnr_db(seen, images)), "exposure_s": exp.exposure_s,
                        "white_electrons": float(exp.white_e.max()), "lux": lux, "adc_bits": bits,
                        "white_dn": float(exp.white_e.max() * sensor.system_gain),
                        "sensor_seconds": round(time.perf_counter() - t0, 3)}
@@ -98,6 +120,6 @@ def run(evaluators: list[Evaluator], images: np.ndarray, labels: np.ndarray, lux
                                      seed=seed, extra=extra)
                 written.append(write_record(record, results))
                 log(f"  {ev.label} {lux:g} lux {bits}-bit ADC: top-1 {100 * top1:.1f}% "
-                    f"(clean {100 * clean[i]:.1f}%), PSNR {quality['psnr_db']:.1f} dB, "
+                    f"(clean {100 * clean[i]:.1f}%), PSNR {psnr_db(seen, images):.1f} dB, "
                     f"white {quality['white_electrons']:.0f} e- = {quality['white_dn']:.1f} DN")
     return written
