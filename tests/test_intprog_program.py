@@ -87,6 +87,48 @@ def test_malformed_programs(tmp_path, exported, graph_edit, const_edit, message)
         load(path)
 
 
+def _op(graph, kind, nth=0):
+    return [op for op in graph["ops"] if op["op"] == kind][nth]
+
+
+@pytest.mark.parametrize(
+    "graph_edit, const_edit, message",
+    [
+        # a shift of 99, as an attribute and as a constant
+        (lambda g: _op(g, "attention")["attrs"].update(sm_shift=99), None,
+         r"op \d+ \(attention 'b0.attn'\): attribute 'sm_shift' = 99 is outside 8..70"),
+        (None, lambda c: c.update({"b0.qkv.shift": np.full_like(c["b0.qkv.shift"], 99)}),
+         r"\(linear 'b0.qkv'\): constant 'shift' holds 99..99, outside 0..62"),
+        # a missing attribute
+        (lambda g: _op(g, "linear")["attrs"].pop("in_zp"), None, r"\(linear 'embed'\) misses its attribute 'in_zp'"),
+        (lambda g: _op(g, "attention")["attrs"].update(bits="4"), None, "attribute 'bits' must be an integer"),
+        # a transposed weight
+        (None, lambda c: c.update({"b0.fc1.weight": np.ascontiguousarray(c["b0.fc1.weight"].T)}),
+         r"\(linear 'b0.fc1'\): constant 'weight' of shape \[16, 64\] takes 64 inputs but its input has 16"),
+        # a negative head dimension
+        (lambda g: _op(g, "split_heads")["attrs"].update(dim=-16), None,
+         r"\(split_heads 'b0.q'\): attribute 'dim' = -16 is outside 1..inf"),
+        (lambda g: _op(g, "split_heads")["attrs"].update(heads=3), None, "'dim' = 16 is not a multiple of 'heads' = 3"),
+        # `ops` not a list, an op not an object, fields of the wrong type
+        (lambda g: g.update(ops={"0": g["ops"][0]}), None, "'ops' must be a list of op objects, got dict"),
+        (lambda g: g["ops"].__setitem__(2, "linear"), None, "op 2 must be an object, got str"),
+        (lambda g: g["ops"][2].update(attrs=[]), None, r"op 2 \(\w+ '[\w.]+'\): field 'attrs' must be a dict"),
+        (lambda g: g["input"].update(shape=[1, -28, 28]), None, "input field 'shape' must be a list of positive"),
+        (lambda g: g["output"].pop("scale"), None, "output field 'scale' must be a positive number"),
+        (lambda g: _op(g, "patchify")["attrs"].update(patch=5), None, "'patch' = 5 does not divide the 28x28"),
+        (lambda g: _op(g, "take_token")["attrs"].update(index=40), None, "'index' = 40 is outside the 17 tokens"),
+        (None, lambda c: c.update({"b0.gelu.table": c["b0.gelu.table"][:100]}), "8-bit inputs need 256 entries"),
+        (lambda g: g.__setitem__("meta", [1]), None, "'meta' must be an object"),
+    ],
+)
+def test_hand_edited_programs_are_refused_by_op_and_field(tmp_path, exported, graph_edit, const_edit, message):
+    """A hand-edited program is a ProgramError naming the op and the field when it is loaded, never a
+    numpy traceback when it runs (tests/test_reliability_cli.py runs one through `pfcr run`)."""
+    path = _write(tmp_path, exported[1], graph_edit, const_edit)
+    with pytest.raises(ProgramError, match=message):
+        load(path)
+
+
 def test_unreadable_files(tmp_path):
     with pytest.raises(ProgramError, match="does not exist"):
         load(tmp_path / "none.safetensors")
