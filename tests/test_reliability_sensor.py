@@ -227,3 +227,37 @@ def test_emva_adc_limited_at_full_size(files, results):
     m = _no_nan(path)["metrics"]
     assert abs(m["rel_error_full_well_e"]) < 0.01 and abs(m["rel_error_system_gain"]) < 0.01
     assert m["fit_points"] >= 30  # of 80 (0 before: the series was planned from the 10 000 e- well)
+
+
+# --- Interruption -----------------------------------------------------------------------------------
+
+def test_interrupted_sweep_keeps_finished_points_and_resumes(results):
+    """Ctrl-C during a sweep: the points already recorded stay, and the rerun skips them; a damaged
+    record of a point is measured again, not a traceback."""
+    from hwsim.sensor import sweep
+    from hwsim.sensor.config import PRESETS
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.arange(6) % 10
+    calls = {"n": 0}
+
+    def predict(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # clean pass, first point, then Ctrl-C at the second point
+            raise KeyboardInterrupt
+        return np.zeros(len(batch), dtype=np.int64)
+
+    ev = sweep.Evaluator("sensor-fp32", None, None, {"name": "stub", "checkpoint_sha256": None}, predict)
+    data = {"name": "fashion-mnist", "split": "test", "size": 6}
+    args = (images, labels, [10.0, 100.0], [8], PRESETS["mono-3um"], 0, results, "t", data)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run([ev], *args, log=lambda s: None)
+    (first,) = results.glob("*.json")
+    assert "lux10-" in first.name and _no_nan(first)["metrics"]["top1"] == pytest.approx(1 / 6)  # 0 is 1 label of 6
+    log: list[str] = []
+    written = sweep.run([ev], *args, log=log.append)
+    assert len(written) == 1 and "lux100-" in written[0].name
+    assert any("record exists, skipped" in line for line in log)
+    first.write_text("{ damaged")
+    assert sweep.run([ev], *args, log=log.append) == [first]  # redone, not a JSONDecodeError
+    _no_nan(first)
