@@ -106,6 +106,10 @@ CASES = [
     ("sweep-nan-sensor", [*SWEEP, "--sensor", "{nan_read_noise}"], 2, ["read_noise_e", "finite"]),
     ("sweep-bayer-sensor", [*SWEEP, "--sensor", "rggb-1.4um"], 2, ["rggb-1.4um", "monochrome"]),
     ("sweep-nothing", ["sensor", "sweep"], 2, ["nothing to evaluate", "--program"]),
+    # output folders that cannot be written: refused before the computation, not after it
+    ("emva-results-unwritable", [*EMVA, "--results", "{broken_json}/sub"], 2, ["cannot write", "--results"]),
+    ("photo-out-unwritable", [*PHOTO, "--out", "{broken_json}/sub"], 2, ["cannot write", "--out"]),
+    ("sweep-results-unwritable", [*SWEEP, "--results", "{broken_json}/sub"], 2, ["cannot write", "--results"]),
 ]
 
 
@@ -144,8 +148,20 @@ def _no_nan(path) -> dict:
 
 
 @pytest.mark.parametrize(("argv", "code", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(argv, code, words, files, results, capsys):
-    argv = [a.format(**files) for a in argv] + ["--results", str(results)]
+def test_bad_input(argv, code, words, files, results, capsys, monkeypatch):
+    import core.data
+    from hwsim.sensor import camera, emva
+
+    def computation_started(*args, **kwargs):
+        raise AssertionError("the computation started before the input was checked")
+
+    # Every refusal comes first: no frame simulated, no photo captured, no image set loaded.
+    monkeypatch.setattr(emva, "photon_transfer", computation_started)
+    monkeypatch.setattr(camera, "capture", computation_started)
+    monkeypatch.setattr(core.data, "load_fmnist_arrays", computation_started)
+    argv = [a.format(**files) for a in argv]
+    if "--results" not in argv:
+        argv += ["--results", str(results)]
     assert run_cli(argv) == code
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err

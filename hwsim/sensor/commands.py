@@ -21,6 +21,21 @@ def _check_seed(args: argparse.Namespace) -> None:
         raise SuiteError(f"--seed {args.seed}: seeds must be >= 0 (numpy's generators take no negative seed)")
 
 
+def _writable(folder: str | os.PathLike, option: str) -> None:
+    """Create `folder` and prove a file can be written there (a probe made and removed), so a command fails
+    at once rather than after its computation (SuiteError naming the folder and the option)."""
+    import tempfile
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SuiteError(f"cannot write to {folder} ({err.strerror or err}); pass a writable folder with {option} "
+                         "or fix its permissions") from None
+
+
 def _check_lux(values: list[float]) -> None:
     import math
 
@@ -60,12 +75,13 @@ def cmd_emva(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from core.records import make_record, write_record
+    from core.records import make_record, results_dir, write_record
     from hwsim.sensor import emva
 
     cfg = _sensor(args)
     shape = (args.size, args.size)
     emva.check(cfg, shape, args.steps)
+    _writable(results_dir(args.results), "--results")
     t0 = time.perf_counter()
     ptc = emva.photon_transfer(cfg, shape, steps=args.steps, seed=args.seed)
     want = emva.expected(cfg, ptc.exposure_s[0])
@@ -174,13 +190,15 @@ def cmd_photo(args: argparse.Namespace) -> int:
         raise SuiteError(f"--max-side {args.max_side} scales the {args.image} photo to {w}x{h} pixels, below the "
                          f"{MIN_PHOTO_SIDE}x{MIN_PHOTO_SIDE} the sensor needs; raise --max-side")
     scene_u8 = scene_u8[: h - h % 2, : w - w % 2]  # a Bayer mosaic needs even sizes
+    folder = Path(args.out) if args.out else results_dir(args.results) / "photos"
+    _writable(results_dir(args.results), "--results")
+    _writable(folder, "--out" if args.out else "--results")
     t0 = time.perf_counter()
     exp = camera.exposure_program(cfg, args.lux)
     raw = camera.capture(scene_u8, exp, cfg, args.seed)
     out = isp.process(raw, camera.isp_for(cfg, exp, demosaic=args.demosaic))
     seconds = time.perf_counter() - t0
     ideal = scene_u8 if out.ndim == scene_u8.ndim else isp.luma(scene_u8)
-    folder = Path(args.out) if args.out else results_dir(args.results) / "photos"
     stem = f"photo_{Path(args.image).stem}_{cfg.name}_{lux_text(args.lux)}lux_adc{cfg.adc_bits}_{args.demosaic}"
     white_dn = max(float(exp.white_e.max() * cfg.system_gain), 1.0)
     raw_view = np.clip((raw - cfg.black_level_dn) * (255.0 / white_dn), 0, 255)
@@ -258,6 +276,7 @@ def _evaluators(args: argparse.Namespace, shape: tuple[int, ...]):
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Top-1 through the sensor over illuminance x ADC bits; one `sensor` record per point."""
     from core.data import load_fmnist_arrays
+    from core.records import results_dir
     from hwsim.sensor import sweep
 
     # Arguments first, before any image or model is loaded.
@@ -275,6 +294,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          f"{cfg.cfa} (use mono-3um or a JSON sensor with \"cfa\": \"mono\")")
     for bits in args.adc_bits:  # every depth of the grid is a valid sensor
         cfg.replace(adc_bits=bits)
+    _writable(results_dir(args.results), "--results")
     images, labels = load_fmnist_arrays(args.split)
     images, labels = images[: args.limit], labels[: args.limit]
     evaluators = _evaluators(args, images.shape[1:])
