@@ -27,7 +27,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_main(args: argparse.Namespace) -> int:
-    """The main job: every part's stages on the embedded default (cli/pipeline.py), then the report."""
+    """The main job: every part's stages on the embedded default (cli/pipeline.py), then the report.
+
+    Its thread count is the suite's, not the machine's (--threads, default 1, as the committed
+    records were made): torch sums in another order with other thread counts, which moves
+    quantized accuracy by up to a point. Set before torch loads; recorded in every record.
+    """
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
     from cli.pipeline import run_main
     from reports.summary import write_summary
 
@@ -62,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
                     help="full schedule: PTQ on 1024 images x 200 iterations, integer accuracy on all test images")
     sp.add_argument("--rerun", action="store_true", help="run every stage even if its record is up to date")
     sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    sp.add_argument("--threads", type=int, choices=range(1, 257), default=1, metavar="N",
+                    help="CPU threads of every stage (default 1, as the committed records were made)")
     sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./results)")
     sp.set_defaults(func=cmd_main)
     return p

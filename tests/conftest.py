@@ -7,6 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+# The tests' thread count is the suite's, not the machine's, so results (and their run time on the
+# 2-core CI) do not depend on where they run; set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 
