@@ -30,15 +30,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core import data
     from core.evaluate import predict
-    from core.files import atomic_path, atomic_write
+    from core.files import atomic_path, atomic_write, ensure_writable
     from core.models import ZOO, build, sha256_file
-    from core.records import host, make_record, versions, write_record
+    from core.records import host, make_record, results_dir, versions, write_record
     from core.train import TrainConfig, train
 
     if args.model not in ZOO:
         raise SuiteError(f"`train` trains zoo models ({', '.join(ZOO)}), not {args.model!r}; "
                          "fine-tune other timm models with timm's own train script")
     entry = ZOO[args.model]
+    # Never over the committed zoo unless --out says so: by default the weights and card go to
+    # <results>/zoo/. Every folder it writes is checked before the first epoch.
+    results = ensure_writable(results_dir(args.results), "--results (or $PFCR_RESULTS)")
+    out = ensure_writable(Path(args.out) if args.out else results / "zoo", "--out")
+    run_dir = ensure_writable(Path(args.run_dir or f"runs/{entry.name}"), "--run-dir")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,7 +51,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build(entry.arch, **entry.kwargs)
     images, labels = data.load_fmnist_arrays("train")
     x, y = data.fmnist_to_tensor(images), torch.from_numpy(labels.astype("int64"))
-    run_dir = Path(args.run_dir or f"runs/{entry.name}")
     log = []
 
     def on_epoch(epoch: int, seconds: float) -> None:
@@ -56,7 +60,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     train(model, x, y, cfg, run_dir, on_epoch)
     test = predict(model, data.fmnist("test"), desc="test").metrics()
-    out = Path(args.out) if args.out else entry.checkpoint.parent
     weights = out / f"{entry.name}.safetensors"
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
@@ -78,6 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                              metrics={"top1": test["top1"], "top5": test["top5"]}, seed=cfg.seed),
                  args.results)
     print(f"{entry.name}: test top-1 {100 * test['top1']:.2f}% -> {weights}")
+    if out.resolve() != entry.checkpoint.parent.resolve():
+        print(f"(the zoo's own weights are unchanged; to make these the zoo's, copy {weights.name} and "
+              f"{entry.name}.json into {entry.checkpoint.parent}, or train with --out {entry.checkpoint.parent})")
     return 0
 
 
@@ -87,11 +93,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("train", help="train a zoo model on Fashion-MNIST (resumes from runs/<model>)")
     sp.add_argument("model", help="zoo model name")
-    sp.add_argument("--epochs", type=int, default=20)
-    sp.add_argument("--batch-size", type=int, default=128)
-    sp.add_argument("--lr", type=float, default=2e-3)
-    sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    sp.add_argument("--epochs", type=arguments.positive_int, default=20)
+    sp.add_argument("--batch-size", type=arguments.positive_int, default=128)
+    sp.add_argument("--lr", type=arguments.positive_float, default=2e-3)
+    sp.add_argument("--threads", type=arguments.nonnegative_int, default=0,
+                    help="torch threads (default: torch's choice)")
     sp.add_argument("--run-dir", default=None, help="epoch checkpoints (default runs/<model>)")
-    sp.add_argument("--out", default=None, help="where the weights and card go (default: the zoo)")
+    sp.add_argument("--out", default=None,
+                    help="where the weights and card go (default <results>/zoo/; the committed zoo, core/zoo/, "
+                    "only when named here)")
     arguments.common(sp)
     sp.set_defaults(func=cmd_train)

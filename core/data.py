@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from core.errors import DataError
+from core.errors import DataError, ModelError
 from core.files import atomic_write
 
+FMNIST_NAME = "fashion-mnist"  # the --data value of the embedded default (core.arguments.FMNIST)
 FMNIST_DIR_ENV = "PFCR_FMNIST_DIR"
 FMNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = {
@@ -158,30 +160,113 @@ def fmnist_calibration(size: int, seed: int, root: str | os.PathLike | None = No
     return data, manifest
 
 
+class _ImageLoader:
+    """Reads one image of a folder in the mode the model takes ("L": one channel, "RGB": three); a
+    file that is not an image, or is truncated, is a DataError naming it (not a PIL traceback)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, path: str):
+        from PIL import Image
+
+        try:
+            with open(path, "rb") as f, Image.open(f) as img:
+                return img.convert(self.mode)
+        except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+            raise DataError(f"image {path} cannot be read ({err}); replace or remove the file") from None
+
+
+def check_images(paths: list[str]) -> None:
+    """Open each image file and verify its structure (no decoding): a DataError naming the first
+    file that is not an image or is cut short, before any long computation reads them."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"image {path} cannot be read ({err}); replace or remove the file") from None
+
+
 def image_folder(root: str | os.PathLike, model: torch.nn.Module) -> Dataset:
     """A user's ImageNet-layout folder (one subfolder per class), preprocessed for `model`.
 
     Preprocessing follows timm's eval transform for the model's pretrained config (resize, center
-    crop, mean/std), so accuracy matches what timm would measure.
+    crop, mean/std), so accuracy matches what timm would measure. Images are read with the model's
+    channel count: grayscale for a one-channel model (the mean and std averaged over RGB unless the
+    model's config gives one-channel values), RGB for three.
     """
     import timm.data
     from torchvision.datasets import ImageFolder
 
+    from core.models import input_spec
+
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; give a folder with one subfolder per class")
+    chans, size = input_spec(model)
+    chans = chans or 3
+    if chans not in (1, 3):
+        raise DataError(f"the model takes {chans}-channel images; an image folder ({root}) gives grayscale (1) "
+                        "or RGB (3) images only: evaluate it on data prepared as its own pipeline does")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
+    std = tuple(cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD)
+    if chans == 1 and len(mean) != 1:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    args = {"mean": mean, "std": std}
     # The model's own input size wins over its pretrained config's (a 224 default for most timm
     # names), so a model built with another img_size gets images of the size it was built for.
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    config = timm.data.resolve_data_config({"input_size": (3, *size)} if size else {}, model=model)
+    if size:
+        args["input_size"] = (chans, *size)
+    else:
+        args["in_chans"] = chans
+    config = timm.data.resolve_data_config(args, model=model)
     transform = timm.data.create_transform(**config, is_training=False)
     try:
-        return ImageFolder(str(root), transform=transform)
+        return ImageFolder(str(root), transform=transform, loader=_ImageLoader("L" if chans == 1 else "RGB"))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(
             f"image folder {root} is not in ImageNet layout ({err}); put each class's images "
             "(.jpg, .png, ...) in a subfolder named after the class"
         ) from None
+
+
+def check_fits(model: torch.nn.Module, name: str, source: str, classes: int | None = None) -> None:
+    """Refuse data the model cannot take: Fashion-MNIST's 1x28x28 images for a model of another input
+    size or channel count, or a folder of more classes than the model has outputs (a DataError naming
+    both); warn on stderr when the data has fewer classes than the model's outputs (allowed: a subset)."""
+    from core.models import input_spec, num_classes
+
+    chans, size = input_spec(model)
+    if source == FMNIST_NAME:
+        want = (chans, *(size or (28, 28)))
+        if (chans is not None and chans != 1) or (size is not None and tuple(size) != (28, 28)):
+            raise DataError(
+                f"{name} takes {'x'.join(map(str, want))} images but Fashion-MNIST's are 1x28x28; pass --data "
+                "FOLDER with images for it (resized to its input), or build it for Fashion-MNIST with "
+                "--model-kwargs '{\"img_size\": 28, \"in_chans\": 1, \"num_classes\": 10}' and a checkpoint "
+                "trained so")
+    outputs = num_classes(model)
+    if classes is None or outputs is None:
+        return
+    if outputs == 0:
+        raise ModelError(
+            f"{name} has no classifier head (num_classes=0): its outputs are features, not class scores, so it "
+            "has no accuracy; pass --model-kwargs '{\"num_classes\": N}' with a --checkpoint that holds a head of "
+            "N classes")
+    where = "Fashion-MNIST" if source == FMNIST_NAME else f"folder {source}"
+    if classes > outputs:
+        raise DataError(
+            f"{where} has {classes} classes but {name} has {outputs} outputs; evaluate it on data of at most "
+            f"{outputs} classes, or a model with a head of {classes} classes (--model-kwargs '{{\"num_classes\": "
+            f"{classes}}}' and a checkpoint that holds that head)")
+    if classes < outputs:
+        print(f"warning: {where} has {classes} classes but {name} has {outputs} outputs: its labels are read as "
+              f"the model's first {classes} classes (the subfolders in sorted order); accuracy is right only if "
+              "those are the same classes", file=sys.stderr)
 
 
 def split_folder(root: str | os.PathLike, split: str) -> Path:
@@ -191,24 +276,35 @@ def split_folder(root: str | os.PathLike, split: str) -> Path:
     return sub if sub.is_dir() else root
 
 
-def calibration_images(source: str, size: int, seed: int, model: torch.nn.Module
+def calibration_images(source: str, size: int, seed: int, model: torch.nn.Module, name: str = "the model"
                        ) -> tuple[torch.Tensor, CalibrationManifest]:
     """Calibration images [N, C, H, W] from Fashion-MNIST's train split or a user's folder, seeded."""
-    if source == "fashion-mnist":
+    check_fits(model, name, source)
+    if source == FMNIST_NAME:
         ds, manifest = fmnist_calibration(size, seed)
         return ds.tensors[0], manifest
     folder = image_folder(split_folder(source, "train"), model)
     manifest = calibration_manifest(size, seed, len(folder), dataset=str(source), split="train")
+    check_images([folder.samples[i][0] for i in manifest.indices])
     return torch.stack([folder[i][0] for i in manifest.indices]), manifest
 
 
-def evaluation_set(source: str, split: str, limit: int | None, model: torch.nn.Module) -> tuple[Dataset, dict]:
+def evaluation_set(source: str, split: str, limit: int | None, model: torch.nn.Module, name: str = "the model"
+                   ) -> tuple[Dataset, dict]:
     """(dataset, the record's `data` field) for a command's --data/--split/--limit: the embedded
-    Fashion-MNIST split, or the val/ part of a user's ImageFolder preprocessed for `model`."""
-    if source == "fashion-mnist":
+    Fashion-MNIST split, or the val/ part of a user's ImageFolder preprocessed for `model`.
+
+    Checked before anything is computed: the images fit the model (check_fits: size, channels,
+    classes), `limit` is at least 1, and every image file of the set opens (check_images)."""
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit {limit} leaves no images; give a number of at least 1")
+    if source == FMNIST_NAME:
+        check_fits(model, name, source, len(FMNIST_CLASSES))
         ds = fmnist(split, limit=limit)
         return ds, {"name": source, "split": split, "size": len(ds)}
     ds = image_folder(split_folder(source, "val"), model)
+    check_fits(model, name, str(source), len(ds.classes))
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    check_images([s[0] for s in (ds.dataset.samples[:len(ds)] if limit is not None else ds.samples)])
     return ds, {"name": str(source), "split": "folder", "size": len(ds)}

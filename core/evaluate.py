@@ -9,6 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from core.errors import DataError
+
 
 @dataclass
 class Evaluation:
@@ -28,6 +30,10 @@ class Evaluation:
     def confusion(self) -> torch.Tensor:
         """[C, C] counts; row = true class, column = predicted class."""
         c = self.num_classes
+        top = int(self.labels.max()) if self.labels.numel() else -1
+        if top >= c or (self.labels.numel() and int(self.labels.min()) < 0):
+            raise DataError(f"the data has labels up to {top} but the model gives {c} class scores; evaluate it on "
+                            f"data of at most {c} classes, or a model whose head has as many classes as the data")
         pred = self.logits.argmax(dim=1)
         return torch.bincount(self.labels * c + pred, minlength=c * c).reshape(c, c)
 
@@ -47,6 +53,10 @@ class Evaluation:
 @torch.no_grad()
 def predict(model: nn.Module, data: Dataset, batch_size: int = 256, desc: str = "eval") -> Evaluation:
     """Run `model` over `data` in eval mode and keep its logits."""
+    if batch_size < 1:
+        raise DataError(f"batch size {batch_size} must be at least 1")
+    if len(data) == 0:
+        raise DataError("no images to evaluate: the data set is empty (check --data and --limit)")
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # a parameter-free model runs on the CPU
     logits, labels = [], []

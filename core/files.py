@@ -1,5 +1,7 @@
 """Files: atomic writes (a reader sees the old file or the new one, never half of either),
-content digests, and the portable form of a path that records keep.
+content digests, the portable form of a path that records keep, the check that an output folder
+can be written before a long computation, and record names that do not overwrite another
+artifact's record.
 
 Torch-free so that the integer program, hwsim and tvm_backends can use it too.
 """
@@ -7,11 +9,19 @@ Torch-free so that the integer program, hwsim and tvm_backends can use it too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from core.errors import SuiteError
+
+# Errors of the file system rather than of the program: reported by name, never as a traceback.
+_FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
 
 ROOT = Path(__file__).resolve().parent.parent  # the suite's checkout (or install prefix)
 
@@ -43,16 +53,72 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     For writers that want a file name (safetensors, matplotlib, torch.save).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _cannot_write(path, err) from None
     os.close(fd)
     tmp_path = Path(tmp)
     tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give what open() would have
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno not in _FS_ERRNOS:
+            raise
+        raise _cannot_write(path, err) from None  # a full disk or a read-only folder: said by name
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _cannot_write(path: Path, err: OSError) -> SuiteError:
+    reason = err.strerror or str(err)
+    return SuiteError(f"cannot write {path} ({reason}); free space or fix the folder's permissions, or pass "
+                      "another output folder (--results, --out)")
+
+
+def ensure_writable(directory: str | os.PathLike, option: str = "--results") -> Path:
+    """Create `directory` if needed and prove that a file can be written in it (a probe file, made
+    and removed), so that a command fails at once, not after its computation; a SuiteError naming
+    the folder and the option that moves it. Returns the folder."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SuiteError(f"folder {d} cannot be written ({err.strerror or err}); pass a writable folder with "
+                         f"{option} or fix its permissions") from None
+    return d
+
+
+def distinct_record(record: dict[str, Any], directory: str | os.PathLike | None = None) -> dict[str, Any]:
+    """`record`, with a short digest added to its config's tag when the record file of its name
+    already holds a measurement of another artifact (a record with another `artifact` path: another
+    program, quantized model or program output), so that the earlier record is kept, not silently
+    replaced. A rerun on the same artifact keeps the name (and replaces its own record); the digest
+    is the first 8 hex of the sha256 of the artifact's path, stable across reruns."""
+    from core.records import record_name, results_dir  # records import this module
+
+    artifact = record.get("artifact")
+    path = results_dir(directory) / record_name(record)
+    if not artifact or not path.is_file():
+        return record
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return record  # unreadable: nothing worth keeping
+    if not isinstance(old, dict) or not old.get("artifact") or _same_path(old["artifact"], artifact):
+        return record
+    digest = hashlib.sha256(portable_path(os.path.abspath(artifact)).encode()).hexdigest()[:8]
+    tag = record["config"].get("tag")
+    return {**record, "config": {**record["config"], "tag": f"{tag}-a{digest}" if tag else f"a{digest}"}}
+
+
+def _same_path(a: str, b: str) -> bool:
+    return portable_path(os.path.abspath(a)) == portable_path(os.path.abspath(b))
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -184,16 +184,39 @@ class LoadedModel:
         return {"name": self.name, "checkpoint": portable_path(self.checkpoint) if self.checkpoint else None,
                 "checkpoint_sha256": self.checkpoint_sha256}
 
+    @property
+    def variant(self) -> str | None:
+        """What tells this model apart from others of its name in a record's file name: None for a zoo
+        model with the zoo's own weights; else 'ck' and the first 8 hex of its checkpoint's sha256, or
+        'random' for a model without a checkpoint. (A zoo name with another checkpoint, or two users'
+        checkpoints of one timm name, then never overwrite each other's records.)"""
+        entry = ZOO.get(self.name)
+        if entry is not None and self.checkpoint_sha256 is not None and self.checkpoint_sha256 == _zoo_sha(entry):
+            return None
+        return f"ck{self.checkpoint_sha256[:8]}" if self.checkpoint_sha256 else "random"
+
+
+def _zoo_sha(entry: ZooEntry) -> str | None:
+    return sha256_file(entry.checkpoint) if entry.checkpoint.exists() else None
+
 
 def load_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs: Any) -> LoadedModel:
     """A zoo model with its committed weights, or a timm model, optionally with a local checkpoint.
 
     A zoo model without an explicit checkpoint loads the zoo's; kwargs override the architecture
-    (e.g. num_classes for a user's fine-tuned model).
+    (e.g. num_classes for a user's fine-tuned model). A timm model without a checkpoint has random
+    weights (the suite never downloads any): said on stderr, since its accuracy means nothing.
     """
     entry = ZOO.get(name)
     arch, arch_kwargs = (entry.arch, {**entry.kwargs, **kwargs}) if entry else (name, kwargs)
     module = build(arch, **arch_kwargs)
+    if entry is not None:
+        # The zoo models take whole Fashion-MNIST images, normalized with its mean and std: a folder
+        # of images gets the same (no center crop; core.data.image_folder reads pretrained_cfg).
+        from core.data import FMNIST_MEAN, FMNIST_STD
+
+        module.pretrained_cfg = {**getattr(module, "pretrained_cfg", {}), "mean": (FMNIST_MEAN,),
+                                 "std": (FMNIST_STD,), "crop_pct": 1.0}
     if checkpoint is None and entry is not None:
         if not entry.checkpoint.exists():
             raise CheckpointError(f"zoo model {name} has no weights at {entry.checkpoint}; "
@@ -206,6 +229,10 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs:
     if checkpoint is not None:
         load_state_dict(module, read_state_dict(checkpoint), str(checkpoint))
         sha = sha256_file(checkpoint)
+    else:
+        print(f"WARNING: {name} has RANDOM weights: no --checkpoint was given and the suite downloads no "
+              "pretrained weights, so its accuracy means nothing; pass --checkpoint FILE (.safetensors or a "
+              "torch state_dict) with the weights you trained", file=sys.stderr)
     module.eval()
     return LoadedModel(module, name, str(checkpoint) if checkpoint else None, sha, from_zoo)
 
@@ -213,3 +240,26 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs:
 def load_program_model(meta: dict[str, Any]) -> LoadedModel:
     """The float model an integer program was exported from, as its metadata names it."""
     return load_model(meta["model"], meta.get("checkpoint"), **(meta.get("model_kwargs") or {}))
+
+
+def num_classes(module: nn.Module) -> int | None:
+    """The number of class scores a classifier gives (timm's `num_classes`; 0 for a model built
+    without a head, whose outputs are features), or None when the model does not say."""
+    value = getattr(module, "num_classes", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def input_spec(module: nn.Module) -> tuple[int | None, tuple[int, int] | None]:
+    """(channels, (height, width)) of the images a model takes; the size is None when the model
+    takes any size (a dynamic ViT, a CNN), the channels None when it cannot be told."""
+    embed = getattr(module, "patch_embed", None)
+    proj = getattr(embed, "proj", None)
+    chans = getattr(proj, "in_channels", None)
+    if chans is None:
+        conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+        chans = conv.in_channels if conv is not None else None
+    size = getattr(embed, "img_size", None)
+    fixed = (embed is not None and getattr(embed, "strict_img_size", True)
+             and not getattr(module, "dynamic_img_size", False))
+    return chans, (tuple(int(v) for v in size) if size is not None and fixed else None)
+

@@ -13,31 +13,48 @@ from core.errors import SuiteError
 from core.registry import MainJob, Stage
 
 
+def _tag(*parts: str | None) -> str | None:
+    """A record's tag from its parts (the user's --tag, a fixed label, the model's variant)."""
+    return "-".join(p for p in parts if p) or None
+
+
+def _writable_results(args: argparse.Namespace) -> None:
+    """The results folder can be written: checked before anything is loaded or computed."""
+    from core.files import ensure_writable
+    from core.records import results_dir
+
+    ensure_writable(results_dir(args.results), "--results (or $PFCR_RESULTS)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a float model, or a saved quantized one (--quantized), and write an `eval` record."""
     import torch
 
     from core.data import evaluation_set
     from core.evaluate import predict
+    from core.files import distinct_record
     from core.models import load_model, sha256_file
     from core.records import make_record, write_record
 
+    _writable_results(args)
     torch.manual_seed(args.seed)
     if args.quantized:
         loaded, module, meta = _quantized_model(args)
         config = {"method": meta.get("method", "quantized"), "w_bits": module.cfg.w_bits,
-                  "a_bits": module.cfg.a_bits, "tag": "reloaded"}
+                  "a_bits": module.cfg.a_bits, "tag": _tag("reloaded", loaded.variant)}
         extra = {"artifact": str(args.quantized), "artifact_sha256": sha256_file(args.quantized)}
     else:
         loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
         module, config, extra = loaded.module, {"method": "fp32", "w_bits": None, "a_bits": None}, {}
-    ds, data_rec = evaluation_set(args.data, args.split, args.limit, loaded.module)
+        if loaded.variant:
+            config["tag"] = loaded.variant
+    ds, data_rec = evaluation_set(args.data, args.split, args.limit, loaded.module, args.model)
     t0 = time.perf_counter()
     metrics = predict(module, ds, batch_size=args.batch_size, desc=f"eval {args.model}").metrics()
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     record = make_record("eval", model=loaded.record(), data=data_rec, config=config,
                          metrics=metrics, seed=args.seed, extra=extra)
-    path = write_record(record, args.results)
+    path = write_record(distinct_record(record, args.results), args.results)
     print(f"{args.model} {config['method']}: top-1 {100 * metrics['top1']:.2f}%  "
           f"top-5 {100 * metrics['top5']:.2f}% on {data_rec['size']} images -> {path}")
     if args.confusion:
@@ -49,7 +66,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """Quantize, save, evaluate against the float model, and write a `quantize` record."""
+    """Quantize, save, evaluate against the float model, and write a `quantize` record.
+
+    Everything that can refuse the inputs runs first (results and output folders writable, the
+    model, the data's fit and readability, the calibration draw), and the FP32 model is evaluated
+    before the reconstruction, so no input error surfaces after the long computation."""
     import resource
 
     import torch
@@ -57,12 +78,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     from core import data
     from core.evaluate import agreement, predict
+    from core.files import distinct_record, ensure_writable
     from core.models import load_model
-    from core.records import make_record, write_record
+    from core.records import make_record, results_dir, write_record
     from pfcr.quant.model import QuantConfig
     from pfcr.quantize import QuantizeConfig, quantize, save_qmodel
     from pfcr.reconstruct.config import ReconConfig
 
+    arguments.check_bits_range("--bits", args.bits)
+    _writable_results(args)
+    if args.out:
+        ensure_writable(Path(args.out).parent, "--out")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SuiteError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
     w_bits, a_bits = args.bits
@@ -77,7 +103,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
     fp = loaded.module.to(args.device)
-    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, fp)
+    ds, data_rec = data.evaluation_set(args.data, args.split, args.limit, fp, args.model)
+    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, fp, args.model)
+    variant = f"_{loaded.variant}" if loaded.variant else ""
+    default_out = (results_dir(args.results) / "quantized" /
+                   f"{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}{variant}.safetensors")
+    out = Path(args.out) if args.out else ensure_writable(default_out.parent, "--out or --results") / default_out.name
+    # The FP32 reference first: it reads every evaluation image before the reconstruction. The
+    # random state is kept as it was, so the quantization draws what it always drew.
+    rng = torch.get_rng_state()
+    fp_eval = predict(fp, ds, batch_size=args.batch_size, desc="eval fp32")
+    torch.set_rng_state(rng)
     t0 = time.perf_counter()
     # A live bar on a terminal; one line per granule in logs (tqdm's disable=None: off without a tty).
     bar = tqdm(desc=f"{args.method} {w_bits}/{a_bits}", unit="granule", disable=None, leave=False)
@@ -92,31 +128,27 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     qm, log = quantize(fp, images.to(args.device), cfg, show)
     bar.close()
     seconds = time.perf_counter() - t0
-    default_out = f"results/quantized/{args.model}_{args.method}_w{w_bits}a{a_bits}_seed{args.seed}.safetensors"
-    out = Path(args.out or default_out)
     save_qmodel(qm, out, {"model": args.model, "method": args.method, "checkpoint_sha256": loaded.checkpoint_sha256,
                           "model_kwargs": args.model_kwargs, "calibration": json.loads(manifest.to_json())})
-    ds, data_rec = data.evaluation_set(args.data, args.split, args.limit, fp)
-    fp_eval = predict(fp, ds, batch_size=args.batch_size, desc="eval fp32")
     q_eval = predict(qm, ds, batch_size=args.batch_size, desc=f"eval {args.method}")
     metrics = {**q_eval.metrics(), **agreement(fp_eval, q_eval), "fp_top1": fp_eval.topk(1),
                "seconds": round(seconds, 2),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "granules": log}
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "calib_size": args.calib_size,
-              "calib_sha256": manifest.sha256, "device": args.device, "tag": args.tag}
+              "calib_sha256": manifest.sha256, "device": args.device, "tag": _tag(args.tag, loaded.variant)}
     record = make_record("quantize", model=loaded.record(), data=data_rec, config=config,
                          metrics=metrics, seed=args.seed, extra={"artifact": str(out)})
-    path = write_record(record, args.results)
+    path = write_record(distinct_record(record, args.results), args.results)
     print(f"{args.model} {args.method} W{w_bits}A{a_bits}: top-1 {100 * metrics['top1']:.2f}% "
           f"(FP32 {100 * metrics['fp_top1']:.2f}%), agreement {100 * metrics['agreement']:.2f}%, "
-          f"KL {metrics['kl']:.4f}, {seconds:.0f} s -> {path}")
+          f"KL {metrics['kl']:.4f}, {seconds:.0f} s -> {out}, {path}")
     return 0
 
 
 def _quantized_model(args: argparse.Namespace):
     """(float LoadedModel, quantized model, its metadata) for --quantized, checked against the model
-    name before anything is loaded."""
+    name before anything is loaded, and against the float checkpoint it was made from."""
     from core.models import load_model
     from pfcr.quantize import load_qmodel, read_qmodel_meta
 
@@ -125,6 +157,11 @@ def _quantized_model(args: argparse.Namespace):
         raise SuiteError(f"{args.quantized} quantizes {meta.get('model')!r}, not {args.model!r}; "
                          f"pass {meta.get('model')} as the model")
     loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
+    made_from = meta.get("checkpoint_sha256")
+    if made_from and loaded.checkpoint_sha256 and made_from != loaded.checkpoint_sha256:
+        raise SuiteError(f"{args.quantized} was quantized from a checkpoint of sha256 {made_from[:12]}..., not "
+                         f"{loaded.checkpoint or args.model} ({loaded.checkpoint_sha256[:12]}...); pass the "
+                         "--checkpoint it was made from")
     return loaded, load_qmodel(args.quantized, loaded.module), meta
 
 
@@ -133,14 +170,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from core import data
+    from core.files import distinct_record, ensure_writable
     from core.models import sha256_file
     from core.records import make_record, write_record
     from pfcr import fidelity
     from pfcr.export import export_program
 
+    _writable_results(args)
+    out = Path(args.out or Path(args.quantized).with_suffix(".intprog.safetensors"))
+    ensure_writable(out.parent, "--out")
     torch.manual_seed(args.seed)
     loaded, qm, _ = _quantized_model(args)
-    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, loaded.module)
+    images, manifest = data.calibration_images(args.data, args.calib_size, args.seed, loaded.module, args.model)
     program = export_program(qm, images)
     check = fidelity.measure(qm, program, images[:args.check_images], args.min_cosine)
     if check.logit_cosine < args.min_cosine:
@@ -153,7 +194,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                          "checkpoint": None if loaded.from_zoo else loaded.checkpoint,
                          "w_bits": qm.cfg.w_bits, "a_bits": qm.cfg.a_bits,
                          "quantized": str(args.quantized), "quantized_sha256": sha256_file(args.quantized)})
-    out = Path(args.out or Path(args.quantized).with_suffix(".intprog.safetensors"))
     program.save(out)
     sizes = program.weight_bytes()
     metrics = {**sizes, "program_bytes": out.stat().st_size, "ops": len(program.ops),
@@ -162,14 +202,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     record = make_record("export", model=loaded.record(),
                          data={"name": args.data, "split": "calibration", "size": len(images)},
                          config={"method": "intprog", "w_bits": cfg.w_bits, "a_bits": cfg.a_bits,
-                                 "calib_sha256": manifest.sha256, "tag": args.tag},
+                                 "calib_sha256": manifest.sha256, "tag": _tag(args.tag, loaded.variant)},
                          metrics=metrics, seed=args.seed,
                          extra={"artifact": str(out), "artifact_sha256": sha256_file(out)})
-    write_record(record, args.results)
+    write_record(distinct_record(record, args.results), args.results)
     print(f"{out}: {len(program.ops)} integer ops, weights {sizes['weight_bytes_packed'] / 1024:.0f} KiB packed "
           f"vs {sizes['weight_bytes_fp32'] / 1024:.0f} KiB FP32; fidelity to the quantized model on {check.images} "
           f"images: logit cosine {check.logit_cosine:.4f}, top-1 agreement {100 * check.top1_agreement:.1f}%")
     return 0
+
+
+def _check_quantized_matches(program_path: str, meta: dict, quantized: str) -> None:
+    """Refuse a --quantized file that is not the one the program was exported from: another model or
+    other bit widths, or (when the program names its sha256) other content."""
+    from core.files import sha256_file
+    from pfcr.quantize import read_qmodel_meta
+
+    qcfg, qmeta = read_qmodel_meta(quantized)
+    problems = []
+    if meta.get("model") is not None and qmeta.get("model") != meta["model"]:
+        problems.append(f"it quantizes {qmeta.get('model')!r}, the program {meta['model']!r}")
+    for key in ("w_bits", "a_bits"):
+        if meta.get(key) is not None and getattr(qcfg, key) != meta[key]:
+            problems.append(f"its {key} is {getattr(qcfg, key)}, the program's {meta[key]}")
+    if not problems and meta.get("quantized_sha256"):
+        sha = sha256_file(quantized)
+        if sha != meta["quantized_sha256"]:
+            problems.append(f"its sha256 is {sha[:12]}..., the program was exported from one of "
+                            f"{meta['quantized_sha256'][:12]}...")
+    if problems:
+        named = f" ({meta['quantized']})" if meta.get("quantized") else ""
+        raise SuiteError(f"--quantized {quantized} is not the quantized model {program_path} was exported from: "
+                         f"{'; '.join(problems)}; pass the file it was exported from{named}, or leave --quantized out")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -181,15 +245,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from core.data import evaluation_set
     from core.evaluate import Evaluation, agreement, predict
+    from core.files import distinct_record
     from core.models import load_program_model, sha256_file
     from core.records import make_record, write_record
     from intprog import reference
-    from intprog.program import load
+    from intprog.program import ProgramError, load
 
+    _writable_results(args)
     program = load(args.program)
     meta = program.meta
+    if not isinstance(meta.get("model"), str):
+        raise ProgramError(f"{args.program} names no float model in its metadata (meta.model); `pfcr run` needs "
+                           "one to read the data as it does: run programs written by `pfcr export`")
+    if args.quantized:
+        _check_quantized_matches(args.program, meta, args.quantized)
     fp = load_program_model(meta)
-    ds, data_rec = evaluation_set(args.data, args.split, args.limit, fp.module)
+    ds, data_rec = evaluation_set(args.data, args.split, args.limit, fp.module, meta["model"])
     logits, labels, stats = [], [], {}
     t0 = time.perf_counter()
     for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False, disable=None):
@@ -208,10 +279,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                         **{f"vs_fake_quant_{k}": v for k, v in agreement(fake, integer).items()}})
     record = make_record("run", model=fp.record(), data=data_rec,
                          config={"method": "intprog-reference", "w_bits": meta.get("w_bits"),
-                                 "a_bits": meta.get("a_bits"), "tag": args.tag},
+                                 "a_bits": meta.get("a_bits"), "tag": _tag(args.tag, fp.variant)},
                          metrics=metrics, seed=args.seed,
                          extra={"artifact": str(args.program), "artifact_sha256": sha256_file(args.program)})
-    path = write_record(record, args.results)
+    path = write_record(distinct_record(record, args.results), args.results)
     fq = f" (fake-quant {100 * metrics['fake_quant_top1']:.2f}%)" if args.quantized else ""
     print(f"{args.program}: integer-only top-1 {100 * metrics['top1']:.2f}%{fq} on {data_rec['size']} images, "
           f"peak activations {metrics['peak_activation_bytes'] / 1024:.1f} KiB per image -> {path}")
@@ -233,23 +304,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     arguments.model(sp)
     sp.add_argument("--bits", type=arguments.bits, default=(4, 4), help="W<w>A<a>, e.g. W4A4, W3A3, W8A8, W4A8")
     sp.add_argument("--method", default="pfcr", choices=["pfcr", "block", "rtn"])
-    sp.add_argument("--attn-bits", type=int, default=None, help="post-softmax bits (default: the A bits)")
+    sp.add_argument("--attn-bits", type=arguments.bit_width, default=None,
+                    help="post-softmax bits (default: the A bits)")
     sp.add_argument("--uniform-softmax", action="store_true", help="uniform instead of log2 post-softmax quantizer")
-    sp.add_argument("--input-bits", type=int, default=8, help="bits of the image entering the patch embedding")
-    sp.add_argument("--first-last-w-bits", type=int, default=None,
+    sp.add_argument("--input-bits", type=arguments.bit_width, default=8,
+                    help="bits of the image entering the patch embedding")
+    sp.add_argument("--first-last-w-bits", type=arguments.bit_width, default=None,
                     help="weight bits of the patch embedding and the head (default: the W bits)")
     sp.add_argument("--pos", default="sos", choices=["sos", "levelwise", "none"],
                     help="PFCR's progressive optimization strategy reading (see pfcr/quantize.py)")
-    sp.add_argument("--coarsest", type=int, default=4, help="PFCR's largest granule in blocks (0, 1, 2, 4, ...)")
+    sp.add_argument("--coarsest", type=arguments.nonnegative_int, default=4,
+                    help="PFCR's largest granule in blocks (0, 1, 2, 4, ...)")
     sp.add_argument("--no-finest", action="store_true", help="PFCR without the MHSA/MLP unit level")
-    sp.add_argument("--calib-size", type=int, default=1024, help="calibration images (seeded draw)")
-    sp.add_argument("--iters", type=int, default=200, help="reconstruction iterations per granule")
-    sp.add_argument("--recon-batch-size", type=int, default=32)
-    sp.add_argument("--round-lr", type=float, default=ReconConfig.round_lr, help="Adam lr of AdaRound variables")
-    sp.add_argument("--scale-lr", type=float, default=ReconConfig.scale_lr, help="Adam lr of activation steps")
-    sp.add_argument("--drop-prob", type=float, default=ReconConfig.drop_prob, help="QDrop probability")
+    sp.add_argument("--calib-size", type=arguments.positive_int, default=1024, help="calibration images (seeded draw)")
+    sp.add_argument("--iters", type=arguments.nonnegative_int, default=200,
+                    help="reconstruction iterations per granule")
+    sp.add_argument("--recon-batch-size", type=arguments.positive_int, default=32)
+    sp.add_argument("--round-lr", type=arguments.positive_float, default=ReconConfig.round_lr,
+                    help="Adam lr of AdaRound variables")
+    sp.add_argument("--scale-lr", type=arguments.positive_float, default=ReconConfig.scale_lr,
+                    help="Adam lr of activation steps")
+    sp.add_argument("--drop-prob", type=arguments.probability, default=ReconConfig.drop_prob, help="QDrop probability")
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    sp.add_argument("--out", default=None, help="quantized model file (.safetensors)")
+    sp.add_argument("--out", default=None, help="quantized model file (.safetensors; default <results>/quantized/"
+                    "<model>_<method>_w<W>a<A>_seed<S>.safetensors)")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
     arguments.data(sp)
     arguments.common(sp)
@@ -258,13 +336,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("export", help="quantized ViT -> integer program file (intprog)")
     arguments.model(sp, "the model the quantized file was made from")
     sp.add_argument("--quantized", required=True, help="a quantized model saved by `pfcr quantize`")
-    sp.add_argument("--calib-size", type=int, default=256, help="images that fix the stream/GELU/logit scales")
+    sp.add_argument("--calib-size", type=arguments.positive_int, default=256,
+                    help="images that fix the stream/GELU/logit scales")
     sp.add_argument("--out", default=None, help="program file (default: beside the quantized file)")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
     sp.add_argument("--data", default=arguments.FMNIST, help="calibration source: fashion-mnist or a folder")
-    sp.add_argument("--check-images", type=int, default=32,
+    sp.add_argument("--check-images", type=arguments.positive_int, default=32,
                     help="calibration images on which the program is checked against the quantized model")
-    sp.add_argument("--min-cosine", type=float, default=0.95,
+    sp.add_argument("--min-cosine", type=arguments.finite_float, default=0.95,
                     help="refuse a program whose logits have a lower mean (centred) cosine with the quantized "
                     "model's (default 0.95; right programs of the zoo: 0.987-0.997)")
     arguments.common(sp)

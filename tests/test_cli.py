@@ -137,7 +137,8 @@ def test_help_loads_neither_torch_nor_tvm():
     """`pfcr --help` and argument errors answer at once: building the parser of every command imports
     no heavy library (they load inside the commands)."""
     code = ("import sys\nfrom cli.main import parser\nparser()\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'tvm', 'timm', 'pandas', 'matplotlib'})\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules}\n"
+            "               & {'torch', 'tvm', 'timm', 'pandas', 'matplotlib'})\n"
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

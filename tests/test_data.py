@@ -1,4 +1,5 @@
 import gzip
+import re
 
 import numpy as np
 import pytest
@@ -124,3 +125,57 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="ImageNet layout"):
         data.image_folder(tmp_path / "empty", model)
+
+
+def test_image_folder_reads_grayscale_for_a_one_channel_model(tmp_path):
+    """RGB files, a one-channel model: read as grayscale (PIL "L"), normalized with one mean/std."""
+    from PIL import Image
+
+    (tmp_path / "imgs" / "c").mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), (255, 0, 0), dtype=np.uint8)).save(tmp_path / "imgs" / "c" / "red.png")
+    ds = data.image_folder(tmp_path / "imgs", tiny_vit(img_size=32, patch_size=8, in_chans=1))
+    x, _ = ds[0]
+    gray = 76 / 255  # ITU-R 601-2 luma of pure red, as PIL's convert("L")
+    assert x.shape == (1, 32, 32)
+    assert torch.allclose(x, torch.full_like(x, (gray - 0.5) / 0.5), atol=2e-3)  # the ViT's mean/std 0.5
+
+
+def test_image_folder_refuses_other_channel_counts(tmp_path):
+    from tests.conftest import image_folder
+
+    image_folder(tmp_path / "imgs", ("a",), per_class=1)
+    with pytest.raises(DataError, match=r"takes 4-channel images.*grayscale \(1\) or RGB \(3\)"):
+        data.image_folder(tmp_path / "imgs", tiny_vit(img_size=32, patch_size=8, in_chans=4))
+
+
+def test_unreadable_images_are_named(tmp_path):
+    """A truncated file and a non-image with an image suffix: a DataError naming the file, both when the
+    set is checked up front (check_images) and when an image is read (the loader)."""
+    from tests.conftest import image_folder
+
+    image_folder(tmp_path / "imgs", ("a",), per_class=2)
+    cut = tmp_path / "imgs" / "a" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:80])
+    (tmp_path / "imgs" / "a" / "2.jpg").write_text("hello")
+    ds = data.image_folder(tmp_path / "imgs", tiny_vit(img_size=32, patch_size=8, in_chans=3))
+    with pytest.raises(DataError, match=re.escape(f"image {cut} cannot be read")):
+        data.check_images([s[0] for s in ds.samples])
+    for i, (path, _) in enumerate(ds.samples):
+        if not path.endswith("0.png"):
+            with pytest.raises(DataError, match=re.escape(f"image {path} cannot be read")):
+                ds[i]
+
+
+def test_evaluation_set_checks_the_model_fits(tmp_path):
+    """Fashion-MNIST for a model of another input size or channels, more classes than outputs, a model
+    without a head: refused by name before any image is read; fewer classes: a warning."""
+    from core.errors import ModelError
+
+    with pytest.raises(DataError, match="m takes 3x32x32 images but Fashion-MNIST's are 1x28x28"):
+        data.evaluation_set("fashion-mnist", "test", 4, tiny_vit(img_size=32, patch_size=8, in_chans=3), "m")
+    with pytest.raises(DataError, match="Fashion-MNIST has 10 classes but m has 5 outputs"):
+        data.evaluation_set("fashion-mnist", "test", 4, tiny_vit(num_classes=5), "m")
+    with pytest.raises(ModelError, match="m has no classifier head"):
+        data.evaluation_set("fashion-mnist", "test", 4, tiny_vit(num_classes=0), "m")
+    with pytest.raises(DataError, match="--limit 0 leaves no images"):
+        data.evaluation_set("fashion-mnist", "test", 0, tiny_vit(), "m")

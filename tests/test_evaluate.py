@@ -45,3 +45,19 @@ def test_predict_runs_the_model_in_batches():
     ev = predict(Lookup(), data, batch_size=4)
     assert torch.equal(ev.logits, LOGITS) and torch.equal(ev.labels, LABELS)
     assert ev.metrics()["top1"] == pytest.approx(0.5)
+
+
+def test_labels_beyond_the_logits_are_named_not_a_reshape_error():
+    from core.errors import DataError
+
+    with pytest.raises(DataError, match="labels up to 7 but the model gives 6 class scores"):
+        Evaluation(LOGITS, torch.tensor([0, 1, 2, 3, 0, 7])).metrics()
+
+
+def test_predict_refuses_an_empty_set_or_batch_size():
+    from core.errors import DataError
+
+    with pytest.raises(DataError, match="no images to evaluate"):
+        predict(Lookup(), TensorDataset(torch.arange(0), torch.arange(0)))
+    with pytest.raises(DataError, match="batch size 0"):
+        predict(Lookup(), TensorDataset(torch.arange(6), LABELS), batch_size=0)

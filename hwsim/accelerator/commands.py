@@ -18,11 +18,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from core import data
     from core.errors import SuiteError
-    from core.records import write_record
+    from core.files import distinct_record, ensure_writable
+    from core.records import results_dir, write_record
     from hwsim.accelerator.config import load_config
     from hwsim.accelerator.simulate import make_simulate_record, simulate
     from intprog.program import load
 
+    ensure_writable(results_dir(args.results), "--results (or $PFCR_RESULTS)")
     program = load(args.program)
     changes = {k: v for k, v in (("acc_bits", args.acc_bits), ("overflow", args.overflow),
                                  ("rounding", args.rounding)) if v is not None}
@@ -42,7 +44,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     record = make_simulate_record(args.program, program, cfg, metrics, rows,
                                   {"name": "fashion-mnist", "split": args.split, "size": len(labels)},
                                   args.seed, args.tag)
-    path = write_record(record, args.results)
+    path = write_record(distinct_record(record, args.results), args.results)
     print(f"{'layer':<18} {'unit':<9} {'MACs':>9} {'cycles':>9} {'stall':>7} {'util':>5} {'DRAM B':>8} "
           f"{'energy nJ':>9} {'overflows':>9}")
     for r in rows:
@@ -61,18 +63,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from hwsim.accelerator.config import OVERFLOW_MODES, ROUNDING_MODES
+    from hwsim.accelerator.config import MAX_ACC_BITS, OVERFLOW_MODES, ROUNDING_MODES
 
     sp = sub.add_parser("simulate", help="run an integer program on the accelerator model (values, cycles, energy)")
     sp.add_argument("program", help="an integer program file written by `pfcr export`")
     sp.add_argument("--config", default="edge-npu",
                     help="accelerator: a preset (edge-npu, mcu) or a TOML file (see docs/accelerator.md)")
-    sp.add_argument("--acc-bits", type=int, default=None, help="override the accumulator width")
+    sp.add_argument("--acc-bits", type=arguments.int_in(8, MAX_ACC_BITS), default=None,
+                    help=f"override the accumulator width (8..{MAX_ACC_BITS})")
     sp.add_argument("--overflow", choices=OVERFLOW_MODES, default=None, help="override the overflow mode")
     sp.add_argument("--rounding", choices=ROUNDING_MODES, default=None, help="override the requantization rounding")
     sp.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
-    sp.add_argument("--limit", type=int, default=None, help="simulate only the first N images")
-    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--limit", type=arguments.positive_int, default=None,
+                    help="simulate only the first N images (N >= 1)")
+    sp.add_argument("--batch-size", type=arguments.positive_int, default=256)
     sp.add_argument("--no-compare", action="store_true", help="skip the bit-for-bit comparison with the reference")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
     arguments.common(sp)
