@@ -144,7 +144,8 @@ def calibration_manifest(size: int, seed: int, population: int, dataset: str = "
     numpy's PCG64 stream is stable across releases, so the same seed gives the same subset.
     """
     if not 0 < size <= population:
-        raise DataError(f"calibration size {size} must be between 1 and the split's {population} images")
+        raise DataError(f"calibration size {size} must be between 1 and the split's {population} images; "
+                        f"pass a --calib-size of at most {population}")
     rng = np.random.Generator(np.random.PCG64(seed))
     indices = np.sort(rng.choice(population, size=size, replace=False))
     return CalibrationManifest(dataset, split, seed, size, tuple(int(i) for i in indices))

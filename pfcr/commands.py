@@ -264,7 +264,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     logits, labels, stats = [], [], {}
     t0 = time.perf_counter()
     for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False, disable=None):
-        codes = reference.run(program, program.input_codes(x), stats)
+        try:
+            codes = reference.run(program, program.input_codes(x), stats)
+        except (ValueError, OverflowError, IndexError, TypeError) as err:  # what load() cannot prove of values
+            raise ProgramError(f"{args.program}: the reference executor stopped ({type(err).__name__}: {err}); "
+                               "the program's constants do not fit its values: re-export it with `pfcr export`"
+                               ) from None
         logits.append(torch.from_numpy(codes.astype(np.float64) * program.output["scale"]))  # in the model's units
         labels.append(torch.as_tensor(y))
     seconds = time.perf_counter() - t0

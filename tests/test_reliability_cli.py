@@ -80,6 +80,13 @@ def setup_truncated_train_image(tmp_path: Path) -> dict:
     return {**_user(tmp_path), "data": str(tmp_path / "data")}
 
 
+def setup_small_train_val(tmp_path: Path) -> dict:
+    """train/ and val/ folders of 8 images each."""
+    for split in ("train", "val"):
+        image_folder(tmp_path / "data" / split, ("a", "b"), per_class=4)
+    return {**_user(tmp_path), "data": str(tmp_path / "data")}
+
+
 def setup_unwritable(tmp_path: Path) -> dict:
     """{ro}: a folder that cannot be written (under a plain file; root ignores permission bits)."""
     blocker = tmp_path / "blocker"
@@ -243,6 +250,9 @@ CASES = [
      ["{data}/b/1.png", "cannot be read", "replace or remove"]),
     ("eval-not-an-image", ["eval", USER, *UK, "--data", "{data}"], setup_not_an_image, 2,
      ["{data}/a/notes.jpg", "cannot be read", "replace or remove"]),
+    ("quantize-calib-size-above-folder", ["quantize", USER, *UK, "--data", "{data}", "--method", "rtn",
+                                          "--calib-size", "100"], setup_small_train_val, 2,
+     ["calibration size 100", "8 images", "--calib-size of at most 8"]),
     ("quantize-truncated-val-image", ["quantize", USER, *UK, "--data", "{data}", "--method", "rtn", "--calib-size",
                                       "4"], setup_truncated_train_image, 2, ["{data}/val/a/3.png", "cannot be read"]),
     # folders that cannot be written, found before anything is computed
