@@ -201,3 +201,15 @@ def no_leaked_processes(_subreaper):
                     pass
         pytest.fail("processes started by this test outlived it (now killed): "
                     + "; ".join(f"pid {pid}: {cmd}" for pid, cmd in leaked.items()), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def host_art(tmp_path_factory) -> tuple[Path, Path]:
+    """(program, artifact folder): the tiny program of tests/test_tvm_build.py built for the host,
+    once per session; copy the folder before damaging it."""
+    from tests.test_tvm_build import tiny_program
+    from tvm_backends.build import compile_program
+
+    root = tmp_path_factory.mktemp("host_art")
+    prog = tiny_program(root / "tiny.intprog.safetensors")
+    return prog, compile_program(prog, "host", root / "art").path

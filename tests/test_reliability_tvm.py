@@ -22,27 +22,18 @@ pytest.importorskip("tvm")
 
 from cli.main import main, parser
 from core.records import is_complete, write_record
-from tests.test_tvm_build import tiny_program
 from tvm_backends.build import compile_program
 from tvm_backends.emulate import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    """(program, artifact folder) of the tiny program for the host; copy it before damaging it."""
-    root = tmp_path_factory.mktemp("reliability_tvm")
-    prog = tiny_program(root / "tiny.intprog.safetensors")
-    return prog, compile_program(prog, "host", root / "art").path
-
-
 @pytest.fixture
-def art(built, tmp_path) -> Path:
+def art(host_art, tmp_path) -> Path:
     """A private copy of the built artifact."""
     import shutil
 
-    return Path(shutil.copytree(built[1], tmp_path / "art"))
+    return Path(shutil.copytree(host_art[1], tmp_path / "art"))
 
 
 def _bench(art: Path, results: Path, *extra: str) -> int:
@@ -209,8 +200,8 @@ def test_results_folder_is_checked_before_measuring(art, tmp_path, capsys):
     assert "cannot write result records to" in err and "--results" in err
 
 
-def test_compile_checks_its_outputs_before_building(built, tmp_path, capsys):
-    prog, _ = built
+def test_compile_checks_its_outputs_before_building(host_art, tmp_path, capsys):
+    prog, _ = host_art
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert main(["compile", str(prog), "--target", "host", "--out", str(blocker)]) == 2

@@ -71,13 +71,6 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-@pytest.fixture(scope="module")
-def host_art(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tvm_rpc")
-    prog = tiny_program(root / "tiny.intprog.safetensors")
-    return prog, compile_program(prog, "host", root / "art").path
-
-
 @pytest.fixture
 def server():
     """A TVM RPC server on this machine (tvm_backends/inproc_server.py); yields 'host:port'."""
