@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pfcr {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"pfcr {args.command}: interrupted; files written so far are whole (every write is atomic)", file=sys.stderr)
+        print(f"pfcr {args.command}: interrupted; files written so far are whole (every write is atomic)",
+              file=sys.stderr)
         return 130
 
 
