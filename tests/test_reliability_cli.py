@@ -28,7 +28,14 @@ USER = "vit_tiny_patch16_224"
 
 
 def _user(tmp_path: Path, classes: int = 2, **kw) -> dict:
-    """A user's checkpoint ({ckpt}) and its --model-kwargs ({kwargs})."""
+    """A user's checkpoint ({ckpt}) and its --model-kwargs ({kwargs}); its weights are drawn from a
+    seed of the folder's name, so two folders never hold the same checkpoint (the commands reseed
+    torch's global generator)."""
+    import hashlib
+
+    import torch
+
+    torch.manual_seed(int.from_bytes(hashlib.sha256(str(tmp_path).encode()).digest()[:4], "little"))
     ckpt, kwargs = user_model(tmp_path, num_classes=classes)
     if kw:
         from safetensors.torch import save_file
@@ -186,8 +193,20 @@ def quantized_pair(tmp_path_factory):
             **{n: str(root / f"{n}.safetensors") for n in ("q8", "q8b", "q4")}}
 
 
-def setup_quantized_pair(tmp_path: Path) -> dict:
-    raise AssertionError("replaced by the quantized_pair fixture")  # marker: see test_bad_input
+def setup_quantized_pair(tmp_path: Path, pair: dict) -> dict:
+    """(Takes the module's quantized_pair fixture: see test_bad_input.)"""
+    return pair
+
+
+def setup_quantized_other_checkpoint(tmp_path: Path, pair: dict) -> dict:
+    """The quantized files, and another checkpoint of the same architecture as {other} (the pair's,
+    its head bias changed)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(pair["ckpt"])
+    state["head.bias"] = state["head.bias"] + 1
+    save_file(state, str(tmp_path / "other.safetensors"))
+    return {**pair, "other": str(tmp_path / "other.safetensors")}
 
 
 UK = ["--checkpoint", "{ckpt}", "--model-kwargs", "{kwargs}"]
@@ -288,6 +307,11 @@ CASES = [
     pytest.param("run-quantized-other-file", ["run", "{prog}", "--quantized", "{q8b}", "--data", "{data}"],
                  setup_quantized_pair, 2, ["--quantized {q8b}", "sha256", "{q8}"],
                  marks=pytest.mark.slow, id="run-quantized-other-file"),
+    pytest.param("export-quantized-from-another-checkpoint",
+                 ["export", USER, "--checkpoint", "{other}", "--model-kwargs", "{kwargs}", "--quantized", "{q8}",
+                  "--data", "{data}"], setup_quantized_other_checkpoint, 2,
+                 ["{q8}", "quantized from a checkpoint", "{other}", "--checkpoint it was made from"],
+                 marks=pytest.mark.slow, id="export-quantized-from-another-checkpoint"),
 ]
 
 
@@ -310,7 +334,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_bad_input(case_id, argv, setup, code, words, tmp_path, results, capsys, request, monkeypatch):
     """Exit 2, one error line naming the input and the fix, no traceback, nothing recorded."""
     monkeypatch.chdir(tmp_path)  # relative outputs (runs/, q.safetensors) stay in the test's folder
-    values = (request.getfixturevalue("quantized_pair") if setup is setup_quantized_pair else setup(tmp_path))
+    slow = setup in (setup_quantized_pair, setup_quantized_other_checkpoint)
+    values = setup(tmp_path, request.getfixturevalue("quantized_pair")) if slow else setup(tmp_path)
     argv = [a.format(**values) if "{" in a and not a.startswith("{\"") else a for a in argv]
     words = [w.format(**values) for w in words]
     got, _, err = run_cli(argv, capsys)
