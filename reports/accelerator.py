@@ -38,28 +38,71 @@ def _runs(sim: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["accelerator", "bits", "tag"]).reset_index(drop=True)
 
 
+# A layer's role, from its name without the block prefix (ViT 'b3.', Swin 's0.b1.' or 's1.'), in the
+# order the bars are drawn (model order); a name that none matches keeps its own.
+ROLES = (
+    ("embed", r"embed|stream0|pos_.*|cls.*"),  # patch embedding, position and class tokens
+    ("layernorm", r"ln\d*|norm\d*|.*_norm"),
+    ("qkv", r"qkv"),
+    ("attn q·k", r"attn\.qk"),
+    ("attn softmax", r"attn\.softmax"),
+    ("attn ·v", r"attn\.av"),
+    ("proj", r"proj"),
+    ("requant + residual", r"proj_in|stream|stream_attn"),
+    ("fc1", r"fc1"),
+    ("gelu", r"gelu"),
+    ("fc2", r"fc2"),
+    ("patch merge", r"merge\..*|downsample.*"),  # Swin: gather, norm and reduction between stages
+    ("head", r"pooled.*|logits|head.*"),
+)
+_BLOCK = re.compile(r"^(s\d+\.)?(b\d+\.)?")
+
+
 def _role(name: str) -> str:
-    """'b3.attn.qk' -> 'attn.qk': a layer's place in a block, so blocks sum into one bar."""
-    return re.sub(r"^b\d+\.", "", name)
+    """'b3.attn.qk', 's0.b1.attn.qk' -> 'attn q·k'; 's1.merge.reduction' -> 'patch merge': a layer's
+    place in the model, so that blocks (and stages) sum into one bar."""
+    local = _BLOCK.sub("", name)
+    return next((role for role, pattern in ROLES if re.fullmatch(pattern, local)), local)
 
 
-def per_layer_figure(record: str, path: Path) -> list[str]:
-    """Cycles (stalls stacked) and energy per layer role of one `simulate` record, summed over blocks."""
+def layer_roles(record: str) -> pd.DataFrame:
+    """Compute and stall cycles and energy (pJ) per image of one `simulate` record, summed by role over
+    blocks and stages (layout moves cost nothing and are left out), in ROLES' order."""
     rows = pd.DataFrame(load.record(record)["layers"])
     rows = rows[rows["unit"] != "layout"].assign(role=lambda d: d["name"].map(_role))
-    g = rows.groupby("role", sort=False)[["compute_cycles", "stall_cycles", "energy_pj"]].sum()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    ax1.bar(g.index, g["compute_cycles"], label="compute", color="tab:blue")
-    ax1.bar(g.index, g["stall_cycles"], bottom=g["compute_cycles"], label="DRAM stall", color="tab:orange")
-    ax1.set(title="cycles per image (summed over blocks)", ylabel="cycles")
-    ax1.legend()
-    ax2.bar(g.index, g["energy_pj"] / 1e6, color="tab:green")
-    ax2.set(title="energy per image", ylabel="uJ")
-    for ax in (ax1, ax2):
-        ax.tick_params(axis="x", rotation=70)
-        ax.grid(alpha=0.3, axis="y")
+    g = rows.groupby("role")[["compute_cycles", "stall_cycles", "energy_pj"]].sum()
+    order = {role: i for i, (role, _) in enumerate(ROLES)}
+    return g.loc[sorted(g.index, key=lambda r: (order.get(r, len(order)), r))]
+
+
+def per_layer_figure(records: list[str], path: Path) -> list[str]:
+    """A row of two panels per `simulate` record, titled with its model and bits: cycles per image
+    (DRAM stalls stacked) and energy per image, by layer role summed over blocks; horizontal bars."""
+    if not records:
+        return []
+    roles = [(r, layer_roles(r)) for r in sorted(records)]
+    height = max(len(g) for _, g in roles)
+    fig, axes = plt.subplots(len(roles), 2, figsize=(11, len(roles) * (0.28 * height + 1.1)), squeeze=False)
+    for (record, g), (ax1, ax2) in zip(roles, axes, strict=True):
+        rec = load.record(record)
+        cfg = rec["config"]
+        name = f"{rec['model']['name']} {load.bits_label(cfg.get('w_bits'), cfg.get('a_bits')) or ''}".strip()
+        accel = cfg["method"].removeprefix("accel-")
+        total = g["compute_cycles"] + g["stall_cycles"]
+        ax1.barh(g.index, g["compute_cycles"], label="compute", color="tab:blue")
+        ax1.barh(g.index, g["stall_cycles"], left=g["compute_cycles"], label="DRAM stall", color="tab:orange")
+        ax1.set(title=f"{name} on {accel}: cycles per image", xlabel="cycles", xlim=(0, 1.05 * total.max()))
+        ax1.legend(fontsize=8, loc="lower right")
+        ax2.barh(g.index, g["energy_pj"] / 1e6, color="tab:green")
+        ax2.set(title=f"{name}: energy per image", xlabel="uJ")
+        for ax in (ax1, ax2):
+            ax.invert_yaxis()  # model order, top to bottom
+            ax.tick_params(axis="y", labelsize=8)
+            ax.grid(alpha=0.3, axis="x")
+    fig.suptitle("Accelerator cost per layer role, summed over all blocks and stages", fontsize=11)
+    fig.tight_layout()
     _save(fig, path)
-    return [record]
+    return sorted(records)
 
 
 def width_figure(sim: pd.DataFrame, path: Path) -> list[str]:
@@ -112,14 +155,16 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
     runs = _runs(sim) if not sim.empty else _runs(pd.DataFrame(columns=["tag"]))
     main = Section("accelerator", "Accelerator model (`pfcr simulate`): integer program on a configured array; "
                    "cycles, latency, energy and memory per image; bit-exact = identical outputs to the reference "
-                   "executor", runs)
-    if not runs.empty:
-        pick = runs.iloc[(runs["tag"] == "main").to_numpy().argmax()]
-        path = out / f"accel_layers_{pick['accelerator']}.png"
-        main.figures.append(Figure(path, per_layer_figure(pick["record"], path)))
+                   "executor", runs,
+                   command="run `pfcr simulate PROGRAM`, `pfcr main` or `python benchmarks/accel_study.py speed`")
+    # the main job's runs (ViT and Swin), else the first run: one figure per accelerator, a row per run
+    picked = runs[runs["tag"] == "main"] if (runs["tag"] == "main").any() else runs.iloc[:1]
+    for accel, g in picked.groupby("accelerator"):
+        path = out / f"accel_layers_{accel}.png"
+        main.figures.append(Figure(path, per_layer_figure(sorted(g["record"]), path)))
     width = Section("accelerator_width", "Accelerator: top-1 % vs accumulator width (edge-NPU array, saturating "
                     "AP_SAT or wrapping AP_WRAP accumulators)", width_table(sim) if not sim.empty else
-                    pd.DataFrame())
+                    pd.DataFrame(), command="run `python benchmarks/accel_study.py accuracy`")
     if not sim.empty:
         path = out / "accel_width.png"
         used = width_figure(sim, path)
@@ -128,5 +173,6 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
     scale = Section("accelerator_scalesim", "Accelerator cycle model vs SCALE-Sim 3.0.0 on the same GEMMs "
                     "(SCALE-Sim reports the last cycle's index and, output-stationary, no output drain: "
                     "explained = ours - 1 - (OS: R per fold) equals its count)",
-                    scalesim_table(frame) if not frame.empty else pd.DataFrame())
+                    scalesim_table(frame) if not frame.empty else pd.DataFrame(),
+                    command="run `python benchmarks/accel_study.py scalesim` (SCALE-Sim runs in `tox -e scalesim`)")
     return [main, width, scale]

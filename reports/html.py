@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import re
 
 from reports.section import Section
 
@@ -19,6 +20,11 @@ img { max-width: 100%; }
 """
 
 
+def _code(text: str) -> str:
+    """Markdown's `code` spans (in escaped text) as <code> elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def render_html(sections: list[Section]) -> str:
     """The page: a contents list (anchors, and each table's CSV beside the page), then the sections."""
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -27,7 +33,8 @@ def render_html(sections: list[Section]) -> str:
     body = [f"<h1>vit-edge-suite report</h1><p>Generated {created} from result records.</p><ul>{toc}</ul>"]
     for s in sections:
         body.append(f'<h2 id="{s.name}">{html.escape(s.title)}</h2>')
-        body.append(s.table.to_html(index=False, border=0) if not s.table.empty else "<p><em>no records yet</em></p>")
+        body.append(s.table.to_html(index=False, border=0) if not s.table.empty else
+                    f"<p><em>{_code(html.escape(s.empty_note))}</em></p>")
         for f in s.figures:
             data = base64.b64encode(f.path.read_bytes()).decode("ascii")
             body.append(f'<figure><img alt="{html.escape(f.path.stem)}" src="data:image/png;base64,{data}">'

@@ -122,17 +122,20 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
     rows = _latency_rows(frame)
     latency = Section("tvm_latency", "TVM latency (`pfcr bench`): single-stream protocol, every run timed on the "
                       "device; FP32 = the same model measured on the same device (torch eager here, a TVM FP32 "
-                      "build on a board); emulated runs are not latency and are left out", rows)
+                      "build on a board); emulated runs are not latency and are left out", rows,
+                      command="run `pfcr bench ARTIFACT`, `pfcr main` or, on a GPU, `python benchmarks/gpu_check.py`")
     path = Path(out) / "tvm_latency.png"
     used = latency_figure(rows, path) if not rows.empty else []
     if used:
         latency.figures.append(Figure(path, used))
     checks = Section("tvm_bit_exact", "TVM outputs vs the reference executor, bit for bit (`pfcr bench --program`),"
-                     " on the host, on boards over RPC and on the emulated Pi (qemu)", _checks(frame))
+                     " on the host, on boards over RPC and on the emulated Pi (qemu)", _checks(frame),
+                     command="run `pfcr bench ARTIFACT --program PROGRAM` or `pfcr main`")
     compiles = Section("tvm_compile", "TVM builds (`pfcr compile`): CUDA kernels compiled ahead of time into "
-                       "the library (cubins, no CUDA source)", _compiles(frame))
+                       "the library (cubins, no CUDA source)", _compiles(frame),
+                       command="run `pfcr compile PROGRAM --target TARGET` or `pfcr main`")
     host = Section("tvm_host", "TVM on this host beside PyTorch FP32 eager and onnxruntime int8 (QDQ export of "
                    "the FP32 model), batch 1, one thread, interleaved in one process "
                    "(`python benchmarks/bench_tvm_host.py --model M`); ratios above 1: the integer build is faster",
-                   _host_comparison(frame))
+                   _host_comparison(frame), command="run `python benchmarks/bench_tvm_host.py --model M`")
     return [latency, host, checks, compiles]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.records import read_records
+from core.records import read_records, results_dir
 
 
 def bits_label(w_bits: int | None, a_bits: int | None) -> str | None:
@@ -22,20 +22,27 @@ def bits_label(w_bits: int | None, a_bits: int | None) -> str | None:
     return f"W{w}A{a}"
 
 
+COLUMNS = ["kind", "model", "data", "split", "n", "method", "w_bits", "a_bits", "bits", "tag", "seed", "created",
+           "git_commit", "record", "folder"]
+
+
 def records_frame(directory: str | os.PathLike | None = None) -> pd.DataFrame:
     """One row per record: kind, model, data, method, bits (w_bits, a_bits and their label, None
-    without bits), seed, metrics (flattened, `m.` prefixed) and the record's file."""
+    without bits), seed, metrics (flattened, `m.` prefixed), the record's file and its folder relative
+    to the results folder ('.' at its top: it tells apart copies of one measurement in two folders)."""
     rows = []
+    root = results_dir(directory)
     for r in read_records(directory):
         cfg = r["config"]
         row = {"kind": r["kind"], "model": r["model"]["name"], "data": r["data"]["name"],
                "split": r["data"]["split"], "n": r["data"]["size"], "method": cfg["method"],
                "w_bits": cfg.get("w_bits"), "a_bits": cfg.get("a_bits"),
                "bits": bits_label(cfg.get("w_bits"), cfg.get("a_bits")), "tag": cfg.get("tag"), "seed": r["seed"],
-               "created": r["created"], "git_commit": r["git_commit"], "record": r["_path"]}
+               "created": r["created"], "git_commit": r["git_commit"], "record": r["_path"],
+               "folder": Path(r["_path"]).parent.relative_to(root).as_posix()}
         row.update({f"m.{k}": v for k, v in r["metrics"].items() if not isinstance(v, (list, dict))})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=COLUMNS)  # no records: the columns still
 
 
 def record(path: str | os.PathLike) -> dict[str, Any]:

@@ -13,10 +13,12 @@ from reports.tables import accuracy_table, integer_table, quant_table
 
 
 def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
-    fp = Section("accuracy", "FP32 models (`pfcr eval`)", accuracy_table(frame))
+    fp = Section("accuracy", "FP32 models (`pfcr eval`)", accuracy_table(frame),
+                 command="run `pfcr eval MODEL` or `pfcr main`")
     ptq = Section("quantization", "Post-training quantization (`pfcr quantize`): mean ± std over calibration "
                   "seeds; agree = top-1 agreement with the FP32 model; KL = mean KL(FP32 || quantized) of the outputs",
-                  quant_table(frame))
+                  quant_table(frame), command="run `pfcr quantize MODEL --bits W4A4`, `pfcr main` or "
+                  "`python benchmarks/quant_study.py [--ablation]`")
     for model in sorted(set(frame["model"])) if not frame.empty else []:
         for name, draw in (("ptq", figures.accuracy_vs_bits), ("ablation", figures.ablation)):
             path = out / f"{name}_{model}.png"
@@ -24,7 +26,9 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
             if used:
                 ptq.figures.append(Figure(path, used))
     integer = Section("integer", "Integer-only accuracy (`pfcr run`, numpy reference executor) beside the "
-                      "fake-quant model on the same images; agree = identical top-1 predictions", integer_table(frame))
+                      "fake-quant model on the same images; agree = identical top-1 predictions", integer_table(frame),
+                      command="run `pfcr run PROGRAM --quantized Q`, `pfcr main` or "
+                      "`python benchmarks/integer_accuracy.py`")
     used = figures.integer_vs_fake(frame, out / "integer_vs_fake.png")
     if used:
         integer.figures.append(Figure(out / "integer_vs_fake.png", used))

@@ -3,6 +3,7 @@ curve, top-1 against illuminance per ADC depth, and a natural photo through the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,36 @@ def _sensor_rows(frame: pd.DataFrame, method: str) -> pd.DataFrame:
     return frame[(frame["kind"] == "sensor") & (frame["method"] == method)]
 
 
+def _caveats(r: pd.Series) -> str:
+    """Which results of an emva record are biased, and why in short: from its `caveats` (result ->
+    reason, as `pfcr sensor emva` prints them; a list of strings is shown as it is), the flags
+    `quantization_limited` and `black_level_clips`, or, in a record older than those, the dark noise
+    not resolved ('' there when it is resolved; 'none' where the record says it has no caveat)."""
+    metrics = load.record(r["record"])["metrics"]
+    caveats = metrics.get("caveats")
+    causes = []
+    if metrics.get("quantization_limited", metrics.get("dark_noise_resolved") is False):
+        noise = metrics.get("dark_noise_dn")
+        causes.append("quantization-limited" + (f" (dark noise {noise:.2f} DN)" if noise is not None else ""))
+    if metrics.get("black_level_clips"):
+        clipped = metrics.get("dark_clipped_fraction")
+        causes.append("black level clips" + (f" ({100 * clipped:.1f} % of dark pixels at 0)"
+                                             if clipped is not None else ""))
+    if isinstance(caveats, list):
+        return "; ".join([*causes, *map(str, caveats)])
+    if caveats is None:  # a record from before caveats: only the dark values are known to be affected
+        return f"{', '.join(causes)}: dark values not resolved" if causes else ""
+    if not caveats and not causes:
+        return "none"
+    verdicts: dict[str, list[str]] = {}  # "not measurable" -> [dark_noise_e, ...], in the record's order
+    for key, reason in caveats.items():
+        # each reason is "<verdict>: <why>; <fix>", several joined by "; "
+        for verdict in re.findall(r"(?:^|; )([^:;]+): ", str(reason)) or [str(reason)]:
+            verdicts.setdefault(verdict, []).append(key)
+    said = "; ".join(f"{', '.join(keys)} {verdict}" for verdict, keys in verdicts.items())
+    return f"{', '.join(causes)}: {said}" if causes else said
+
+
 def emva_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in _sensor_rows(frame, "emva1288").iterrows():
@@ -37,9 +68,12 @@ def emva_table(frame: pd.DataFrame) -> pd.DataFrame:
             if k.startswith("dark") and not pd.isna(resolved) and not bool(resolved):
                 row[k] += " below 0.5 DN: not resolved"
         row["EMVA saturation e-"] = f"{r['m.saturation_e']:.4g}"
+        row["caveats"] = _caveats(r)
+        row["folder"] = r["folder"]
         row["record"] = Path(r["record"]).name
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["sensor", "tag", "folder"]).reset_index(drop=True) if rows else \
+        pd.DataFrame()
 
 
 def photon_transfer_figure(frame: pd.DataFrame, path: Path) -> list[str]:
@@ -125,39 +159,45 @@ def photo_figure(frame: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[Fig
     table = pd.DataFrame({"image": rows["data"], "sensor": rows["model"].str.removeprefix("sensor-"),
                           "lux": rows["m.lux"], "exposure ms": (1e3 * rows["m.exposure_s"]).round(2),
                           "white e-": rows["m.white_electrons"].round(0), "PSNR dB": rows["m.psnr_db"].round(1),
-                          "record": rows["record"].map(lambda p: Path(p).name)}).sort_values(["image", "lux"])
+                          "folder": rows["folder"], "record": rows["record"].map(lambda p: Path(p).name)}
+                         ).sort_values(["image", "lux", "folder"])
     records = []
-    for p in sorted(rows["record"]):
-        rec = load.record(p)
+    for _, row in rows.sort_values("record").iterrows():
+        rec = load.record(row["record"])
         # The PNG paths are relative to the results folder the record was written to (its folder).
-        images = {k: Path(p).parent / f for k, f in rec["images"].items()}
+        images = {k: Path(row["record"]).parent / f for k, f in rec["images"].items()}
         if all(f.exists() for f in images.values()):
-            records.append((rec, images))
+            records.append((row["record"], rec, images, row["folder"]))
     if not records:
         return table, []
     fig, axes = plt.subplots(len(records), 3, figsize=(10, 3.4 * len(records)), squeeze=False)
-    for ax_row, (rec, images) in zip(axes, records, strict=True):
+    for ax_row, (_, rec, images, folder) in zip(axes, records, strict=True):
         for ax, key in zip(ax_row, ("scene", "raw", "isp"), strict=True):
             img = mpimg.imread(images[key])
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-            ax.set_title(f"{rec['data']['name']} {key} ({rec['config']['lux']:g} lux)", fontsize=9)
+            ax.set_title(f"{rec['data']['name']} {key} ({rec['config']['lux']:g} lux, {folder}/)", fontsize=9)
             ax.axis("off")
     path = out / "sensor_photo.png"
     _save(fig, path)
-    return table, [Figure(path, sorted(rows["record"]))]
+    return table, [Figure(path, [r[0] for r in records])]  # the records drawn: those whose PNGs are here
 
 
 def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
     out = Path(out)
+    also = "`pfcr main` or `python benchmarks/sensor_study.py`"
     emva = Section("sensor_emva", "Sensor characterization (`pfcr sensor emva`, EMVA 1288 photon transfer): "
-                   "measured (relative error to the configured value)", emva_table(frame))
+                   "measured (relative error to the configured value); caveats = results the sensor biases "
+                   "(`pfcr sensor emva` says why and the fix)", emva_table(frame),
+                   command=f"run `pfcr sensor emva`, {also}")
     used = photon_transfer_figure(frame, out / "sensor_photon_transfer.png")
     if used:
         emva.figures.append(Figure(out / "sensor_photon_transfer.png", used))
     accuracy = Section("sensor_accuracy", "Top-1 % of Fashion-MNIST seen through the simulated sensor and ISP "
                        "(`pfcr sensor sweep`, mono-3um), by scene illuminance and ADC bits",
-                       accuracy_table(frame), accuracy_figures(frame, out))
+                       accuracy_table(frame), accuracy_figures(frame, out),
+                       command=f"run `pfcr sensor sweep --program PROGRAM`, {also}")
     table, figs = photo_figure(frame, out)
     photo = Section("sensor_photo", "Natural photos through the Bayer sensor and the fixed-point ISP "
-                    "(`pfcr sensor photo`): scene, raw mosaic, ISP output", table, figs)
+                    "(`pfcr sensor photo`): scene, raw mosaic, ISP output", table, figs,
+                    command=f"run `pfcr sensor photo --image astronaut`, {also}")
     return [emva, accuracy, photo]

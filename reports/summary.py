@@ -30,9 +30,11 @@ def render_markdown(sections: list[Section], link_base: Path) -> str:
     """Markdown of the sections; figure links relative to `link_base` (the file's folder)."""
     parts = []
     for s in sections:
-        parts += [f"**{s.title}**", markdown(s.table) if not s.table.empty else "_no records yet_"]
+        parts += [f"**{s.title}**", markdown(s.table) if not s.table.empty else f"_{s.empty_note}_"]
         for f in s.figures:
-            parts += [f"![{f.path.stem}]({os.path.relpath(f.path, link_base)})", f"_{f.caption}_"]
+            where = ", ".join(f"`{p}`" for p in f.patterns)  # code spans: `*` and `_` stay as they are
+            parts += [f"![{f.path.stem}]({os.path.relpath(f.path, link_base)})",
+                      f"_From {len(set(f.records))} records:_ {where}"]
     return "\n\n".join(parts)
 
 
