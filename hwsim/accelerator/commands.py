@@ -20,10 +20,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from core.errors import SuiteError
     from core.files import distinct_record, ensure_writable
     from core.records import results_dir, write_record
-    from hwsim.accelerator.config import load_config
+    from hwsim.accelerator.config import MAX_ACC_BITS, load_config
     from hwsim.accelerator.simulate import make_simulate_record, simulate
     from intprog.program import load
 
+    # Checked first, in the command (exit 2 through SuiteError, as tests/test_hwsim_accel_timing.py
+    # expects), before the program, the data or the results folder is touched.
+    for option, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise SuiteError(f"{option} {value} leaves no images to simulate; give a number of at least 1")
+    if args.acc_bits is not None and not 8 <= args.acc_bits <= MAX_ACC_BITS:
+        raise SuiteError(f"--acc-bits {args.acc_bits}: accumulator.bits = {args.acc_bits} is outside "
+                         f"8..{MAX_ACC_BITS}; give a width in that range")
     ensure_writable(results_dir(args.results), "--results (or $PFCR_RESULTS)")
     program = load(args.program)
     changes = {k: v for k, v in (("acc_bits", args.acc_bits), ("overflow", args.overflow),
@@ -69,14 +77,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("program", help="an integer program file written by `pfcr export`")
     sp.add_argument("--config", default="edge-npu",
                     help="accelerator: a preset (edge-npu, mcu) or a TOML file (see docs/accelerator.md)")
-    sp.add_argument("--acc-bits", type=arguments.int_in(8, MAX_ACC_BITS), default=None,
-                    help=f"override the accumulator width (8..{MAX_ACC_BITS})")
+    sp.add_argument("--acc-bits", type=int, default=None, help=f"override the accumulator width (8..{MAX_ACC_BITS})")
     sp.add_argument("--overflow", choices=OVERFLOW_MODES, default=None, help="override the overflow mode")
     sp.add_argument("--rounding", choices=ROUNDING_MODES, default=None, help="override the requantization rounding")
     sp.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
-    sp.add_argument("--limit", type=arguments.positive_int, default=None,
-                    help="simulate only the first N images (N >= 1)")
-    sp.add_argument("--batch-size", type=arguments.positive_int, default=256)
+    sp.add_argument("--limit", type=int, default=None, help="simulate only the first N images (N >= 1)")
+    sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--no-compare", action="store_true", help="skip the bit-for-bit comparison with the reference")
     sp.add_argument("--tag", default=None, help="a label kept in the record and its file name")
     arguments.common(sp)
