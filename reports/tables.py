@@ -31,9 +31,14 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     return ev.sort_values(["model", "method", "bits"])[cols].reset_index(drop=True)
 
 
+def _num(value: float, spec: str) -> str:
+    """`value` formatted, '-' where the records hold none (a label-free record has no top-1)."""
+    return "-" if pd.isna(value) else format(value, spec)
+
+
 def _pm(series: pd.Series, scale: float, digits: int) -> str:
     mean, std = scale * series.mean(), scale * series.std(ddof=1) if len(series) > 1 else float("nan")
-    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+    return _num(mean, f".{digits}f") + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
 
 
 def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -46,9 +51,9 @@ def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
     for (model, bits, method, tag), g in q.groupby(["model", "bits", "method", "tag"], sort=False):
         rows.append({
             "model": model, "bits": bits, "method": method, "variant": tag, "seeds": len(g),
-            "FP32 top1 %": f"{100 * g['m.fp_top1'].mean():.2f}",
+            "FP32 top1 %": _num(100 * g["m.fp_top1"].mean(), ".2f"),
             "top1 %": _pm(g["m.top1"], 100, 2),
-            "Δ top1": f"{100 * (g['m.top1'] - g['m.fp_top1']).mean():+.2f}",
+            "Δ top1": _num(100 * (g["m.top1"] - g["m.fp_top1"]).mean(), "+.2f"),
             "agree %": _pm(g["m.agreement"], 100, 2),
             "KL": _pm(g["m.kl"], 1, 4),
             "time s": f"{g['m.seconds'].mean():.0f}",

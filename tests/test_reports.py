@@ -54,6 +54,18 @@ def test_bits_label_and_whole_record_reader(tmp_path):
     assert record(path)["metrics"]["top1"] == 0.825
 
 
+def test_quant_table_shows_a_dash_where_a_label_free_record_has_no_accuracy(tmp_path):
+    """A `quantize` record measured without labels (feature fidelity only) is a row of '-', not 'nan'."""
+    from reports.tables import quant_table
+
+    write_record(_quant_record("rtn", (4, 4), 0, 0.8, 0.1), tmp_path)
+    free = _quant_record("rtn", (8, 8), 0, 0.8, 0.1)
+    free["metrics"] = {"feature_cosine_mean": 0.99, "seconds": 2.0, "peak_rss_mb": 20.0}
+    write_record(free, tmp_path)
+    row = quant_table(records_frame(tmp_path)).set_index("bits").loc["W8A8"]
+    assert row[["FP32 top1 %", "top1 %", "Δ top1", "agree %", "KL", "time s"]].tolist() == ["-"] * 5 + ["2"]
+
+
 def _all_figures_match_their_records(sections):
     """Every caption's patterns match exactly the files the figure was drawn from, and no table repeats a row."""
     for s in sections:
