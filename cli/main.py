@@ -70,8 +70,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--full", action="store_true",
                     help="full schedule: PTQ on 1024 images x 200 iterations, integer accuracy on all test images")
     sp.add_argument("--rerun", action="store_true", help="run every stage even if its record is up to date")
-    sp.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
-    sp.add_argument("--threads", type=int, choices=range(1, 257), default=1, metavar="N",
+    sp.add_argument("--limit", type=arguments.positive_int, default=None, help="evaluate only the first N test images")
+    sp.add_argument("--threads", type=arguments.positive_int, default=1, metavar="N",
                     help="CPU threads of every stage (default 1, as the committed records were made)")
     sp.add_argument("--results", default=None, help="result records folder (default $PFCR_RESULTS or ./results)")
     sp.set_defaults(func=cmd_main)
