@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cli.parts import PARTS, report_modules
+from core import arguments
 from core.errors import SuiteError
 
 
