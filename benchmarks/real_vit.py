@@ -355,8 +355,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     fp_seconds = time.time() - t0
     w_bits, a_bits = args.bits
     recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
-    cfg = QuantizeConfig(method=args.method, quant=QuantConfig(w_bits=w_bits, a_bits=a_bits), recon=recon,
-                         init_size=len(calib), seed=args.seed)
+    quant = QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax)
+    cfg = QuantizeConfig(method=args.method, quant=quant, recon=recon, init_size=len(calib), seed=args.seed)
 
     def progress(stage: str, entry: dict) -> None:
         print(f"  {stage} {entry.get('granule', '')} loss {entry.get('loss', float('nan')):.4g}", flush=True)
@@ -378,7 +378,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
                    "sources": sorted(set(data["calib_source"][pick.numpy()].tolist()))}
     head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
-    tag = None if args.method == "rtn" else f"iters{args.iters}"
+    tags = [] if args.method == "rtn" else [f"iters{args.iters}"]
+    tags += ["uniform-softmax"] if args.uniform_softmax else []
+    tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}
     record = make_record("quantize", model=model_field, data={"name": DATA_NAME, "split": "eval", "size": len(x)},
                          config=config, metrics=metrics, seed=args.seed,
@@ -422,6 +424,79 @@ def export_check(qm, calib, args: argparse.Namespace, model_field: dict, config:
           f"export {t_export:.0f} s, check {t_check:.0f} s")
 
 
+# --------------------------------------------------------------------------------------------- ablate
+
+# Quantizer groups by the name's tail in QuantModel.quantizers() (the model's module names).
+GROUPS = {
+    "weights": (".w_quant",),
+    "image input": ("patch_embed.proj.a_quant",),
+    "qkv input": ("attn.qkv.a_quant",),
+    "q, k": ("attn.matmul_qk.a_quant", "attn.matmul_qk.b_quant"),
+    "softmax, v": ("attn.matmul_av.a_quant", "attn.matmul_av.b_quant"),
+    "proj input": ("attn.proj.a_quant",),
+    "fc1 input": ("mlp.fc1.a_quant",),
+    "fc2 input": ("mlp.fc2.a_quant",),
+}
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Which quantizers cost the fidelity: one rtn model, each group of quantizers switched off in
+    turn (the rest kept), features on the first --eval evaluation crops; and the fc2 inputs' range,
+    calibrated vs seen. Writes ablation-<method>-w<W>a<A>-seed<S>.json (a card, not a record)."""
+    import torch
+
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QuantizeConfig, quantize
+
+    _threads(args.threads)
+    model, _ = load_model()
+    data, icard = load_images()
+    pool = photos.to_tensor(data["calib"])
+    calib = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed))[: args.calib]]
+    x = photos.to_tensor(data["eval"][: args.eval])
+    fp, _ = features_and_logits(model, x)
+    w_bits, a_bits = args.bits
+    cfg = QuantizeConfig(method="rtn", quant=QuantConfig(w_bits=w_bits, a_bits=a_bits), init_size=len(calib),
+                         seed=args.seed)
+    qm, _ = quantize(model, calib, cfg)
+    quantizers = dict(qm.quantizers())
+    rows = {}
+    for group, tails in {"none": (), **GROUPS}.items():
+        off = [n for n in quantizers if any(n.endswith(t) for t in tails)]
+        for n in off:
+            quantizers[n].enabled = False
+        q, _ = features_and_logits(qm.model, x)
+        for n in off:
+            quantizers[n].enabled = True
+        m = fidelity_metrics(fp, q)
+        rows[group] = {"quantizers_off": len(off), **{k: m[k] for k in ("feature_cosine_mean", "feature_cosine_p5",
+                                                                         "feature_rel_error_mean", "knn5_overlap")}}
+        print(f"  off: {group:12s} ({len(off):3d}) cosine {m['feature_cosine_mean']:.4f} "
+              f"p5 {m['feature_cosine_p5']:.4f} rel {m['feature_rel_error_mean']:.4f}", flush=True)
+    seen: dict[int, float] = {}
+    hooks = [blk.mlp.fc2.register_forward_pre_hook(
+        lambda _m, inp, i=i: seen.__setitem__(i, max(seen.get(i, 0.0), float(inp[0].abs().max()))))
+        for i, blk in enumerate(qm.model.blocks)]
+    qm.set_quant(weights=False, acts=False)
+    features_and_logits(qm.model, x)
+    qm.set_quant(weights=True, acts=True)
+    for h in hooks:
+        h.remove()
+    fc2 = {}
+    for i, blk in enumerate(qm.model.blocks):
+        aq = blk.mlp.fc2.a_quant
+        hi = float(((aq.qmax - aq.zero_point) * aq.scale.detach()).max())
+        fc2[f"block{i}"] = {"calibrated_max": round(hi, 3), "seen_absmax": round(seen[i], 3)}
+    card = {"format": "pfcr.real.ablation/1", "model": MODEL_NAME, "method": "rtn", "w_bits": w_bits,
+            "a_bits": a_bits, "seed": args.seed, "calibration_images": len(calib), "eval_images": len(x),
+            "images_sha256": icard["sha256"], "threads": torch.get_num_threads(),
+            "switched_off": rows, "fc2_input_range": fc2}
+    out = Path(args.results) / f"ablation-rtn-w{w_bits}a{a_bits}-seed{args.seed}.json"
+    _write_json(out, card)
+    print(out)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 def parser() -> argparse.ArgumentParser:
@@ -447,10 +522,18 @@ def parser() -> argparse.ArgumentParser:
     me.add_argument("--eval", type=int, default=0, help="first N evaluation crops (0: all)")
     me.add_argument("--iters", type=int, default=50, help="block/pfcr: iterations per granule")
     me.add_argument("--batch-size", type=int, default=8, help="block/pfcr: reconstruction batch")
+    me.add_argument("--uniform-softmax", action="store_true",
+                    help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
     me.add_argument("--export", action="store_true", help="also export the integer program and run the guard")
     me.add_argument("--check-images", type=int, default=8, help="images for the export's fidelity guard")
     me.add_argument("--min-cosine", type=float, default=0.95)
     me.set_defaults(fn=cmd_measure)
+    ab = sub.add_parser("ablate", help="rtn with each group of quantizers switched off in turn")
+    ab.add_argument("--bits", type=int, nargs=2, default=(8, 8), metavar=("W", "A"))
+    ab.add_argument("--seed", type=int, default=0)
+    ab.add_argument("--calib", type=int, default=64)
+    ab.add_argument("--eval", type=int, default=32, help="first N evaluation crops")
+    ab.set_defaults(fn=cmd_ablate)
     return ap
 
 
