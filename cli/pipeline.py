@@ -40,7 +40,7 @@ def code_digest() -> str:
     """sha256 over the suite's own sources (Python and the accelerator presets), file by file."""
     h = hashlib.sha256()
     for name in PACKAGES:
-        root = Path(importlib.import_module(name).__file__).parent
+        root = Path(next(iter(importlib.import_module(name).__path__)))  # a package folder, namespace or not
         for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml")):
             h.update(f"{name}/{f.relative_to(root).as_posix()}".encode())
             h.update(sha256_file(f).encode())
