@@ -29,10 +29,17 @@ class Family(ABC):
 
     name: str  # the program's meta "family" and the registry key
     description: str  # the timm class and the models it covers, for error messages
+    timm_class: str  # "module.Class" of the timm model class this family handles (subclasses too)
 
-    @abstractmethod
     def matches(self, model: nn.Module) -> bool:
-        """Whether `model` (float or quantized) is of this family."""
+        """Whether `model` (float or quantized) is of this family: an instance of `timm_class`."""
+        module, _, cls = self.timm_class.rpartition(".")
+        return isinstance(model, getattr(importlib.import_module(module), cls))
+
+    @staticmethod
+    def refuse(model: nn.Module, what: str, fix: str) -> ModelError:
+        """The error for a variant the integer program cannot express, naming it and the fix."""
+        return ModelError(f"{type(model).__name__} with {what} cannot be exported to the integer program; {fix}")
 
     def check(self, model: nn.Module) -> None:  # noqa: B027  (a hook: most families take all they match)
         """Raise ModelError for variants of a matching model that the family cannot handle yet."""

@@ -83,31 +83,26 @@ def _window_order(blk: nn.Module, h: int, w: int) -> np.ndarray:
 class Swin(Family):
     name = "swin"
     description = "timm SwinTransformer (Swin)"
-
-    def matches(self, model: nn.Module) -> bool:
-        from timm.models.swin_transformer import SwinTransformer
-
-        return isinstance(model, SwinTransformer)
+    timm_class = "timm.models.swin_transformer.SwinTransformer"
 
     def check(self, model: nn.Module) -> None:
         """Refuse by name what the export below does not compute: pooling other than the token
         average, norms other than LayerNorm, MLPs other than timm's Mlp."""
         from timm.layers import Mlp
 
-        def refuse(what: str, fix: str) -> ModelError:
-            return ModelError(f"{type(model).__name__} with {what} cannot be exported to the integer program; {fix}")
-
         if model.global_pool != "avg":
-            raise refuse(f"global_pool={model.global_pool!r}", "use global_pool='avg'")
+            raise self.refuse(model, f"global_pool={model.global_pool!r}", "use global_pool='avg'")
         if not isinstance(self.head(model), nn.Linear | QuantLinear):
-            raise refuse(f"a {type(self.head(model)).__name__} head", "give it a Linear head (num_classes > 0)")
+            raise self.refuse(model, f"a {type(self.head(model)).__name__} head",
+                              "give it a Linear head (num_classes > 0)")
         norms = [model.patch_embed.norm, model.norm, *(n for b in self.blocks(model) for n in (b.norm1, b.norm2)),
                  *(mg.norm for mg in map(_merging, model.layers) if mg is not None)]
         if not all(isinstance(n, nn.LayerNorm) for n in norms):
-            raise refuse("norms other than LayerNorm (or no patch norm)", "only LayerNorm is exported")
+            raise self.refuse(model, "norms other than LayerNorm (or no patch norm)", "only LayerNorm is exported")
         for blk in self.blocks(model):
             if type(blk.mlp) is not Mlp or not isinstance(blk.mlp.norm, nn.Identity):
-                raise refuse(f"a {type(blk.mlp).__name__} MLP", "only timm's Mlp (fc1, elementwise activation, fc2)")
+                raise self.refuse(model, f"a {type(blk.mlp).__name__} MLP",
+                                  "only timm's Mlp (fc1, elementwise activation, fc2)")
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return [blk for stage in model.layers for blk in stage.blocks]

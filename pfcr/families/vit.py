@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import ModelError
 from pfcr.export import _I32, ROUNDING, _act, _attention, _layernorm, _linear, _mlp, _np, _requant_consts
 from pfcr.families import Family, register
 from pfcr.families.units import AttnUnit, MlpUnit, Tail, Unit
@@ -45,10 +44,6 @@ class VitStem(Unit):
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
 
-def _refuse(model: nn.Module, what: str, fix: str) -> ModelError:
-    return ModelError(f"{type(model).__name__} with {what} cannot be exported to the integer program; {fix}")
-
-
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.Identity))
 
@@ -66,7 +61,7 @@ def _position_embedding(m: nn.Module, grid: tuple[int, int]) -> torch.Tensor | N
     pos = m.pos_embed
     if tuple(grid) != tuple(m.patch_embed.grid_size):
         if not m.dynamic_img_size:
-            raise _refuse(m, f"input grid {grid} other than its {m.patch_embed.grid_size}",
+            raise Family.refuse(m, f"input grid {grid} other than its {m.patch_embed.grid_size}",
                           "export at the model's input size, or build it with dynamic_img_size=True")
         from timm.layers import resample_abs_pos_embed
 
@@ -79,11 +74,7 @@ def _position_embedding(m: nn.Module, grid: tuple[int, int]) -> torch.Tensor | N
 class Vit(Family):
     name = "vit"
     description = "timm VisionTransformer (ViT, DeiT, DeiT-III, LayerScale ViTs)"
-
-    def matches(self, model: nn.Module) -> bool:
-        from timm.models.vision_transformer import VisionTransformer
-
-        return isinstance(model, VisionTransformer)
+    timm_class = "timm.models.vision_transformer.VisionTransformer"
 
     def check(self, model: nn.Module) -> None:
         from timm.layers import Mlp
@@ -91,35 +82,38 @@ class Vit(Family):
 
         m = model
         if getattr(m, "dist_token", None) is not None:
-            raise _refuse(m, "a distillation token (distilled DeiT: two heads averaged)",
+            raise Family.refuse(m, "a distillation token (distilled DeiT: two heads averaged)",
                           "use the non-distilled DeiT (e.g. deit_small_patch16_224)")
         if m.attn_pool is not None or m.global_pool not in ("token", "avg"):
-            raise _refuse(m, f"global_pool={m.global_pool!r}", "use global_pool='token' or 'avg'")
+            raise Family.refuse(m, f"global_pool={m.global_pool!r}", "use global_pool='token' or 'avg'")
         if not isinstance(m.head, (nn.Linear, QuantLinear)):
-            raise _refuse(m, f"a {type(m.head).__name__} head", "give it a Linear head (num_classes > 0)")
+            raise Family.refuse(m, f"a {type(m.head).__name__} head", "give it a Linear head (num_classes > 0)")
         if not isinstance(m.patch_embed.norm, nn.Identity):
-            raise _refuse(m, "a normalized patch embedding (embed_norm_layer)", "build it without embed_norm_layer")
+            raise Family.refuse(m, "a normalized patch embedding (embed_norm_layer)",
+                                "build it without embed_norm_layer")
         if not all(_is_norm(n) for n in (m.norm_pre, m.norm, m.fc_norm)):
-            raise _refuse(m, f"{type(m.norm).__name__} norms", "only LayerNorm is exported")
+            raise Family.refuse(m, f"{type(m.norm).__name__} norms", "only LayerNorm is exported")
         for i, blk in enumerate(m.blocks):
             if type(blk) is not Block:
-                raise _refuse(m, f"{type(blk).__name__} blocks (block {i})", "only timm's standard Block is exported")
+                raise Family.refuse(m, f"{type(blk).__name__} blocks (block {i})",
+                                    "only timm's standard Block is exported")
             attn = blk.attn
             if isinstance(attn, Attention):
                 if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
-                    raise _refuse(m, "qk_norm", "build it with qk_norm=False")
+                    raise Family.refuse(m, "qk_norm", "build it with qk_norm=False")
                 if not isinstance(attn.norm, nn.Identity):
-                    raise _refuse(m, "scale_attn_norm", "build it with scale_attn_norm=False")
+                    raise Family.refuse(m, "scale_attn_norm", "build it with scale_attn_norm=False")
             elif not isinstance(attn, QuantAttention):
-                raise _refuse(m, f"{type(attn).__name__} attention (block {i})", "only timm's Attention is exported")
+                raise Family.refuse(m, f"{type(attn).__name__} attention (block {i})",
+                                    "only timm's Attention is exported")
             if type(blk.mlp) is not Mlp:
-                raise _refuse(m, f"a {type(blk.mlp).__name__} MLP (block {i})",
+                raise Family.refuse(m, f"a {type(blk.mlp).__name__} MLP (block {i})",
                               "only timm's Mlp (fc1, elementwise activation, fc2) is exported; gated MLPs "
                               "such as SwiGLU are not")
             if not isinstance(blk.mlp.norm, nn.Identity):
-                raise _refuse(m, "scale_mlp_norm", "build it with scale_mlp_norm=False")
+                raise Family.refuse(m, "scale_mlp_norm", "build it with scale_mlp_norm=False")
             if not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
-                raise _refuse(m, f"{type(blk.norm1).__name__} block norms", "only LayerNorm is exported")
+                raise Family.refuse(m, f"{type(blk.norm1).__name__} block norms", "only LayerNorm is exported")
 
     def prepare(self, model: nn.Module) -> None:
         """Fold LayerScale into the projection it scales: y = gamma * (W x + b) = (gamma W) x + gamma b."""
