@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,11 @@ SCHEMA: dict[str, Any] = {
                            "w_bits": {"type": ["integer", "null"], "minimum": 2, "maximum": 32},
                            "a_bits": {"type": ["integer", "null"], "minimum": 2, "maximum": 32}},
         },
-        "metrics": {"type": "object"},
+        # the metrics reports compute with must be numbers (a string top1 broke the report)
+        "metrics": {"type": "object", "properties": {
+            k: {"type": ["number", "null"]} for k in
+            ("top1", "top5", "agreement", "kl", "cosine", "fp_top1", "fake_quant_top1", "seconds", "p50_ms",
+             "cycles", "latency_ms", "energy_uj")}},
         "host": {"type": "object", "required": ["cpu", "cores"]},
     },
 }
@@ -217,17 +222,24 @@ def read_records(directory: str | os.PathLike | None = None) -> list[dict]:
     """Every record under `directory`, each with its file path in `_path`.
 
     JSON that does not claim to be a record (no "schema" key: job lists, artifact metadata) is
-    skipped; a file that claims to be one and breaks the schema is an error.
+    skipped, with a warning when it looks like one (it has "kind" and "metrics"); a file that
+    claims to be one and breaks the schema, or is not UTF-8 JSON, is an error naming it.
     """
     out = []
     for path in sorted(results_dir(directory).rglob("*.json")):
         if path.name.startswith("."):
             continue  # state and temporary files, not records
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
             if not (isinstance(record, dict) and "schema" in record):
+                if isinstance(record, dict) and {"kind", "metrics"} <= set(record):
+                    print(f"warning: {path} looks like a result record but has no \"schema\" key: skipped; "
+                          f"add \"schema\": \"{SCHEMA_ID}\" if it is one", file=sys.stderr)
                 continue
             validate(record)
+        except UnicodeDecodeError as err:
+            raise RecordError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); fix or remove the file"
+                              ) from None
         except (json.JSONDecodeError, RecordError) as err:
             raise RecordError(f"{path}: {err}; fix or remove the file") from None
         out.append({**record, "_path": str(path)})

@@ -81,3 +81,21 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_read_records_names_a_damaged_record_and_warns_of_a_schemaless_one(tmp_path, capsys):
+    """A string top1 or non-UTF-8 bytes are a RecordError naming the file (they were tracebacks inside
+    the report); a file that looks like a record but has no schema key is skipped with a warning."""
+    path = records.write_record(_record(), tmp_path)
+    good = json.loads(path.read_text())
+    (tmp_path / "string_top1.json").write_text(json.dumps({**good, "metrics": {"top1": "high"}}))
+    with pytest.raises(records.RecordError, match=r"string_top1.json.*metrics/top1"):
+        records.read_records(tmp_path)
+    (tmp_path / "string_top1.json").unlink()
+    (tmp_path / "bytes.json").write_bytes(b'{"schema": "pfcr.record/1", "x": "\xff"}')
+    with pytest.raises(records.RecordError, match="bytes.json is not UTF-8"):
+        records.read_records(tmp_path)
+    (tmp_path / "bytes.json").unlink()
+    (tmp_path / "no_schema.json").write_text(json.dumps({k: v for k, v in good.items() if k != "schema"}))
+    assert len(records.read_records(tmp_path)) == 1
+    assert "no_schema.json looks like a result record" in capsys.readouterr().err
