@@ -93,7 +93,7 @@ def test_read_records_names_a_damaged_record_and_warns_of_a_schemaless_one(tmp_p
         records.read_records(tmp_path)
     (tmp_path / "string_top1.json").unlink()
     (tmp_path / "bytes.json").write_bytes(b'{"schema": "pfcr.record/1", "x": "\xff"}')
-    with pytest.raises(records.RecordError, match="bytes.json is not UTF-8"):
+    with pytest.raises(records.RecordError, match=r"bytes\.json is not UTF-8"):
         records.read_records(tmp_path)
     (tmp_path / "bytes.json").unlink()
     (tmp_path / "no_schema.json").write_text(json.dumps({k: v for k, v in good.items() if k != "schema"}))
