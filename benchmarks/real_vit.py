@@ -6,6 +6,7 @@
                                              # checked against onnxruntime; safetensors + card
     python benchmarks/real_vit.py images     # calibration / evaluation crops from disjoint photos
     python benchmarks/real_vit.py measure --bits 8 8 --method rtn --seed 0 [--export]
+    python benchmarks/real_vit.py summary    # the records as a table
 
 Everything downloaded or derived goes to $PFCR_CACHE or ~/.cache/pfcr/real; the cards (model,
 image set) and the result records go to benchmarks/results/real/ (--results). See
@@ -359,7 +360,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     cfg = QuantizeConfig(method=args.method, quant=quant, recon=recon, init_size=len(calib), seed=args.seed)
 
     def progress(stage: str, entry: dict) -> None:
-        print(f"  {stage} {entry.get('granule', '')} loss {entry.get('loss', float('nan')):.4g}", flush=True)
+        print(f"  {stage} {entry['granule']}: loss {entry['loss_before']:.4g} -> {entry['loss_after']:.4g}", flush=True)
 
     t0 = time.time()
     qm, log = quantize(model, calib, cfg, progress if args.method != "rtn" else None)
@@ -497,6 +498,41 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- summary
+
+SUMMARY_METRICS = (("feature cosine", "feature_cosine_mean", 4), ("cosine p5", "feature_cosine_p5", 4),
+                   ("rel. error", "feature_rel_error_mean", 3), ("5-NN overlap", "knn5_overlap", 3),
+                   ("quantize s", "seconds", 0))
+
+
+def summary_table(records: list[dict]) -> str:
+    """Markdown: one row per (bits, method, tag) of `quantize` records, mean ± std over seeds."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["kind"] == "quantize" and r["model"]["name"] == MODEL_NAME:
+            c = r["config"]
+            groups.setdefault((c["w_bits"], c["a_bits"], c["method"], c.get("tag") or "-"), []).append(r)
+    head = ["bits", "method", "variant", "seeds", *(name for name, _, _ in SUMMARY_METRICS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (w, a, method, tag), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][2], kv[0][3])):
+        cells = [f"W{w}A{a}", method, tag, ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))]
+        for _, key, digits in SUMMARY_METRICS:
+            vals = [r["metrics"][key] for r in rs]
+            mean = statistics.fmean(vals)
+            cells.append(f"{mean:.{digits}f}" + (f" ± {statistics.stdev(vals):.{digits}f}" if len(vals) > 1 else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from core.records import read_records
+
+    print(summary_table(read_records(args.results)))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 def parser() -> argparse.ArgumentParser:
@@ -534,6 +570,8 @@ def parser() -> argparse.ArgumentParser:
     ab.add_argument("--calib", type=int, default=64)
     ab.add_argument("--eval", type=int, default=32, help="first N evaluation crops")
     ab.set_defaults(fn=cmd_ablate)
+    sub.add_parser("summary", help="the records as a Markdown table (mean ± std over seeds)").set_defaults(
+        fn=cmd_summary)
     return ap
 
 

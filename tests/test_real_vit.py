@@ -189,3 +189,15 @@ def test_cached_wheel_graph_maps_onto_timm():
     if p["model_card"].exists():
         card = json.loads(p["model_card"].read_text())
         assert card["check"]["max_abs_error"] < real_vit.CHECK_TOL
+
+
+def test_summary_pools_seeds():
+    def rec(seed: int, cos: float) -> dict:
+        metrics = {"feature_cosine_mean": cos, "feature_cosine_p5": cos - 0.1, "feature_rel_error_mean": 0.2,
+                   "knn5_overlap": 0.8, "seconds": 100.0}
+        return {"kind": "quantize", "model": {"name": real_vit.MODEL_NAME}, "seed": seed, "metrics": metrics,
+                "config": {"w_bits": 8, "a_bits": 8, "method": "rtn", "tag": None}}
+
+    table = real_vit.summary_table([rec(1, 0.98), rec(0, 0.96), {**rec(0, 0.5), "kind": "export"}])
+    rows = table.splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| W8A8 | rtn | - | 0,1 | 0.9700 ± 0.0141 |")
