@@ -9,7 +9,7 @@ import pandas as pd
 
 from reports import figures
 from reports.section import Figure, Section
-from reports.tables import accuracy_table, integer_table, quant_table
+from reports.tables import accuracy_table, fidelity_table, integer_table, quant_table
 
 
 def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
@@ -32,4 +32,9 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
     used = figures.integer_vs_fake(frame, out / "integer_vs_fake.png")
     if used:
         integer.figures.append(Figure(out / "integer_vs_fake.png", used))
-    return [fp, ptq, integer]
+    fidelity = Section("fidelity", "Label-free PTQ of a pretrained backbone: the quantized model's pre-head "
+                       "features against FP32's on held-out images (mean ± std over calibration seeds; p5 = 5th "
+                       "percentile over images; 5-NN overlap = shared nearest neighbours in the gallery)",
+                       fidelity_table(frame),
+                       command="run `python benchmarks/real_vit.py measure` (docs/real-model.md)")
+    return [fp, ptq, fidelity, integer]

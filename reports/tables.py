@@ -41,14 +41,32 @@ def _pm(series: pd.Series, scale: float, digits: int) -> str:
     return _num(mean, f".{digits}f") + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
 
 
-def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """`quantize` records, one row per (model, bits, method, variant tag) with seeds pooled."""
-    q = frame[frame["kind"] == "quantize"] if not frame.empty else frame
-    if q.empty:
+def _quantize_groups(frame: pd.DataFrame, labelled: bool):
+    """`quantize` records with (labelled) or without (label-free, feature fidelity) top-1, grouped by
+    (model, bits, method, variant tag) with seeds pooled."""
+    if frame.empty or "m.top1" not in frame:
+        q = frame.iloc[0:0] if not frame.empty else frame
+    else:
+        q = frame[(frame["kind"] == "quantize") & (frame["m.top1"].notna() == labelled)]
+    q = q.assign(tag=q["tag"].fillna("-")) if not q.empty else q
+    return [] if q.empty else list(q.groupby(["model", "bits", "method", "tag"], sort=False))
+
+
+def _sorted(rows: list[dict]) -> pd.DataFrame:
+    order = {"W8A8": 0, "W6A6": 1, "W4A4": 2, "W3A3": 3, "W3A2": 4, "W2A3": 5}
+    method_order = {"rtn": 0, "block": 1, "pfcr": 2}
+    if not rows:
         return pd.DataFrame()
-    q = q.assign(tag=q["tag"].fillna("-"))
+    return pd.DataFrame(rows).sort_values(
+        by=["model", "bits", "method", "variant"],
+        key=lambda c: c.map(order).fillna(9) if c.name == "bits" else
+        c.map(method_order).fillna(9) if c.name == "method" else c).reset_index(drop=True)
+
+
+def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """`quantize` records with accuracy, one row per (model, bits, method, variant tag), seeds pooled."""
     rows = []
-    for (model, bits, method, tag), g in q.groupby(["model", "bits", "method", "tag"], sort=False):
+    for (model, bits, method, tag), g in _quantize_groups(frame, labelled=True):
         rows.append({
             "model": model, "bits": bits, "method": method, "variant": tag, "seeds": len(g),
             "FP32 top1 %": _num(100 * g["m.fp_top1"].mean(), ".2f"),
@@ -59,12 +77,23 @@ def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
             "time s": f"{g['m.seconds'].mean():.0f}",
             "peak MB": f"{g['m.peak_rss_mb'].mean():.0f}",
         })
-    order = {"W8A8": 0, "W4A4": 1, "W3A3": 2, "W3A2": 3, "W2A3": 4}
-    method_order = {"rtn": 0, "block": 1, "pfcr": 2}
-    out = pd.DataFrame(rows)
-    return out.sort_values(by=["model", "bits", "method", "variant"],
-                           key=lambda c: c.map(order).fillna(9) if c.name == "bits" else
-                           c.map(method_order).fillna(9) if c.name == "method" else c).reset_index(drop=True)
+    return _sorted(rows)
+
+
+def fidelity_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Label-free `quantize` records (a pretrained backbone without labelled data): fidelity of the
+    quantized model's pre-head features to FP32's on held-out images, seeds pooled."""
+    rows = [{
+        "model": model, "bits": bits, "method": method, "variant": tag, "seeds": len(g), "images": int(g["n"].iloc[0]),
+        "feature cosine": _pm(g["m.feature_cosine_mean"], 1, 4),
+        "cosine p5": _pm(g["m.feature_cosine_p5"], 1, 4),
+        "rel. error": _pm(g["m.feature_rel_error_mean"], 1, 3),
+        "5-NN overlap": _pm(g["m.knn5_overlap"], 1, 3),
+        "time s": f"{g['m.seconds'].mean():.0f}",
+        "peak MB": f"{g['m.peak_rss_mb'].mean():.0f}",
+    } for (model, bits, method, tag), g in _quantize_groups(frame, labelled=False)
+        if "m.feature_cosine_mean" in g and g["m.feature_cosine_mean"].notna().any()]
+    return _sorted(rows)
 
 
 def integer_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -54,18 +54,6 @@ def test_bits_label_and_whole_record_reader(tmp_path):
     assert record(path)["metrics"]["top1"] == 0.825
 
 
-def test_quant_table_shows_a_dash_where_a_label_free_record_has_no_accuracy(tmp_path):
-    """A `quantize` record measured without labels (feature fidelity only) is a row of '-', not 'nan'."""
-    from reports.tables import quant_table
-
-    write_record(_quant_record("rtn", (4, 4), 0, 0.8, 0.1), tmp_path)
-    free = _quant_record("rtn", (8, 8), 0, 0.8, 0.1)
-    free["metrics"] = {"feature_cosine_mean": 0.99, "seconds": 2.0, "peak_rss_mb": 20.0}
-    write_record(free, tmp_path)
-    row = quant_table(records_frame(tmp_path)).set_index("bits").loc["W8A8"]
-    assert row[["FP32 top1 %", "top1 %", "Δ top1", "agree %", "KL", "time s"]].tolist() == ["-"] * 5 + ["2"]
-
-
 def _all_figures_match_their_records(sections):
     """Every caption's patterns match exactly the files the figure was drawn from, and no table repeats a row."""
     for s in sections:
@@ -235,3 +223,22 @@ def test_empty_sections_name_the_command_that_fills_them(tmp_path):
     assert "_no records yet_" not in md and "no records yet</em>" not in page
     assert "<em>no records yet: run <code>pfcr eval MODEL</code> or <code>pfcr main</code></em>" in page
     assert "no records yet: run <code>python benchmarks/accel_study.py accuracy</code>" in page
+
+
+def test_label_free_quantize_records_get_the_fidelity_table_not_the_accuracy_table():
+    """A pretrained backbone quantized without labels: its feature fidelity is reported, and the
+    accuracy table does not show it as a row of '-'."""
+    import pandas as pd
+
+    from reports.tables import fidelity_table, quant_table
+
+    base = {"kind": "quantize", "model": "backbone", "bits": "W8A8", "method": "rtn", "tag": None, "n": 128,
+            "m.seconds": 10.0, "m.peak_rss_mb": 100.0}
+    frame = pd.DataFrame([
+        {**base, "m.top1": float("nan"), "m.feature_cosine_mean": c, "m.feature_cosine_p5": c - 0.01,
+         "m.feature_rel_error_mean": 0.1, "m.knn5_overlap": 0.9} for c in (0.98, 0.99)
+    ] + [{**base, "model": "zoo", "m.top1": 0.8, "m.fp_top1": 0.81, "m.agreement": 0.9, "m.kl": 0.01}])
+    fid = fidelity_table(frame)
+    assert list(fid["model"]) == ["backbone"] and fid["seeds"].iloc[0] == 2
+    assert fid["feature cosine"].iloc[0] == "0.9850 ± 0.0071"
+    assert list(quant_table(frame)["model"]) == ["zoo"]
