@@ -60,9 +60,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise _cannot_write(path, err) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give what open() would have
     try:
         yield tmp_path
+        # mkstemp makes 0600, and some writers (safetensors) replace the file with a 0600 one of their
+        # own: give the result what open() would have, after the writer is done
+        tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, path)
     except OSError as err:
         if err.errno not in _FS_ERRNOS:

@@ -83,6 +83,23 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
+def test_safetensors_written_atomically_get_normal_permissions(tmp_path):
+    """safetensors replaces the temporary file with a 0600 one of its own: quantized models and
+    programs were written 0600 until the mode was set after the writer."""
+    import os
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "m.safetensors") as tmp:
+            save_file({"w": np.zeros(3)}, str(tmp))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_read_records_names_a_damaged_record_and_warns_of_a_schemaless_one(tmp_path, capsys):
     """A string top1 or non-UTF-8 bytes are a RecordError naming the file (they were tracebacks inside
     the report); a file that looks like a record but has no schema key is skipped with a warning."""
