@@ -91,8 +91,9 @@ def ensure_writable(directory: str | os.PathLike, option: str = "--results") -> 
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise SuiteError(f"folder {d} cannot be written ({err.strerror or err}); pass a writable folder with "
-                         f"{option} or fix its permissions") from None
+        what = "result records" if option.startswith("--results") else "its output"
+        raise SuiteError(f"cannot write {what} to {d}: the folder cannot be written ({err.strerror or err}); "
+                         f"pass a writable folder with {option} or fix its permissions") from None
     return d
 
 

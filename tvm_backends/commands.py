@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core import arguments
 from core.errors import SuiteError
+from core.files import ensure_writable
 from core.registry import MainJob, Stage
 
 EMULATED_TAG = "emulated"
@@ -25,7 +26,7 @@ def _tag(preset: str, batch: int, user: str | None, emulated: bool = False) -> s
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Integer program -> artifact folder (library + artifact.json) and a `compile` record."""
-    from core.records import make_record, write_record
+    from core.records import make_record, results_dir, write_record
     from tvm_backends.bench import model_field
     from tvm_backends.build import compile_program
 
@@ -33,7 +34,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise SuiteError(f"--out {out} is a file; an artifact is a folder (model.so + artifact.json): "
                          "give a folder name")
-    _writable(args.results)  # before the build, not after it
+    ensure_writable(results_dir(args.results))  # before the build, not after it
     t0 = time.perf_counter()
     art = compile_program(args.program, args.target, args.out, batch=args.batch)
     meta = art.meta
@@ -104,22 +105,6 @@ def _fp32_timer(args, art, remote, emulated: bool, log):
     return "tvm-fp32", lambda k: runner.timer(x, k)
 
 
-def _writable(results: str | None) -> Path:
-    """The results folder, created and checked writable before any measurement (SuiteError otherwise)."""
-    import tempfile
-
-    from core.records import results_dir
-
-    folder = results_dir(results)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as err:
-        raise SuiteError(f"cannot write result records to {folder} ({err.strerror or err}); make it writable or "
-                         "choose another folder with --results") from None
-    return folder
-
-
 def _check_images_fit(program, n: int, program_path: str) -> None:
     """--check-images feeds Fashion-MNIST test images (1x28x28): the program must take them."""
     shape = list(program.input.get("shape", []))
@@ -147,7 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import contextlib
 
-    from core.records import write_record
+    from core.records import results_dir, write_record
     from intprog.program import load
     from tvm_backends.artifact import Artifact
     from tvm_backends.bench import Protocol, bench_record, check_outputs, measure
@@ -166,7 +151,7 @@ def _bench(args: argparse.Namespace) -> int:
         program = load(args.program)
         if args.check_images:
             _check_images_fit(program, args.check_images, args.program)
-    _writable(args.results)  # before anything is measured
+    ensure_writable(results_dir(args.results))  # before anything is measured
     if program is not None and args.check_images:
         codes, labels = _check_codes(program, args.check_images, args.seed)
     protocol = Protocol(args.warmup, args.min_runs, args.min_seconds)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from core import arguments
 from core.errors import SuiteError
+from core.files import ensure_writable
 from core.registry import MainJob, Stage
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image samples that load offline
@@ -19,21 +20,6 @@ MIN_PHOTO_SIDE = 8  # pixels: the Malvar-He-Cutler demosaic's 5x5 kernels on an 
 def _check_seed(args: argparse.Namespace) -> None:
     if args.seed < 0:
         raise SuiteError(f"--seed {args.seed}: seeds must be >= 0 (numpy's generators take no negative seed)")
-
-
-def _writable(folder: str | os.PathLike, option: str) -> None:
-    """Create `folder` and prove a file can be written there (a probe made and removed), so a command fails
-    at once rather than after its computation (SuiteError naming the folder and the option)."""
-    import tempfile
-
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise SuiteError(f"cannot write to {folder} ({err.strerror or err}); pass a writable folder with {option} "
-                         "or fix its permissions") from None
 
 
 def _check_lux(values: list[float]) -> None:
@@ -81,7 +67,7 @@ def cmd_emva(args: argparse.Namespace) -> int:
     cfg = _sensor(args)
     shape = (args.size, args.size)
     emva.check(cfg, shape, args.steps)
-    _writable(results_dir(args.results), "--results")
+    ensure_writable(results_dir(args.results), "--results")
     t0 = time.perf_counter()
     ptc = emva.photon_transfer(cfg, shape, steps=args.steps, seed=args.seed)
     want = emva.expected(cfg, ptc.exposure_s[0])
@@ -191,8 +177,8 @@ def cmd_photo(args: argparse.Namespace) -> int:
                          f"{MIN_PHOTO_SIDE}x{MIN_PHOTO_SIDE} the sensor needs; raise --max-side")
     scene_u8 = scene_u8[: h - h % 2, : w - w % 2]  # a Bayer mosaic needs even sizes
     folder = Path(args.out) if args.out else results_dir(args.results) / "photos"
-    _writable(results_dir(args.results), "--results")
-    _writable(folder, "--out" if args.out else "--results")
+    ensure_writable(results_dir(args.results), "--results")
+    ensure_writable(folder, "--out" if args.out else "--results")
     t0 = time.perf_counter()
     exp = camera.exposure_program(cfg, args.lux)
     raw = camera.capture(scene_u8, exp, cfg, args.seed)
@@ -294,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          f"{cfg.cfa} (use mono-3um or a JSON sensor with \"cfa\": \"mono\")")
     for bits in args.adc_bits:  # every depth of the grid is a valid sensor
         cfg.replace(adc_bits=bits)
-    _writable(results_dir(args.results), "--results")
+    ensure_writable(results_dir(args.results), "--results")
     images, labels = load_fmnist_arrays(args.split)
     images, labels = images[: args.limit], labels[: args.limit]
     evaluators = _evaluators(args, images.shape[1:])
