@@ -17,11 +17,6 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image samples th
 MIN_PHOTO_SIDE = 8  # pixels: the Malvar-He-Cutler demosaic's 5x5 kernels on an even-sized mosaic
 
 
-def _check_seed(args: argparse.Namespace) -> None:
-    if args.seed < 0:
-        raise SuiteError(f"--seed {args.seed}: seeds must be >= 0 (numpy's generators take no negative seed)")
-
-
 def _check_lux(values: list[float]) -> None:
     import math
 
@@ -37,7 +32,6 @@ def _sensor(args: argparse.Namespace):
 
     from hwsim.sensor.config import load_sensor
 
-    _check_seed(args)
     bits, gain = getattr(args, "adc_bits_one", None), getattr(args, "analog_gain", None)
     if bits is not None and not 1 <= bits <= 16:
         raise SuiteError(f"--adc-bits {bits}: an ADC has 1..16 bits (e.g. 10 or 12)")
