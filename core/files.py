@@ -1,7 +1,6 @@
 """Files: atomic writes (a reader sees the old file or the new one, never half of either),
-content digests, the portable form of a path that records keep, the check that an output folder
-can be written before a long computation, and record names that do not overwrite another
-artifact's record.
+content digests, the portable form of a path that records keep and the check that an output folder
+can be written before a long computation.
 
 Torch-free so that the integer program, hwsim and tvm_backends can use it too.
 """
@@ -11,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from core.errors import SuiteError
 
@@ -95,33 +92,6 @@ def ensure_writable(directory: str | os.PathLike, option: str = "--results") -> 
         raise SuiteError(f"cannot write {what} to {d}: the folder cannot be written ({err.strerror or err}); "
                          f"pass a writable folder with {option} or fix its permissions") from None
     return d
-
-
-def distinct_record(record: dict[str, Any], directory: str | os.PathLike | None = None) -> dict[str, Any]:
-    """`record`, with a short digest added to its config's tag when the record file of its name
-    already holds a measurement of another artifact (a record with another `artifact` path: another
-    program, quantized model or program output), so that the earlier record is kept, not silently
-    replaced. A rerun on the same artifact keeps the name (and replaces its own record); the digest
-    is the first 8 hex of the sha256 of the artifact's path, stable across reruns."""
-    from core.records import record_name, results_dir  # records import this module
-
-    artifact = record.get("artifact")
-    path = results_dir(directory) / record_name(record)
-    if not artifact or not path.is_file():
-        return record
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return record  # unreadable: nothing worth keeping
-    if not isinstance(old, dict) or not old.get("artifact") or _same_path(old["artifact"], artifact):
-        return record
-    digest = hashlib.sha256(portable_path(os.path.abspath(artifact)).encode()).hexdigest()[:8]
-    tag = record["config"].get("tag")
-    return {**record, "config": {**record["config"], "tag": f"{tag}-a{digest}" if tag else f"a{digest}"}}
-
-
-def _same_path(a: str, b: str) -> bool:
-    return portable_path(os.path.abspath(a)) == portable_path(os.path.abspath(b))
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -8,6 +8,7 @@ a command that reproduces it. Torch-free: hwsim and tvm_backends write records t
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -179,6 +180,31 @@ def record_name(record: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts)) + ".json"
 
 
+def distinct_record(record: dict[str, Any], directory: str | os.PathLike | None = None) -> dict[str, Any]:
+    """`record`, with a short digest added to its config's tag when the record file of its name
+    already holds a measurement of another artifact (a record with another `artifact` path: another
+    program, quantized model or program output), so that the earlier record is kept, not silently
+    replaced. A rerun on the same artifact keeps the name (and replaces its own record); the digest
+    is the first 8 hex of the sha256 of the artifact's path, stable across reruns."""
+    artifact = record.get("artifact")
+    path = results_dir(directory) / record_name(record)
+    if not artifact or not path.is_file():
+        return record
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return record  # unreadable: nothing worth keeping
+    if not isinstance(old, dict) or not old.get("artifact") or _same_path(old["artifact"], artifact):
+        return record
+    digest = hashlib.sha256(portable_path(os.path.abspath(artifact)).encode()).hexdigest()[:8]
+    tag = record["config"].get("tag")
+    return {**record, "config": {**record["config"], "tag": f"{tag}-a{digest}" if tag else f"a{digest}"}}
+
+
+def _same_path(a: str, b: str) -> bool:
+    return portable_path(os.path.abspath(a)) == portable_path(os.path.abspath(b))
+
+
 PARTIAL_SUFFIX = ".partial.json"
 
 
@@ -197,14 +223,18 @@ def _complete_on_disk(path: Path) -> bool:
     return isinstance(old, dict) and "schema" in old and is_complete(old)
 
 
-def write_record(record: dict, directory: str | os.PathLike | None = None, *, complete: bool = True) -> Path:
-    """Validate and atomically write `record`; returns its path.
+def write_record(record: dict, directory: str | os.PathLike | None = None, *, complete: bool = True,
+                 distinct: bool = False) -> Path:
+    """Validate and atomically write `record`; returns its path. With `distinct`, a record of
+    another artifact never takes the name of an earlier one (`distinct_record`).
 
     A complete record is never replaced by an incomplete one: a record written with
     `complete=False` (or that `is_complete` finds incomplete) is marked `"partial": true`, and when
     a complete record of the same name exists it goes beside it as NAME.partial.json instead. A
     complete record removes a stale NAME.partial.json that it supersedes.
     """
+    if distinct:
+        record = distinct_record(record, directory)
     validate(record)
     path = results_dir(directory) / record_name(record)
     partial_path = path.with_name(path.name.removesuffix(".json") + PARTIAL_SUFFIX)

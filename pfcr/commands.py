@@ -32,7 +32,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from core.data import evaluation_set
     from core.evaluate import predict
-    from core.files import distinct_record
     from core.models import load_model, sha256_file
     from core.records import make_record, write_record
 
@@ -54,7 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     record = make_record("eval", model=loaded.record(), data=data_rec, config=config,
                          metrics=metrics, seed=args.seed, extra=extra)
-    path = write_record(distinct_record(record, args.results), args.results)
+    path = write_record(record, args.results, distinct=True)
     print(f"{args.model} {config['method']}: top-1 {100 * metrics['top1']:.2f}%  "
           f"top-5 {100 * metrics['top5']:.2f}% on {data_rec['size']} images -> {path}")
     if args.confusion:
@@ -78,7 +77,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     from core import data
     from core.evaluate import agreement, predict
-    from core.files import distinct_record, ensure_writable
+    from core.files import ensure_writable
     from core.models import load_model
     from core.records import make_record, results_dir, write_record
     from pfcr.quant.model import QuantConfig
@@ -139,7 +138,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
               "calib_sha256": manifest.sha256, "device": args.device, "tag": _tag(args.tag, loaded.variant)}
     record = make_record("quantize", model=loaded.record(), data=data_rec, config=config,
                          metrics=metrics, seed=args.seed, extra={"artifact": str(out)})
-    path = write_record(distinct_record(record, args.results), args.results)
+    path = write_record(record, args.results, distinct=True)
     print(f"{args.model} {args.method} W{w_bits}A{a_bits}: top-1 {100 * metrics['top1']:.2f}% "
           f"(FP32 {100 * metrics['fp_top1']:.2f}%), agreement {100 * metrics['agreement']:.2f}%, "
           f"KL {metrics['kl']:.4f}, {seconds:.0f} s -> {out}, {path}")
@@ -170,7 +169,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from core import data
-    from core.files import distinct_record, ensure_writable
+    from core.files import ensure_writable
     from core.models import sha256_file
     from core.records import make_record, write_record
     from pfcr import fidelity
@@ -205,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  "calib_sha256": manifest.sha256, "tag": _tag(args.tag, loaded.variant)},
                          metrics=metrics, seed=args.seed,
                          extra={"artifact": str(out), "artifact_sha256": sha256_file(out)})
-    write_record(distinct_record(record, args.results), args.results)
+    write_record(record, args.results, distinct=True)
     print(f"{out}: {len(program.ops)} integer ops, weights {sizes['weight_bytes_packed'] / 1024:.0f} KiB packed "
           f"vs {sizes['weight_bytes_fp32'] / 1024:.0f} KiB FP32; fidelity to the quantized model on {check.images} "
           f"images: logit cosine {check.logit_cosine:.4f}, top-1 agreement {100 * check.top1_agreement:.1f}%")
@@ -245,7 +244,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from core.data import evaluation_set
     from core.evaluate import Evaluation, agreement, predict
-    from core.files import distinct_record
     from core.models import load_program_model, sha256_file
     from core.records import make_record, write_record
     from intprog import reference
@@ -287,7 +285,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "a_bits": meta.get("a_bits"), "tag": _tag(args.tag, fp.variant)},
                          metrics=metrics, seed=args.seed,
                          extra={"artifact": str(args.program), "artifact_sha256": sha256_file(args.program)})
-    path = write_record(distinct_record(record, args.results), args.results)
+    path = write_record(record, args.results, distinct=True)
     fq = f" (fake-quant {100 * metrics['fake_quant_top1']:.2f}%)" if args.quantized else ""
     print(f"{args.program}: integer-only top-1 {100 * metrics['top1']:.2f}%{fq} on {data_rec['size']} images, "
           f"peak activations {metrics['peak_activation_bytes'] / 1024:.1f} KiB per image -> {path}")

@@ -447,10 +447,9 @@ def test_records_of_other_checkpoints_or_artifacts_do_not_replace_each_other(tmp
 
 
 def test_distinct_record_keeps_another_artifacts_record(tmp_path):
-    """core.files.distinct_record: a record of the same name made from another artifact file gets the
+    """core.records.distinct_record: a record of the same name made from another artifact file gets the
     artifact path's digest in its tag; the same artifact keeps its name."""
-    from core.files import distinct_record
-    from core.records import record_name, write_record
+    from core.records import distinct_record, record_name, write_record
     from tests.test_records import _record
 
     first = {**_record(), "artifact": str(tmp_path / "a.intprog.safetensors")}

@@ -18,7 +18,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     from core import data
     from core.errors import SuiteError
-    from core.files import distinct_record, ensure_writable
+    from core.files import ensure_writable
     from core.records import results_dir, write_record
     from hwsim.accelerator.config import MAX_ACC_BITS, load_config
     from hwsim.accelerator.simulate import make_simulate_record, simulate
@@ -52,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     record = make_simulate_record(args.program, program, cfg, metrics, rows,
                                   {"name": "fashion-mnist", "split": args.split, "size": len(labels)},
                                   args.seed, args.tag)
-    path = write_record(distinct_record(record, args.results), args.results)
+    path = write_record(record, args.results, distinct=True)
     print(f"{'layer':<18} {'unit':<9} {'MACs':>9} {'cycles':>9} {'stall':>7} {'util':>5} {'DRAM B':>8} "
           f"{'energy nJ':>9} {'overflows':>9}")
     for r in rows:
