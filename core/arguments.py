@@ -111,11 +111,20 @@ def model(sp: argparse.ArgumentParser, what: str = "a zoo model (see `pfcr model
                     help="timm options of your model as JSON, e.g. '{\"num_classes\": 100}'")
 
 
+DATA_HELP = (f"'{FMNIST}' (embedded default) or an ImageNet-layout folder of your own (one subfolder of "
+             "images per class; with val/ and train/ subfolders, images come from val/ and calibration from "
+             "train/), preprocessed as the model expects (timm's eval transform for its config)")
+
+
+def data_source(sp: argparse.ArgumentParser, what: str = "") -> None:
+    """--data alone: the images a command feeds (Fashion-MNIST or a user's folder), for commands with
+    their own --limit/--split (`pfcr bench`, `simulate`, `sensor sweep`); `what` says what they feed."""
+    sp.add_argument("--data", default=FMNIST, help=f"{what}{': ' if what else ''}{DATA_HELP}")
+
+
 def data(sp: argparse.ArgumentParser) -> None:
     """The images a command evaluates: the embedded Fashion-MNIST or a user's folder."""
-    sp.add_argument("--data", default=FMNIST,
-                    help=f"'{FMNIST}' (embedded default) or an ImageNet-layout folder of your own "
-                    "(its val/ and train/ subfolders when present)")
+    data_source(sp)
     sp.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
     sp.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images (N >= 1)")
     sp.add_argument("--batch-size", type=positive_int, default=256)

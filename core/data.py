@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,26 +192,37 @@ def check_images(paths: list[str]) -> None:
             raise DataError(f"image {path} cannot be read ({err}); replace or remove the file") from None
 
 
-def image_folder(root: str | os.PathLike, model: torch.nn.Module) -> Dataset:
-    """A user's ImageNet-layout folder (one subfolder per class), preprocessed for `model`.
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model reads an image file: timm's eval transform for the model's pretrained config."""
 
-    Preprocessing follows timm's eval transform for the model's pretrained config (resize, center
-    crop, mean/std), so accuracy matches what timm would measure. Images are read with the model's
-    channel count: grayscale for a one-channel model (the mean and std averaged over RGB unless the
-    model's config gives one-channel values), RGB for three.
+    chans: int  # 1 (read as grayscale) or 3 (RGB)
+    mean: tuple[float, ...]  # one per channel
+    std: tuple[float, ...]
+    transform: Callable  # PIL image -> normalized float tensor [C, H, W], the model's input
+    scene: Callable  # PIL image -> uint8 array [H, W] (one channel) or [H, W, 3]: the same resize and crop
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.chans == 1 else "RGB"
+
+
+def preprocessing(model: torch.nn.Module, where: str = "an image folder") -> Preprocessing:
+    """The model's own preprocessing of image files (resize, center crop, mean/std), and the same up to
+    the crop as 8-bit pixels (what a camera delivers before normalization: `pfcr sensor sweep`).
+
+    Images are read with the model's channel count: grayscale for a one-channel model (the mean and
+    std averaged over RGB unless the model's config gives one-channel values), RGB for three.
     """
     import timm.data
-    from torchvision.datasets import ImageFolder
+    from torchvision import transforms
 
     from core.models import input_spec
 
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist; give a folder with one subfolder per class")
     chans, size = input_spec(model)
     chans = chans or 3
     if chans not in (1, 3):
-        raise DataError(f"the model takes {chans}-channel images; an image folder ({root}) gives grayscale (1) "
+        raise DataError(f"the model takes {chans}-channel images; {where} gives grayscale (1) "
                         "or RGB (3) images only: evaluate it on data prepared as its own pipeline does")
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = tuple(cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
@@ -226,13 +238,44 @@ def image_folder(root: str | os.PathLike, model: torch.nn.Module) -> Dataset:
         args["in_chans"] = chans
     config = timm.data.resolve_data_config(args, model=model)
     transform = timm.data.create_transform(**config, is_training=False)
+    steps = list(transform.transforms)
+    cut = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
+    scene = transforms.Compose([*steps[:cut], np.asarray])
+    mean, std = tuple(float(v) for v in config["mean"]), tuple(float(v) for v in config["std"])
+    return Preprocessing(chans, mean, std, transform, scene)
+
+
+def image_folder(root: str | os.PathLike, model: torch.nn.Module, scenes: bool = False) -> Dataset:
+    """A user's ImageNet-layout folder (one subfolder per class), preprocessed for `model`.
+
+    Preprocessing follows timm's eval transform for the model's pretrained config (`preprocessing`),
+    so accuracy matches what timm would measure; with `scenes`, items are the 8-bit images before
+    normalization (uint8 [H, W] or [H, W, 3]) instead of the model's float input.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; give a folder with one subfolder per class")
+    prep = preprocessing(model, f"an image folder ({root})")
     try:
-        return ImageFolder(str(root), transform=transform, loader=_ImageLoader("L" if chans == 1 else "RGB"))
+        return ImageFolder(str(root), transform=prep.scene if scenes else prep.transform,
+                           loader=_ImageLoader(prep.mode))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(
             f"image folder {root} is not in ImageNet layout ({err}); put each class's images "
             "(.jpg, .png, ...) in a subfolder named after the class"
         ) from None
+
+
+def to_model_input(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """8-bit images [N, H, W] or [N, H, W, C] -> normalized float [N, C, H, W], as the model's
+    preprocessing computes it (float32 v / 255, then (x - mean) / std per channel)."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).div_(255.0)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return ((x - m) / s).contiguous()
 
 
 def check_fits(model: torch.nn.Module, name: str, source: str, classes: int | None = None) -> None:
@@ -290,22 +333,138 @@ def calibration_images(source: str, size: int, seed: int, model: torch.nn.Module
     return torch.stack([folder[i][0] for i in manifest.indices]), manifest
 
 
-def evaluation_set(source: str, split: str, limit: int | None, model: torch.nn.Module, name: str = "the model"
-                   ) -> tuple[Dataset, dict]:
+def check_source(source: str, option: str = "--data") -> None:
+    """Before anything loads: `source` is the embedded Fashion-MNIST or a folder that exists (a DataError
+    naming the option, the path and the fix)."""
+    if source == FMNIST_NAME:
+        return
+    path = Path(source)
+    fix = (f"give an ImageNet-layout folder (one subfolder of images per class), or '{FMNIST_NAME}' for the "
+           "embedded default")
+    if not path.exists():
+        raise DataError(f"{option} {source}: the folder does not exist; {fix}")
+    if not path.is_dir():
+        raise DataError(f"{option} {source} is a file, not a folder; {fix}")
+
+
+def _sha256_arrays(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _sha256_files(samples: list[tuple[str, int]], root: Path) -> str:
+    """Of a folder's images in order: each file's path under `root`, its class index and its bytes."""
+    h = hashlib.sha256()
+    for path, label in samples:
+        h.update(os.path.relpath(path, root).encode() + b"\0" + str(label).encode() + b"\0")
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def _fmnist_set(split: str, limit: int | None, scenes: bool = False) -> tuple[Dataset, dict]:
+    images, labels = load_fmnist_arrays(split)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    x = torch.from_numpy(images.copy()) if scenes else fmnist_to_tensor(images)
+    ds = TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+    return ds, {"name": FMNIST_NAME, "split": split, "size": len(ds), "sha256": _sha256_arrays(images, labels)}
+
+
+def evaluation_set(source: str, split: str, limit: int | None, model: torch.nn.Module, name: str = "the model",
+                   scenes: bool = False) -> tuple[Dataset, dict]:
     """(dataset, the record's `data` field) for a command's --data/--split/--limit: the embedded
-    Fashion-MNIST split, or the val/ part of a user's ImageFolder preprocessed for `model`.
+    Fashion-MNIST split, or the val/ part of a user's ImageFolder preprocessed for `model` (with
+    `scenes`, 8-bit images before normalization: `image_folder`).
 
     Checked before anything is computed: the images fit the model (check_fits: size, channels,
-    classes), `limit` is at least 1, and every image file of the set opens (check_images)."""
+    classes), `limit` is at least 1, and every image file of the set opens (check_images). The
+    `data` field says which images: name, split ('folder' for a folder), size, and the sha256 of
+    their content (Fashion-MNIST: the pixels and labels; a folder: each file's path, class and bytes)."""
     if limit is not None and limit < 1:
         raise DataError(f"--limit {limit} leaves no images; give a number of at least 1")
     if source == FMNIST_NAME:
         check_fits(model, name, source, len(FMNIST_CLASSES))
-        ds = fmnist(split, limit=limit)
-        return ds, {"name": source, "split": split, "size": len(ds)}
-    ds = image_folder(split_folder(source, "val"), model)
+        return _fmnist_set(split, limit, scenes)
+    check_source(source)
+    root = split_folder(source, "val")
+    ds = image_folder(root, model, scenes=scenes)
     check_fits(model, name, str(source), len(ds.classes))
+    samples = ds.samples[:limit] if limit is not None else ds.samples
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-    check_images([s[0] for s in (ds.dataset.samples[:len(ds)] if limit is not None else ds.samples)])
-    return ds, {"name": str(source), "split": "folder", "size": len(ds)}
+    check_images([s[0] for s in samples])
+    return ds, {"name": str(source), "split": "folder", "size": len(ds), "sha256": _sha256_files(samples, root)}
+
+
+def program_set(source: str, split: str, limit: int | None, meta: dict, input_shape: list[int], program: str,
+                model=None, skip: str | None = None) -> tuple[Dataset, dict, object]:
+    """Images for an integer program (`pfcr bench | simulate | run`): (dataset of the program's float
+    inputs with their labels, the record's `data` field, the program's float model or None).
+
+    `--data fashion-mnist` feeds Fashion-MNIST's 1x28x28 images (the program must take those; its model
+    is not loaded unless `model` is given); a folder is preprocessed as the model the program's metadata
+    names expects (`core.models.load_program_model`, loaded unless given as `model`), and must come out
+    at the program's input shape. Bad input is a DataError naming it and the fix; `skip` adds the
+    command's way around it (e.g. "--check-images 0 to skip the bit-exact check")."""
+    shape = [int(v) for v in input_shape]
+    want = "x".join(map(str, shape))
+    also = f", or {skip}" if skip else ""
+    named = meta.get("model") if isinstance(meta.get("model"), str) else None
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit {limit} leaves no images; give a number of at least 1")
+    if source == FMNIST_NAME:
+        if shape != [1, 28, 28]:
+            raise DataError(
+                f"{program} takes {want} images but --data {FMNIST_NAME} feeds Fashion-MNIST's 1x28x28; pass "
+                f"--data FOLDER, an ImageNet-layout folder of your images (preprocessed as "
+                f"{named or 'its model'} expects){also}")
+        if model is None:
+            return (*_fmnist_set(split, limit), None)
+        return (*evaluation_set(source, split, limit, model.module, named or "the model"), model)
+    check_source(source)
+    if model is None:
+        if named is None:
+            raise DataError(f"{program} names no float model in its metadata (meta.model), so how its images are "
+                            f"preprocessed is unknown; --data {source} needs a program written by `pfcr export`"
+                            f"{also}")
+        from core.models import load_program_model
+
+        model = load_program_model(meta)
+    ds, record = evaluation_set(source, split, limit, model.module, named or "the model")
+    got = list(ds[0][0].shape)
+    if got != shape:
+        raise DataError(
+            f"{named or 'the model'}'s preprocessing makes {'x'.join(map(str, got))} images of folder {source}, "
+            f"but {program} takes {want}: the model its metadata names (with model_kwargs "
+            f"{json.dumps(meta.get('model_kwargs') or {})}) is not the one it was exported from; re-export it "
+            "with `pfcr export`")
+    return ds, record, model
+
+
+def batches(ds: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """(images, labels as numpy) batches of a dataset, in order."""
+    from torch.utils.data import DataLoader
+
+    for x, y in DataLoader(ds, batch_size=batch_size):
+        yield x, np.asarray(y)
+
+
+def scene_set(source: str, split: str, limit: int | None, model: torch.nn.Module | None, name: str = "the model"
+              ) -> tuple[np.ndarray, np.ndarray, dict, tuple[float, ...], tuple[float, ...]]:
+    """Scenes for a camera in front of `model` (`pfcr sensor sweep`): 8-bit images [N, H, W] (one-channel
+    model) or [N, H, W, 3] at the model's input size, their labels, the record's `data` field, and the
+    per-channel mean and std that normalize them for the model. Fashion-MNIST's images as they are (no
+    model needed), or a folder resized and cropped as the model's preprocessing does (`evaluation_set`'s
+    checks), before normalization."""
+    if source == FMNIST_NAME:
+        if limit is not None and limit < 1:
+            raise DataError(f"--limit {limit} leaves no images; give a number of at least 1")
+        ds, record = _fmnist_set(split, limit, scenes=True)
+        return ds.tensors[0].numpy(), ds.tensors[1].numpy(), record, (FMNIST_MEAN,), (FMNIST_STD,)
+    ds, record = evaluation_set(source, split, limit, model, name, scenes=True)
+    items = [ds[i] for i in range(len(ds))]
+    prep = preprocessing(model)
+    images = np.stack([np.asarray(x, dtype=np.uint8) for x, _ in items])
+    return images, np.array([y for _, y in items], dtype=np.int64), record, prep.mean, prep.std

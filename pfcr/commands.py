@@ -242,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from core.data import evaluation_set
+    from core.data import check_source, program_set
     from core.evaluate import Evaluation, agreement, predict
     from core.models import load_program_model, sha256_file
     from core.records import make_record, write_record
@@ -250,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from intprog.program import ProgramError, load
 
     _writable_results(args)
+    check_source(args.data)
     program = load(args.program)
     meta = program.meta
     if not isinstance(meta.get("model"), str):
@@ -258,7 +259,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.quantized:
         _check_quantized_matches(args.program, meta, args.quantized)
     fp = load_program_model(meta)
-    ds, data_rec = evaluation_set(args.data, args.split, args.limit, fp.module, meta["model"])
+    ds, data_rec, _ = program_set(args.data, args.split, args.limit, meta, program.input["shape"], args.program,
+                                  model=fp)
     logits, labels, stats = [], [], {}
     t0 = time.perf_counter()
     for x, y in tqdm(DataLoader(ds, batch_size=args.batch_size), desc="integer program", leave=False, disable=None):

@@ -53,12 +53,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_codes(program, n: int, seed: int):
-    """The first n Fashion-MNIST test images as the program's input codes, and their labels."""
+def _check_codes(args: argparse.Namespace, program) -> tuple:
+    """The first --check-images images of --data as the program's input codes, their labels and the
+    record's `data` field: Fashion-MNIST test images, or a folder preprocessed as the program's model
+    expects (core.data.program_set checks that they fit the program's input)."""
     from core import data
 
-    test = data.fmnist("test", limit=n)
-    return program.input_codes(test.tensors[0]), test.tensors[1].numpy()
+    images, record, _ = data.program_set(
+        args.data, "test", args.check_images, program.meta, program.input.get("shape", []), args.program,
+        skip="--check-images 0 to skip the bit-exact check on images (latency is still measured)")
+    x, labels = next(data.batches(images, len(images)))
+    return program.input_codes(x), labels, record
 
 
 def _latency_input(meta: dict, codes, seed: int):
@@ -105,15 +110,6 @@ def _fp32_timer(args, art, remote, emulated: bool, log):
     return "tvm-fp32", lambda k: runner.timer(x, k)
 
 
-def _check_images_fit(program, n: int, program_path: str) -> None:
-    """--check-images feeds Fashion-MNIST test images (1x28x28): the program must take them."""
-    shape = list(program.input.get("shape", []))
-    if shape and shape[-3:] != [1, 28, 28]:
-        raise SuiteError(f"--check-images {n} feeds Fashion-MNIST test images (1x28x28), but {program_path} takes "
-                         f"{'x'.join(map(str, shape))}; pass --check-images 0 to skip the bit-exact check on "
-                         "images (latency is still measured)")
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     """Bit-exact check and latency of an artifact, here or on a board; a `bench` record.
 
@@ -132,6 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import contextlib
 
+    from core.data import check_source
     from core.records import results_dir, write_record
     from intprog.program import load
     from tvm_backends.artifact import Artifact
@@ -143,17 +140,20 @@ def _bench(args: argparse.Namespace) -> int:
         raise SuiteError("--emulated-pi starts its own RPC server; leave out --rpc/--tracker")
     if args.threads:
         os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    if args.data != arguments.FMNIST and not (args.program and args.check_images):
+        raise SuiteError(f"--data {args.data} feeds the bit-exact check, which needs --program (the program the "
+                         "artifact was compiled from) and --check-images N >= 1; add them, or leave --data out")
+    check_source(args.data)
     art = Artifact.load(args.artifact)
     meta = art.meta
     program = codes = labels = None
+    data = {"name": "random-codes", "split": "latency", "size": 0}
     if args.program:
         art.check_program(args.program)
         program = load(args.program)
-        if args.check_images:
-            _check_images_fit(program, args.check_images, args.program)
     ensure_writable(results_dir(args.results))  # before anything is measured
     if program is not None and args.check_images:
-        codes, labels = _check_codes(program, args.check_images, args.seed)
+        codes, labels, data = _check_codes(args, program)
     protocol = Protocol(args.warmup, args.min_runs, args.min_seconds)
     emulated = bool(args.emulated_pi)
     with contextlib.ExitStack() as stack:
@@ -172,8 +172,8 @@ def _bench(args: argparse.Namespace) -> int:
             check = check_outputs(runner.run, program, codes, meta["batch"], meta["input"]["dtype"])
             pred = check.pop("outputs").reshape(len(codes), -1).argmax(1)
             checks = {**check, "top1": float((pred == labels).mean())}
-            print(f"bit-exact vs the reference executor on {len(codes)} test images: {check['bit_exact']} "
-                  f"({check['mismatched_images']} differ)")
+            print(f"bit-exact vs the reference executor on {len(codes)} images of {data['name']}: "
+                  f"{check['bit_exact']} ({check['mismatched_images']} differ)")
         fp32_method, fp32_timer = _fp32_timer(args, art, remote, emulated, print)
         x = _latency_input(meta, codes, args.seed)
         latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
@@ -186,8 +186,6 @@ def _bench(args: argparse.Namespace) -> int:
             raise RemoteError(f"the board went away before any run finished ({stopped})")
         return 130
     device = remote.describe()
-    data = {"name": "fashion-mnist", "split": "test", "size": len(codes)} if codes is not None \
-        else {"name": "random-codes", "split": "latency", "size": 0}
     record = bench_record(art, checks, latency, fp32_method, fp32, protocol, data=data, device=device,
                           env={"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "threads_arg": args.threads},
                           seed=args.seed, tag=_tag(meta["target"]["preset"], meta["batch"], args.tag, emulated),
@@ -296,7 +294,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--program", default=None, help="the program the artifact was compiled from: checks it is the "
                     "same file and compares outputs with the reference executor")
     sp.add_argument("--check-images", type=_count(0), default=64,
-                    help="Fashion-MNIST test images for the bit-exact check with --program (default 64; 0: none)")
+                    help="images of --data (the first N of the Fashion-MNIST test split or of the folder) for the "
+                    "bit-exact check with --program (default 64; 0: none)")
+    arguments.data_source(sp, "the images of the bit-exact check")
     sp.add_argument("--warmup", type=_count(0), default=10, help="warm-up runs (default 10)")
     sp.add_argument("--min-runs", type=_count(1), default=100, help="at least this many timed runs (default 100)")
     sp.add_argument("--min-seconds", type=_seconds(0), default=5.0, help="and at least this long (default 5 s)")

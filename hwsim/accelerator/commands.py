@@ -33,25 +33,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise SuiteError(f"--acc-bits {args.acc_bits}: accumulator.bits = {args.acc_bits} is outside "
                          f"8..{MAX_ACC_BITS}; give a width in that range")
     ensure_writable(results_dir(args.results), "--results (or $PFCR_RESULTS)")
+    data.check_source(args.data)
     program = load(args.program)
     changes = {k: v for k, v in (("acc_bits", args.acc_bits), ("overflow", args.overflow),
                                  ("rounding", args.rounding)) if v is not None}
     cfg = load_config(args.config)
     cfg = cfg.replace(**changes) if changes else cfg
-    test = data.fmnist(args.split, limit=args.limit)
-    images, labels = test.tensors[0], test.tensors[1].numpy()
-    if len(labels) == 0:
-        raise SuiteError(f"--limit {args.limit} leaves no images to simulate; give a positive number")
-    if list(images.shape[1:]) != list(program.input["shape"]):
-        raise SuiteError(f"{args.program} takes {program.input['shape']} inputs; `pfcr simulate` feeds Fashion-MNIST "
-                         f"images of {list(images.shape[1:])} (programs exported from the zoo ViT)")
-    starts = range(0, len(labels), args.batch_size)
-    batches = ((program.input_codes(images[s:s + args.batch_size]), labels[s:s + args.batch_size])
-               for s in tqdm(starts, desc=f"simulate on {cfg.name}", leave=False, disable=None))
+    # --data's images, preprocessed as the program's model expects (a folder) and checked to fit it
+    images, data_rec, _ = data.program_set(args.data, args.split, args.limit, program.meta, program.input["shape"],
+                                           args.program)
+    steps = -(-len(images) // args.batch_size)
+    batches = ((program.input_codes(x), y) for x, y in tqdm(data.batches(images, args.batch_size), total=steps,
+                                                           desc=f"simulate on {cfg.name}", leave=False, disable=None))
     metrics, rows = simulate(program, batches, cfg, compare=not args.no_compare)
-    record = make_simulate_record(args.program, program, cfg, metrics, rows,
-                                  {"name": "fashion-mnist", "split": args.split, "size": len(labels)},
-                                  args.seed, args.tag)
+    record = make_simulate_record(args.program, program, cfg, metrics, rows, data_rec, args.seed, args.tag)
     path = write_record(record, args.results, distinct=True)
     print(f"{'layer':<18} {'unit':<9} {'MACs':>9} {'cycles':>9} {'stall':>7} {'util':>5} {'DRAM B':>8} "
           f"{'energy nJ':>9} {'overflows':>9}")
@@ -80,6 +75,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--acc-bits", type=int, default=None, help=f"override the accumulator width (8..{MAX_ACC_BITS})")
     sp.add_argument("--overflow", choices=OVERFLOW_MODES, default=None, help="override the overflow mode")
     sp.add_argument("--rounding", choices=ROUNDING_MODES, default=None, help="override the requantization rounding")
+    arguments.data_source(sp, "the images simulated")
     sp.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
     sp.add_argument("--limit", type=int, default=None, help="simulate only the first N images (N >= 1)")
     sp.add_argument("--batch-size", type=int, default=256)

@@ -201,61 +201,100 @@ def cmd_photo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluators(args: argparse.Namespace, shape: tuple[int, ...]):
-    """Evaluator per --fp model, --quantized fake-quant file and --program integer program."""
+def _evaluators(args: argparse.Namespace, fmnist: bool):
+    """(Evaluator, float module, input shape [C, H, W]) per --fp model, --quantized fake-quant file and
+    --program integer program. Each normalizes the camera's 8-bit images as its own model's preprocessing
+    does (Fashion-MNIST's mean and std for --data fashion-mnist)."""
     import numpy as np
     import torch
 
-    from core.data import FMNIST_MEAN, FMNIST_STD, fmnist_to_tensor
-    from core.models import load_model, load_program_model, sha256_file
+    from core import data
+    from core.models import input_spec, load_model, load_program_model, sha256_file
     from hwsim.sensor import isp
     from hwsim.sensor.sweep import Evaluator
     from intprog import reference
     from intprog.program import load
     from pfcr.quantize import load_qmodel, read_qmodel_meta
 
+    def normalization(module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if fmnist:
+            return (data.FMNIST_MEAN,), (data.FMNIST_STD,)
+        prep = data.preprocessing(module)
+        return prep.mean, prep.std
+
+    def chunks(images):
+        return np.array_split(images, max(1, len(images) // 256))
+
     def torch_predict(module):
+        mean, std = normalization(module)
+
+        def to_input(b):
+            return data.fmnist_to_tensor(b) if fmnist else data.to_model_input(b, mean, std)
+
         @torch.inference_mode()
         def predict(images):
             module.eval()
-            return np.concatenate([module(fmnist_to_tensor(b)).argmax(1).numpy()
-                                   for b in np.array_split(images, max(1, len(images) // 256))])
+            return np.concatenate([module(to_input(b)).argmax(1).numpy() for b in chunks(images)])
         return predict
 
-    def program_predict(program, lut):
+    def program_predict(program, module):
+        mean, std = normalization(module)
+        luts = [isp.input_code_lut(program.input, m, s) for m, s in zip(mean, std, strict=True)]
+
+        def codes(b):  # 8-bit [N, H, W] or [N, H, W, C] -> the program's codes [N, C, H, W]
+            return luts[0][b][:, None] if b.ndim == 3 else np.stack([lut[b[..., c]] for c, lut in enumerate(luts)], 1)
+
         def predict(images):
-            return np.concatenate([reference.run(program, lut[b][:, None]).argmax(1)
-                                   for b in np.array_split(images, max(1, len(images) // 256))])
+            return np.concatenate([reference.run(program, codes(b)).argmax(1) for b in chunks(images)])
         return predict
+
+    def shape_of(module) -> list[int | None]:
+        chans, size = input_spec(module)
+        return [chans, *(size or (None, None))]
 
     out = []
     for name in args.fp:
         loaded = load_model(name)
-        out.append(Evaluator("sensor-fp32", None, None, loaded.record(), torch_predict(loaded.module)))
+        out.append((Evaluator("sensor-fp32", None, None, loaded.record(), torch_predict(loaded.module)),
+                    loaded.module, shape_of(loaded.module), name))
     for q in args.quantized:
         qcfg, meta = read_qmodel_meta(q)
-        loaded = load_model(meta["model"])
-        out.append(Evaluator("sensor-fake-quant", qcfg.w_bits, qcfg.a_bits, loaded.record(),
-                             torch_predict(load_qmodel(q, loaded.module)), str(q), sha256_file(q)))
+        loaded = load_model(meta["model"], **(meta.get("model_kwargs") or {}))
+        qm = load_qmodel(q, loaded.module)
+        out.append((Evaluator("sensor-fake-quant", qcfg.w_bits, qcfg.a_bits, loaded.record(), torch_predict(qm),
+                              str(q), sha256_file(q)), loaded.module, shape_of(loaded.module), str(q)))
     for p in args.program:
         program = load(p)
-        if list(program.input["shape"]) != [1, *shape]:
-            raise SuiteError(f"{p} takes input {program.input['shape']}, but the sensor sees Fashion-MNIST scenes "
-                             f"{[1, *shape]}; use a program exported for a 28x28 grayscale model")
         if "model" not in program.meta:
             raise SuiteError(f"{p} does not name its model in its metadata; write it with `pfcr export`")
         loaded = load_program_model(program.meta)
-        lut = isp.input_code_lut(program.input, FMNIST_MEAN, FMNIST_STD)
-        out.append(Evaluator("sensor-intprog", program.meta.get("w_bits"), program.meta.get("a_bits"),
-                             loaded.record(), program_predict(program, lut), str(p), sha256_file(p)))
+        out.append((Evaluator("sensor-intprog", program.meta.get("w_bits"), program.meta.get("a_bits"),
+                              loaded.record(), program_predict(program, loaded.module), str(p), sha256_file(p)),
+                    loaded.module, [int(v) for v in program.input["shape"]], str(p)))
     if not out:
         raise SuiteError("nothing to evaluate: give --program, --quantized and/or --fp")
     return out
 
 
+def _sweep_sensor(args: argparse.Namespace, rgb: bool, what: str):
+    """The sweep's sensor: --sensor, else mono-3um for grayscale scenes and rggb-1.4um for RGB ones; a
+    monochrome sensor cannot feed a 3-channel model, nor (here) a colour one a 1-channel model."""
+    name = args.sensor or ("rggb-1.4um" if rgb else "mono-3um")
+    cfg = _sensor(argparse.Namespace(**{**vars(args), "sensor": name}))
+    if rgb and cfg.cfa == "mono":
+        raise SuiteError(f"the sweep sees RGB scenes ({what}) with a colour sensor; {cfg.name} is monochrome "
+                         "(use rggb-1.4um or a JSON sensor with \"cfa\": \"rggb\")")
+    if not rgb and cfg.cfa != "mono":
+        raise SuiteError(f"the sweep sees grayscale scenes ({what}) with a monochrome sensor; {cfg.name} is "
+                         f"{cfg.cfa} (use mono-3um or a JSON sensor with \"cfa\": \"mono\")")
+    for bits in args.adc_bits:  # every depth of the grid is a valid sensor
+        cfg.replace(adc_bits=bits)
+    return cfg
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Top-1 through the sensor over illuminance x ADC bits; one `sensor` record per point."""
-    from core.data import load_fmnist_arrays
+    from core import data
     from core.records import results_dir
     from hwsim.sensor import sweep
 
@@ -268,21 +307,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise SuiteError(f"--adc-bits {bits}: an ADC has 1..16 bits (e.g. --adc-bits 8 12)")
     if not (args.program or args.quantized or args.fp):
         raise SuiteError("nothing to evaluate: give --program, --quantized and/or --fp")
-    cfg = _sensor(args)
-    if cfg.cfa != "mono":
-        raise SuiteError(f"the sweep sees grayscale Fashion-MNIST scenes with a monochrome sensor; {cfg.name} is "
-                         f"{cfg.cfa} (use mono-3um or a JSON sensor with \"cfa\": \"mono\")")
-    for bits in args.adc_bits:  # every depth of the grid is a valid sensor
-        cfg.replace(adc_bits=bits)
+    fmnist = args.data == arguments.FMNIST
+    data.check_source(args.data)
+    if fmnist or args.sensor:  # a folder's scenes are grayscale or RGB as its model reads them: checked below
+        cfg = _sweep_sensor(args, False, "Fashion-MNIST") if fmnist else _sensor(args)
     ensure_writable(results_dir(args.results), "--results")
-    images, labels = load_fmnist_arrays(args.split)
-    images, labels = images[: args.limit], labels[: args.limit]
-    evaluators = _evaluators(args, images.shape[1:])
-    data = {"name": "fashion-mnist", "split": args.split, "size": len(images)}
+    evaluators = _evaluators(args, fmnist)
+    first = evaluators[0]
+    source = "Fashion-MNIST" if fmnist else f"folder {args.data} as {first[3]} reads it"
+
+    def check_shapes(shape: list[int]) -> None:
+        for _, _, want, name in evaluators:
+            if [w if w is not None else g for w, g in zip(want, shape, strict=True)] != shape:
+                fix = "use a program exported for a 28x28 grayscale model, or pass --data FOLDER with images for " \
+                    "it" if fmnist else f"sweep models of one input size together (those of {first[3]} here)"
+                raise SuiteError(f"{name} takes input {'x'.join(map(str, want))}, but the sensor sees scenes of "
+                                 f"{'x'.join(map(str, shape))} ({source}); {fix}")
+
+    if fmnist:
+        check_shapes([1, 28, 28])  # before the images load
+    images, labels, data_rec, _, _ = data.scene_set(args.data, args.split, args.limit, first[1], first[3])
+    shape = [1, *images.shape[1:3]] if images.ndim == 3 else [images.shape[3], *images.shape[1:3]]
+    if not fmnist:
+        check_shapes(shape)
+        cfg = _sweep_sensor(args, shape[0] == 3, source)
+    if cfg.cfa != "mono" and (shape[1] % 2 or shape[2] % 2 or min(shape[1:]) < MIN_PHOTO_SIDE):
+        raise SuiteError(f"the Bayer sensor {cfg.name} needs scenes of even sides of at least {MIN_PHOTO_SIDE} "
+                         f"pixels, but {first[3]} takes {shape[1]}x{shape[2]}; use a monochrome sensor with a "
+                         "one-channel model")
     print(f"sweep: {len(evaluators)} models x {len(args.lux)} illuminances x {len(args.adc_bits)} ADC depths "
-          f"on {len(images)} {args.split} images through {cfg.name}", flush=True)
-    sweep.run(evaluators, images, labels, args.lux, args.adc_bits, cfg, args.seed, args.results, args.tag, data,
-              log=lambda s: print(s, flush=True))
+          f"on {len(images)} images ({'x'.join(map(str, shape))}) of {data_rec['name']} through {cfg.name}",
+          flush=True)
+    sweep.run([e[0] for e in evaluators], images, labels, args.lux, args.adc_bits, cfg, args.seed, args.results,
+              args.tag, data_rec, log=lambda s: print(s, flush=True))
     return 0
 
 
@@ -290,9 +347,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("sensor", help="CMOS sensor + fixed-point ISP simulator (emva, photo, sweep)")
     ssub = sp.add_subparsers(dest="sensor_command", required=True, metavar="SENSOR_COMMAND")
 
-    def sensor_args(p: argparse.ArgumentParser, default: str) -> None:
+    def sensor_args(p: argparse.ArgumentParser, default: str | None, default_help: str | None = None) -> None:
         p.add_argument("--sensor", default=default, help=f"a preset (mono-3um, rggb-1.4um) or a JSON file of "
-                       f"SensorConfig fields (default {default})")
+                       f"SensorConfig fields (default {default_help or default})")
         p.add_argument("--analog-gain", type=float, default=None, help="override the sensor's analog gain")
         p.add_argument("--tag", default=None, help="a label kept in the record and its file name")
         arguments.common(p)
@@ -314,15 +371,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sensor_args(p, "rggb-1.4um")
     p.set_defaults(func=cmd_photo)
 
-    p = ssub.add_parser("sweep", help="top-1 of models seeing Fashion-MNIST through the sensor, vs lux and ADC bits")
+    p = ssub.add_parser("sweep", help="top-1 of models seeing Fashion-MNIST or your images through the sensor, "
+                        "vs lux and ADC bits")
     p.add_argument("--program", nargs="*", default=[], help="integer program files (pfcr export)")
     p.add_argument("--quantized", nargs="*", default=[], help="fake-quant model files (pfcr quantize)")
     p.add_argument("--fp", nargs="*", default=[], help="float zoo models, e.g. vit_fmnist")
     p.add_argument("--lux", type=float, nargs="+", default=[1.0, 10.0, 100.0], help="illuminances (default 1 10 100)")
     p.add_argument("--adc-bits", type=int, nargs="+", default=[8, 12], help="ADC depths (default 8 12)")
-    p.add_argument("--limit", type=int, default=200, help="first N test images (default 200)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    sensor_args(p, "mono-3um")
+    p.add_argument("--limit", type=int, default=200, help="first N images of --data (default 200)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
+    arguments.data_source(p, "the scenes, at the model's input size (grayscale for a one-channel model, else RGB)")
+    sensor_args(p, None, "mono-3um for grayscale scenes, rggb-1.4um for RGB ones")
     p.set_defaults(func=cmd_sweep, tag="sweep")
 
 

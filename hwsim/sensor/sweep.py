@@ -1,8 +1,11 @@
 """Classifiers seen through the camera: top-1 against illuminance and ADC bits, one record per point.
 
-The scene is a grayscale test image read as sRGB-encoded reflectance, one scene pixel per sensor
-pixel; the ISP's 8-bit output is what every model sees: the integer program as input codes (the
-ISP's last LUT), float and fake-quant models as that image normalized like their training data.
+The scene is a test image read as sRGB-encoded reflectance, one scene pixel per sensor pixel:
+grayscale (Fashion-MNIST, or a folder's images for a one-channel model) on a monochrome sensor, or
+RGB at the model's input size (a folder's images resized and cropped as the model's preprocessing
+does) on a Bayer sensor. The ISP's 8-bit output is what every model sees: the integer program as
+input codes (the ISP's last LUT, per channel), float and fake-quant models as that image normalized
+like their own preprocessing.
 A point whose record exists with the same fingerprint (sensor, images, model file) is skipped.
 """
 
@@ -41,10 +44,12 @@ class Evaluator:
 
 
 def sense(images_u8: np.ndarray, lux: float, cfg: SensorConfig, seed: int) -> tuple[np.ndarray, camera.Exposure]:
-    """The camera's 8-bit output for scenes [N, H, W] at `lux`, and the exposure it chose."""
+    """The camera's 8-bit output for scenes [N, H, W] (grayscale) or [N, H, W, 3] (RGB, through a Bayer
+    sensor and the ISP's demosaic and colour correction) at `lux`, and the exposure it chose."""
+    rgb = images_u8.ndim == 4
     exp = camera.exposure_program(cfg, lux)
     raw = camera.capture(images_u8, exp, cfg, seed)
-    return isp.process(raw, camera.isp_for(cfg, exp, out_shape=images_u8.shape[-2:], gray=True)), exp
+    return isp.process(raw, camera.isp_for(cfg, exp, out_shape=images_u8.shape[1:3], gray=not rgb)), exp
 
 
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
