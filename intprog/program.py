@@ -38,6 +38,9 @@ class Program:
     ops: list[dict[str, Any]] = field(default_factory=list)
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # The value after each reconstruction unit but the last, in order (set by the export, not
+    # saved): where pfcr.quant.replay cuts the program to run it unit by unit.
+    units: list[str] = field(default_factory=list)
 
     def add(self, op: str, inputs: list[str], out: str, attrs: dict | None = None,
             consts: dict[str, np.ndarray] | None = None) -> str:
@@ -69,6 +72,16 @@ class Program:
     def graph(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "input": self.input, "output": self.output,
                 "ops": self.ops, "meta": self.meta}
+
+    def same_computation(self, other: Program) -> bool:
+        """Whether `other` computes exactly this: the same input and output, ops and constant
+        values (metadata and storage dtypes aside)."""
+        def graph(p: Program) -> Any:
+            return json.loads(json.dumps({"input": p.input, "output": p.output, "ops": p.ops}))
+
+        return (graph(self) == graph(other) and self.consts.keys() == other.consts.keys()
+                and all(np.array_equal(v.astype(np.int64), other.consts[k].astype(np.int64))
+                        for k, v in self.consts.items()))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the program; weights below 8 bits are stored packed (see `_pack_weights`)."""

@@ -24,7 +24,7 @@ from core.errors import ModelError
 from intprog.arith import Rounding, quantize_multiplier
 from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, build_lut
 from intprog.program import Program
-from pfcr.quant.quantizers import UniformQuantizer
+from pfcr.quant.quantizers import Log2Quantizer, UniformQuantizer
 
 if TYPE_CHECKING:  # a type only: the family modules, which pfcr.quant.model imports, import this module
     from pfcr.quant.model import QuantModel
@@ -105,22 +105,30 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict[str, float]:
 
 
 class _Scales:
-    """The scales the integer program adds to the fake-quant model's (see the module docstring)."""
+    """The scales the integer program adds to the fake-quant model's (see the module docstring),
+    from the ranges of the model's float path on calibration images (`measure`) or as fixed in the
+    model (`QuantModel.fix_scales`, in the order of FIELDS)."""
 
-    def __init__(self, qm: QuantModel, images: torch.Tensor):
+    FIELDS = ("res", "gelu", "logit", "embed", "norm")
+
+    def __init__(self, res: float, gelu: float, logit: float, embed: float, norm: float):
+        self.res, self.gelu, self.logit, self.embed, self.norm = res, gelu, logit, embed, norm
+
+    @classmethod
+    def measure(cls, qm: QuantModel, images: torch.Tensor) -> _Scales:
         r = _ranges(qm, images)
-        self.res = r["stream"] / (1 << STREAM_BITS)
-        self.gelu = r["fc1"] / 127
-        self.logit = r["logits"] / (1 << STREAM_BITS)
-        self.embed = r["embed"] / (1 << STREAM_BITS)
-        self.norm = r["norm"] / (1 << 15)  # Swin's final norm, summed by the pool: int16-like codes
+        return cls(res=r["stream"] / (1 << STREAM_BITS), gelu=r["fc1"] / 127, logit=r["logits"] / (1 << STREAM_BITS),
+                   embed=r["embed"] / (1 << STREAM_BITS),
+                   norm=r["norm"] / (1 << 15))  # Swin's final norm, summed by the pool: int16-like codes
+
+    def values(self) -> list[float]:
+        return [getattr(self, f) for f in self.FIELDS]
 
 
-def _program(qm: QuantModel, images: torch.Tensor, s: _Scales) -> tuple[Program, tuple]:
+def _program(qm: QuantModel, shape: list[int], s: _Scales) -> tuple[Program, tuple]:
     conv = qm.model.patch_embed.proj
     in_q = _act(conv.a_quant)
-    c, h, w = images.shape[1:]
-    p = Program(input={"name": "image", "shape": [c, h, w], "scale": in_q[0], "zero_point": in_q[1],
+    p = Program(input={"name": "image", "shape": list(shape), "scale": in_q[0], "zero_point": in_q[1],
                        "qmin": in_q[2], "qmax": in_q[3]},
                 output={"name": "logits", "scale": s.logit},
                 meta={"family": qm.family.name, "residual_scale": s.res, "gelu_scale": s.gelu})
@@ -132,6 +140,9 @@ def _attention(p: Program, t: str, h_: str, a: nn.Module, s_res: float, window: 
 
     `window` (Swin): {"size": tokens per window, "bias": [H, w, w] float, "mask": [nW, w, w] bool or None}.
     """
+    if not isinstance(a.matmul_av.a_quant, Log2Quantizer):
+        raise ModelError("the integer program's softmax emits log2 codes; a uniform post-softmax quantizer "
+                         "(--uniform-softmax) has no exact integer form: quantize without --uniform-softmax")
     qkv_in = _act(a.qkv.a_quant)
     qq, kq, vq = _act(a.matmul_qk.a_quant), _act(a.matmul_qk.b_quant), _act(a.matmul_av.b_quant)
     dim = a.qkv.weight.shape[0] // 3
@@ -175,11 +186,15 @@ def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
     return p.add("add", [x, h_], t + "stream")
 
 
-def export_program(qm: QuantModel, images: torch.Tensor) -> Program:
-    """The integer program of a quantized model; `images` (calibration) fix the extra scales."""
+def export_program(qm: QuantModel, images: torch.Tensor | None = None) -> Program:
+    """The integer program of a quantized model: at the scales and input shape the model fixed
+    (`QuantModel.fix_scales`), else measured on `images` (calibration)."""
     qm.eval()
-    s = _Scales(qm, images)
-    p, in_q = _program(qm, images, s)
+    fixed = qm.fixed_scales()
+    if fixed is None and images is None:
+        raise ModelError("export needs calibration images, or a quantized model whose scales are fixed")
+    s, shape = fixed or (_Scales.measure(qm, images), list(images.shape[1:]))
+    p, in_q = _program(qm, shape, s)
     x = p.add("patchify", ["image"], "patches", {"patch": qm.model.patch_embed.proj.weight.shape[-1]})
     qm.family.export(p, qm.model, s, in_q, x)
     return p

@@ -7,8 +7,11 @@ their logits, and refuses the program below a threshold, naming where the two pa
 stream after each attention and MLP unit (program values `...stream_attn`, `...stream`, at the
 program's residual scale) against the fake-quant model's unit outputs, in model order.
 
-The two are not equal even for a right program: fake-quant keeps float LayerNorm, softmax, GELU
-and a float residual stream where the program has integer kernels. On the zoo the mean logit
+The model side is the quantized model's float path (`QuantModel.float_path`, the fake-quant
+modules): its eval forward runs the exported program itself (pfcr.quant.replay), and a program
+compared with itself proves nothing. The two are not equal even for a right program: the float
+path keeps float LayerNorm, softmax, GELU and a float residual stream where the program has
+integer kernels. On the zoo the mean logit
 cosine of a right program is 0.992 (ViT W3A3) to 0.9995 (Swin W8A8) in the export records of
 `python benchmarks/integer_accuracy.py`; a program that drops a LayerScale or pools the wrong
 token lands near 0 to 0.8. Hence `pfcr export --min-cosine`'s
@@ -49,7 +52,7 @@ class Fidelity:
 @torch.no_grad()
 def measure(qm: QuantModel, program: Program, images: torch.Tensor, threshold: float) -> Fidelity:
     """Compare the program with the model; below `threshold`, locate the first unit that departs."""
-    qm.eval()
+    qm.eval()  # the units run their float modules: this never replays the program
     streams: list[np.ndarray] = []
     x = images
     for unit in qm.units[:-1]:

@@ -105,14 +105,17 @@ def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
         log += _run_schedule(qm, streams, cfg, stage1, "pos1-activations", gen, progress)
         reparameterize(qm)
         qm.set_quant(weights=True)
+        qm.fix_scales(images[: cfg.init_size])  # from here on, eval mode runs the integer program
         streams.changed(0)
         log += _run_schedule(qm, streams, cfg, cfg.recon, "pos2-weights", gen, progress)
     else:
         reparameterize(qm)
+        qm.fix_scales(images[: cfg.init_size])
         if cfg.method != "rtn":
             streams = Streams(qm, fp_model, images)
             log += _run_schedule(qm, streams, cfg, cfg.recon, cfg.method, gen, progress)
     harden(qm)
+    qm.fix_scales(images[: cfg.init_size])  # the ranges of the final model
     qm.eval()
     return qm, log
 
@@ -147,6 +150,8 @@ def load_qmodel(path: str | os.PathLike, fp_model: nn.Module) -> QuantModel:
     cfg, _ = read_qmodel_meta(path)
     qm = QuantModel(fp_model, cfg)
     state = read_state_dict(path)
+    for key in ("program_scales", "program_input"):  # files saved before the scales were fixed
+        state.setdefault(key, torch.zeros_like(getattr(qm, key)))
     # Shapes that calibration and reparameterization changed (per-channel scales, a bias that a
     # reparameterized Linear gained) are adopted before the strict load.
     for key, tensor in state.items():

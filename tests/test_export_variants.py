@@ -3,9 +3,11 @@
 Each variant is built from timm with small random weights (norms and biases perturbed so nothing is
 trivially 1 or 0), quantized at W8A8 by calibration alone and exported. Where the family exports it,
 the integer program must compute the quantized model: its dequantized logits have cosine >= 0.999
-with the fake-quant model's (a program that drops a LayerScale, pools the wrong token or skips a
-norm lands far below; before the families handled these options, LayerScale gave ~0.8). Where it
-does not, export is refused with a ModelError naming the option.
+with the fake-quant model's float path (a program that drops a LayerScale, pools the wrong token or
+skips a norm lands far below; before the families handled these options, LayerScale gave ~0.8),
+and the quantized model's eval forward, which runs its own program unit by unit (pfcr.quant.replay),
+equals the program's logits to the bit. Where it does not, export is refused with a ModelError
+naming the option.
 """
 
 from __future__ import annotations
@@ -90,13 +92,17 @@ def test_option_is_exported_exactly(name):
     size = spec[1]["img_size"]
     x = torch.randn(40, 3, size, size, generator=torch.Generator().manual_seed(1))
     qm, program = _quantize_export(model, x[:24])
+    codes = reference.run(program, program.input_codes(x[24:]))
     with torch.no_grad():
-        fake = qm(x[24:]).double().numpy()
-    integer = reference.run(program, program.input_codes(x[24:])).astype(np.float64) * program.output["scale"]
+        with qm.float_path():
+            fake = qm(x[24:]).double().numpy()
+        replayed = qm(x[24:]).double().numpy() / program.output["scale"]
+    integer = codes.astype(np.float64) * program.output["scale"]
     a, b = integer - integer.mean(1, keepdims=True), fake - fake.mean(1, keepdims=True)
     cosine = float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
     assert cosine >= 0.999, f"{name}: program vs fake-quant logit cosine {cosine:.4f}"
     assert (integer.argmax(1) == fake.argmax(1)).mean() >= 0.85
+    assert np.array_equal(np.round(replayed), codes), f"{name}: the quantized model's eval forward is not its program"
 
 
 @pytest.mark.parametrize("name", REFUSED)

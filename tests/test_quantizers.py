@@ -114,3 +114,20 @@ def test_adaround_starts_at_nearest_and_hardens():
 def test_bits_outside_range(bits):
     with pytest.raises(SuiteError, match=r"2\.\.8"):
         check_bits(bits)
+
+
+def test_adaround_integer_codes_follow_the_learned_rounding():
+    """The export reads integer(); before `harden` it must be the rounding eval mode applies."""
+    from pfcr.quant.quantizers import AdaRoundQuantizer
+
+    w = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(0))
+    q = AdaRoundQuantizer(4, axis=0)
+    q.calibrate(w)
+    q.init_rounding(w)
+    with torch.no_grad():
+        q.alpha.copy_(torch.randn(q.alpha.shape, generator=torch.Generator().manual_seed(1)))
+    q.eval()
+    s, z = q.scale.reshape(-1, 1), q.zero_point.reshape(-1, 1)
+    flat = w.reshape(6, -1)
+    assert torch.equal((q.integer(flat) - z) * s, q(w).reshape(6, -1))
+    assert not torch.equal(q.integer(flat), torch.clamp(torch.round(flat / s) + z, q.qmin, q.qmax))

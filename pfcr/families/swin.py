@@ -128,6 +128,7 @@ class Swin(Family):
         pe = m.patch_embed
         x = _linear(p, "embed", x, pe.proj, in_q, s.embed, 0, *_I32)
         x = _layernorm(p, "embed_norm", x, pe.norm, s.embed, (s.res, 0, *_I32))
+        p.units.append(x)
         h, w = pe.grid_size
         for si, stage in enumerate(m.layers):
             if (mg := _merging(stage)) is not None:
@@ -140,6 +141,7 @@ class Swin(Family):
                 red_in = _act(mg.reduction.a_quant)
                 x = _layernorm(p, t + "norm", x, mg.norm, s.res, red_in)
                 x = _linear(p, t + "reduction", x, mg.reduction, red_in, s.res, 0, *_I32)
+                p.units.append(x)
                 h, w = h // 2, w // 2
             for bi, blk in enumerate(stage.blocks):
                 t = f"s{si}.b{bi}."
@@ -153,7 +155,9 @@ class Swin(Family):
                 att = _attention(p, t, h_, a, s.res, window)
                 att = p.add("gather_tokens", [att], t + "from_windows", consts={"index": np.argsort(order)[:, None]})
                 x = p.add("add", [x, att], t + "stream_attn")
+                p.units.append(x)
                 x = _mlp(p, t, x, blk, s)
+                p.units.append(x)
         head = self.head(m)
         head_in = _act(head.a_quant)
         x = _layernorm(p, "norm", x, m.norm, s.res, (s.norm, 0, *_I32))

@@ -163,11 +163,14 @@ class Vit(Family):
             x = p.add("add_const", [x], "stream0", consts={"value": codes(pos)})
         if pre_norm:
             x = _layernorm(p, "norm_pre", x, m.norm_pre, s_in, (s.res, 0, *_I32))
+        p.units.append(x)
         for i, blk in enumerate(m.blocks):
             t = f"b{i}."
             h_ = _layernorm(p, t + "ln1", x, blk.norm1, s.res, _act(blk.attn.qkv.a_quant))
             x = p.add("add", [x, _attention(p, t, h_, blk.attn, s.res)], t + "stream_attn")
+            p.units.append(x)
             x = _mlp(p, t, x, blk, s)
+            p.units.append(x)
         self._head(p, m, s, x)
 
     @staticmethod

@@ -8,11 +8,17 @@ Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - post-softmax probabilities with a log2 quantizer at `attn_bits`;
 - post-LayerNorm inputs (qkv, fc1, reduction) channel-wise, later folded into the LayerNorm
   (`reparameterize`, RepQ-ViT's algebra) so that the deployed model has per-tensor activations.
+
+In eval mode, once every quantizer is on and the program's extra scales are fixed (`fix_scales`),
+the model runs its own integer program (pfcr.quant.replay; `integer_eval`); otherwise, and in
+training, the float path of the modules above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -33,6 +39,7 @@ class QuantConfig:
     first_last_w_bits: int | None = None  # patch-embed and head weights; None = w_bits
     channelwise_postln: bool = True
     log2_softmax: bool = True
+    integer_eval: bool = True  # eval mode runs the integer program (pfcr.quant.replay)
 
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
@@ -89,9 +96,96 @@ class QuantModel(nn.Module):
         m.patch_embed.proj = QuantConv2d(m.patch_embed.proj, cfg.edge_w_bits, cfg.input_bits)
         self.family.head(m).w_quant = AdaRoundQuantizer(cfg.edge_w_bits, axis=0)
         self.units = nn.ModuleList(self.family.units(m))
+        # The program's extra scales (pfcr.export._Scales.FIELDS) and input shape [C, H, W];
+        # zeros until `fix_scales`.
+        self.register_buffer("program_scales", torch.zeros(5, dtype=torch.float64))
+        self.register_buffer("program_input", torch.zeros(3, dtype=torch.int64))
+        self._float_only = False
+        self._replay: tuple[tuple, object] | None = None  # (state key, Replay or the export's refusal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.run_units(x, 0, len(self.units))
+
+    def run_units(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Units start..end-1 on x: the integer program's segments when `replay()` has one."""
+        replay = self.replay()
+        for k in range(start, end):
+            x = replay.run(k, x) if replay is not None else self.units[k](x)
+        return x
+
+    @contextlib.contextmanager
+    def float_path(self) -> Iterator[None]:
+        """Evaluate with the float fake-quant modules (the fidelity guard's independent side)."""
+        was, self._float_only = self._float_only, True
+        try:
+            yield
+        finally:
+            self._float_only = was
+
+    @torch.no_grad()
+    def fix_scales(self, images: torch.Tensor) -> None:
+        """Measure the program's extra scales on calibration images and keep them (and the input
+        shape), so that the eval forward, `export_program` and the saved model all use these."""
+        from pfcr.export import _Scales
+
+        was = self.training
+        self.eval()
+        with self.float_path():
+            s = _Scales.measure(self, images)
+        self.train(was)
+        self.program_scales.copy_(torch.tensor(s.values(), dtype=torch.float64))
+        self.program_input.copy_(torch.tensor(list(images.shape[1:])))
+
+    def fixed_scales(self):
+        """(pfcr.export._Scales, input shape) as fixed by `fix_scales`, or None."""
+        from pfcr.export import _Scales
+
+        if not bool(self.program_scales.all()):
+            return None
+        return _Scales(*self.program_scales.tolist()), self.program_input.tolist()
+
+    @torch.no_grad()
+    def _unit_shapes(self) -> list[tuple[int, ...]]:
+        """Each unit's output shape without the batch, from the float path on one blank image."""
+        x = torch.zeros(1, *self.program_input.tolist(), device=self.program_scales.device)
+        shapes = []
+        for unit in self.units:
+            x = unit(x)
+            shapes.append(tuple(x.shape[1:]))
+        return shapes
+
+    def _state_key(self) -> tuple:
+        """What the program depends on. The sums catch edits through `.data`, which bump no
+        version counter."""
+        tensors = tuple((k, v.data_ptr(), v._version, float(v.detach().double().sum()))
+                        for k, v in self.state_dict(keep_vars=True).items())
+        flags = tuple((q.enabled, getattr(q, "axis", None)) for _, q in self.quantizers())
+        return tensors, flags
+
+    def replay(self):
+        """The integer program of the model's current state, cut into units (re-exported after
+        any change), or None where the eval forward is the float path: in training, without fixed
+        scales, with a quantizer off or not yet calibrated or per channel, or where the export
+        refuses the model (warned once)."""
+        from core.errors import ModelError
+        from pfcr.export import export_program
+        from pfcr.quant.replay import Replay
+
+        if self.training or self._float_only or not self.cfg.integer_eval or self.fixed_scales() is None:
+            return None
+        for _, q in self.quantizers():
+            if not q.enabled or not bool(q.calibrated) or getattr(q, "axis", None) not in (None, 0):
+                return None
+        key = self._state_key()
+        if self._replay is None or self._replay[0] != key:
+            try:
+                program = export_program(self)
+                made: object = Replay(program, program.meta["residual_scale"], self._unit_shapes())
+            except ModelError as err:
+                warnings.warn(f"the quantized model is evaluated with its float path: {err}", stacklevel=2)
+                made = None
+            self._replay = (key, made)
+        return self._replay[1]
 
     def quantizers(self) -> Iterator[tuple[str, nn.Module]]:
         for name, mod in self.model.named_modules():

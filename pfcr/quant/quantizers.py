@@ -158,6 +158,16 @@ class AdaRoundQuantizer(UniformQuantizer):
         rest = (w / s - torch.floor(w / s)).clamp(0.01, 0.99)
         self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
 
+    def integer(self, w: torch.Tensor) -> torch.Tensor:
+        """The integer codes of w with the learned rounding decision where there is one (what
+        eval mode computes), so a program exported before `harden` matches the model."""
+        if self.alpha is None:
+            return super().integer(w)
+        shape = self._shape(w)
+        s, z = self.scale.reshape(shape), self.zero_point.reshape(shape)
+        up = (self.alpha >= 0).reshape(w.shape).to(w.dtype)
+        return torch.clamp(torch.floor(w / s) + up + z, self.qmin, self.qmax)
+
     def soft(self) -> torch.Tensor:
         return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)
 

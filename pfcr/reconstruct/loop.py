@@ -32,7 +32,9 @@ class Streams:
     """Activations of the calibration set at every unit boundary, float model and quantized model.
 
     fp[k] / q[k] is the input of unit k (index n: the logits). fp is computed once; q[k] is
-    valid for k <= `fresh` and is recomputed lazily after granules change the units behind it.
+    valid for k <= `fresh` and is recomputed lazily after granules change the units behind it,
+    with the quantized model's eval forward: its integer program once its scales are fixed, so
+    every granule trains on the inputs the deployed program gives it.
     """
 
     def __init__(self, qmodel: QuantModel, fp_model: nn.Module, images: torch.Tensor, batch_size: int = 128):
@@ -52,7 +54,10 @@ class Streams:
         """q[k], recomputed from the last valid boundary with the quantized units (eval mode)."""
         if k > self.fresh:
             self.qmodel.eval()
-            self.q[self.fresh:k + 1] = self._run(self.qmodel.units, self.q[self.fresh], self.fresh, k)
+            with torch.no_grad():
+                for j in range(self.fresh, k):
+                    self.q[j + 1] = torch.cat([self.qmodel.run_units(xb, j, j + 1)
+                                               for xb in self.q[j].split(self.batch_size)])
             self.fresh = k
         return self.q[k]
 
