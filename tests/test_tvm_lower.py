@@ -107,6 +107,32 @@ def test_linear_tiles_of_16_by_4(n):
         assert any(name.endswith("_vnni") for name in kernels), list(kernels)
 
 
+@pytest.mark.parametrize("w_bits, k, rows, kind", [(4, 48, 7, "avx2u8x16"), (4, 40, 5, "avx2u8"),
+                                                   (8, 40, 13, "avx2i16")])
+def test_linear_avx2_kernels(w_bits, k, rows, kind):
+    """On AVX2 hosts without VNNI the GEMM is tensorized by the kind exact for its weights (|W - s|
+    <= 16: 16 terms per int16 sum; <= 64: 4; else int16 operands), rows padded to whole tiles."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    if tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target) or \
+            not tvm.target.codegen.llvm_cpu_has_features("avx2", target):
+        pytest.skip("AVX2 without VNNI only")
+    rng = np.random.default_rng(k + rows)
+    n = 32
+    hi = (1 << w_bits) - 1
+    x = rng.integers(0, 256, (1, rows, k))
+    x[0, 0], x[0, 1] = 255, 0
+    weight = rng.integers(0, hi + 1, (n, k))
+    weight[0], weight[1] = 0, hi  # extreme products: 255 x the widest weight
+    zp = np.full(n, 0 if w_bits == 8 else hi)
+    consts = {"weight": weight, "weight_zp": zp, "bias": rng.integers(-300, 300, n),
+              **_requant(rng, n, 1e-4, 1e-2, 0, -128, 127)}
+    attrs = {"in_zp": 3, "rounding": "half_even", "weight_bits": w_bits}
+    check_op("linear", [(x, 0, 255)], attrs, consts)
+    kernels = scheduled_kernels(op_module("linear", [(x, 0, 255)], attrs,
+                                          {r: np.asarray(v, np.int64) for r, v in consts.items()}))
+    assert any(name.endswith("_" + kind) for name in kernels), list(kernels)
+
+
 def test_linear_int32_output_and_wide_accumulator():
     """A residual-stream linear: int32 outputs; |x| < 2^22 makes the proven bound exceed int32."""
     rng = np.random.default_rng(1)

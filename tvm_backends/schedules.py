@@ -8,13 +8,19 @@ FuseTIR, as relax.get_default_pipeline does) and then schedules every kernel:
   parallel;
 - attention's two products, whose reductions are short (a head's 16-32 dims, a window's tokens):
   by columns, 16 outputs of a row as vector lanes (`_schedule_by_columns`);
-- on avx512vnni hosts, u8 x s8 linear GEMMs are tensorized with vpdpbusd (weights repacked
-  [N/16, K/4, 16, 4]; up to 4 accumulators of 16 lanes in registers, see `_tensorize_vnni`);
+- u8 x s8 linear GEMMs are tensorized (`_tensorize_gemm`): on avx512vnni hosts with vpdpbusd
+  (weights repacked [N/16, K/4, 16, 4]; up to 4 accumulators of 16 lanes in registers); on AVX2
+  hosts without VNNI with vpmaddubsw (4-bit weights: 16 terms per int16 sum, then one vpmaddwd)
+  or vpmaddwd on int16 operands (8-bit weights), register tiles of rows x 8-lane column blocks,
+  rows padded to whole tiles, the (column block, row tile) loop in parallel for big GEMMs;
 - elementwise stages inlined into their consumers, the contiguous axis vectorized.
 Kernels come back marked scheduled, so that `tvm.compile(schedule(mod, target), target)` keeps them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax, s_tir, tirx
@@ -41,8 +47,9 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target | dict | str) -> tvm.I
     if target.kind.name != "llvm":
         raise ValueError(f"CPU schedules are for llvm targets; {target.kind.name} kernels are scheduled by dlight")
     mod = fuse(mod, target)
-    if tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target):
-        mod = _tensorize_vnni(mod)
+    kinds = _gemm_kinds(target)
+    if kinds:
+        mod = _tensorize_gemm(mod, kinds)
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
             mod[gv] = _schedule_kernel(func)
@@ -70,108 +77,267 @@ def _schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _vnni_intrin() -> str:
-    """u8 x s8 -> i32 dot product of 16 lanes by 4 (vpdpbusd): TVM 0.27's VNNI_DOT_16x4_INTRIN with
-    the operands that this LLVM's llvm.x86.avx512.vpdpbusd.512 takes (<64 x i8>, not <16 x i32>).
+@dataclass(frozen=True)
+class _Gemm:
+    """A tensorized u8 x s8 -> i32 linear GEMM: one instruction (sequence) adds `group` products to
+    each of `lanes` int32 outputs; the weights are repacked [N/lanes, K/group, lanes, group]. The
+    register tile is `rows` rows x `chains` blocks of `lanes` columns. `max_weight`: the largest
+    |W - s| the instruction is exact for (None: every int8)."""
+
+    name: str
+    lanes: int
+    group: int
+    intrin: Callable[[], str]
+    rows: int
+    chains: tuple[int, ...]
+    max_weight: int | None = None
+    a_dtype: str = "uint8"  # the activation operand as the instruction reads it (widened once in a copy)
+    step: int | None = None  # terms per weight vector, if fewer than `group`
+
+    def packed_shape(self, n: int, k: int) -> tuple[int, ...]:
+        """[N/lanes, K/group, lanes, group], or [N/lanes, K/group, group/step, lanes, step] with `step`."""
+        if self.step:
+            return (n // self.lanes, k // self.group, self.group // self.step, self.lanes, self.step)
+        return (n // self.lanes, k // self.group, self.lanes, self.group)
+
+    def layout(self, i, j) -> tuple:
+        """Where weight [i, j] goes in `packed_shape`."""
+        if self.step:
+            return (i // self.lanes, j // self.group, j % self.group // self.step, i % self.lanes, j % self.step)
+        return (i // self.lanes, j // self.group, i % self.lanes, j % self.group)
+
+    def pack(self, w):
+        """[N, K] int8 weights in the kernel's layout."""
+        import numpy as np
+
+        n, k = w.shape
+        if self.step:
+            return np.ascontiguousarray(w.reshape(n // self.lanes, self.lanes, k // self.group, self.group // self.step,
+                                                  self.step).transpose(0, 2, 3, 1, 4))
+        return np.ascontiguousarray(w.reshape(n // self.lanes, self.lanes, k // self.group, self.group)
+                                    .transpose(0, 2, 1, 3))
+
+
+def _register_intrin(name: str, lanes: int, group: int, impl_body: Callable, a_dtype: str = "uint8",
+                     step: int | None = None) -> str:
+    """Register c[lanes] (int32, local) += sum_k a[k] (uint8) * b[k // step, lanes, k % step] (int8),
+    k < group, with `impl_body` (a, b, c -> the new int32xlanes value of c) as its implementation:
+    the weights of `group` terms come as group / step slices of [lanes, step], each one vector.
     Written out here: importing tvm.s_tir.tensor_intrin registers every target's intrinsics, which
     takes 40-80 s."""
+    step = step or group
+    sub = group // step
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    name = "intprog_vnni_16x4_u8i8i32_local"
     try:
         TensorIntrin.get(name)
         return name
     except Exception:
         pass
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+    def widened(x):  # an activation copy widened by unsafe_set_dtype is read back through a cast to uint8
+        return x if a_dtype == "uint8" else T.cast(x, "uint8")
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            a_i8x64 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
-                                    dtype="int8x64")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
-                a_i8x64, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+    if sub > 1:
+        @T.prim_func(s_tir=True)
+        def desc(a: T.Buffer((group,), a_dtype, offset_factor=1),
+                        b: T.Buffer((sub, lanes, step), "int8", offset_factor=1),
+                        c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:group], b[0:sub, 0:lanes, 0:step])
+                T.writes(c[0:lanes])
+                for i in T.serial(0, lanes):
+                    for k in T.serial(0, group):
+                        with T.sblock("update"):
+                            vi, vk = T.axis.remap("SR", [i, k])
+                            c[vi] = c[vi] + T.cast(widened(a[vk]), "int32") * T.cast(b[vk // step, vi, vk % step],
+                                                                                     "int32")
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1),
+                        b: T.Buffer((sub, lanes, step), "int8", offset_factor=1),
+                        c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:group], b[0:sub, 0:lanes, 0:step])
+                T.writes(c[0:lanes])
+                c[T.ramp(T.int32(0), 1, lanes)] = impl_body(a, b, c)
+    else:
+        @T.prim_func(s_tir=True)
+        def desc(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((lanes, group), "int8", offset_factor=1),
+                 c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+                T.writes(c[0:lanes])
+                for i in T.serial(0, lanes):
+                    for k in T.serial(0, group):
+                        with T.sblock("update"):
+                            vi, vk = T.axis.remap("SR", [i, k])
+                            c[vi] = c[vi] + T.cast(widened(a[vk]), "int32") * T.cast(b[vi, vk], "int32")
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((lanes, group), "int8", offset_factor=1),
+                 c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+                T.writes(c[0:lanes])
+                c[T.ramp(T.int32(0), 1, lanes)] = impl_body(a, b, c)
 
     TensorIntrin.register(name, desc, impl)
     return name
 
 
-def _tensorize_vnni(mod: tvm.IRModule) -> tvm.IRModule:
-    """Linear layers whose GEMM is u8 x s8 with N % 16 == 0 and K % 4 == 0 run on vpdpbusd: the
-    kernel reads its int8 weight constant packed [N/16, K/4, 16, 4], and every call passes the
-    constant repacked so. Each row accumulates up to 4 column blocks of 16 at once in registers
-    (`cache_write` to local, the requantization epilogue inlined into the write-back): vpdpbusd's
-    latency is hidden by the independent chains, where one accumulator kept in memory made every
-    step wait on a store and a load (3-4x slower on this ViT). Kernels that do not match keep the
-    generic schedule."""
+def _vnni_intrin() -> str:
+    """u8 x s8 -> i32 dot product of 16 lanes by 4 (vpdpbusd): TVM 0.27's VNNI_DOT_16x4_INTRIN with
+    the operands that this LLVM's llvm.x86.avx512.vpdpbusd.512 takes (<64 x i8>, not <16 x i32>)."""
+    from tvm.script import tirx as T
+
+    def body(a, b, c):
+        a_i8x64 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
+                                dtype="int8x64")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                       c.vload([0], dtype="int32x16"), a_i8x64, b.vload([0, 0], dtype="int8x64"),
+                                       dtype="int32x16")
+
+    return _register_intrin("intprog_vnni_16x4_u8i8i32_local", 16, 4, body)
+
+
+def _avx2_u8_intrin() -> str:
+    """u8 x s8 -> i32, 8 lanes by 4 on AVX2: vpmaddubsw (pairs of u8 x s8 products summed to int16,
+    saturating) then vpmaddwd by ones (pairs of int16 summed to int32). Exact only where a pair's sum
+    stays within int16: 2 * 255 * |w| <= 32767, i.e. |w| <= 64 (the 3/4-bit weights)."""
+    from tvm.script import tirx as T
+
+    def body(a, b, c):
+        a_i8x32 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 8),
+                                dtype="int8x32")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_i8x32,
+                                        b.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+        quads = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
+                                        T.broadcast(T.int16(1), 16), dtype="int32x8")
+        return c.vload([0], dtype="int32x8") + quads
+
+    return _register_intrin("intprog_avx2_8x4_u8i8i32_local", 8, 4, body)
+
+
+def _avx2_u8_16_intrin() -> str:
+    """u8 x s8 -> i32, 8 lanes by 16 on AVX2: four vpmaddubsw (4 terms each) whose int16 pair sums are
+    added in int16 (vpaddw), then one vpmaddwd by ones: 5 multiplies per 128 products instead of 8.
+    Exact where 8 products stay within int16: 8 * 255 * |w| <= 32767, i.e. |w| <= 16 (4-bit weights
+    minus their zero points, 3-bit ones)."""
+    from tvm.script import tirx as T
+
+    def body(a, b, c):
+        total = None
+        for s in range(4):
+            a_i8x32 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([4 * s], "uint8x4"), dtype="int32"), 8),
+                                    dtype="int8x32")
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_i8x32,
+                                            b.vload([s, 0, 0], dtype="int8x32"), dtype="int16x16")
+            total = pairs if total is None else total + pairs
+        quads = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), total,
+                                        T.broadcast(T.int16(1), 16), dtype="int32x8")
+        return c.vload([0], dtype="int32x8") + quads
+
+    return _register_intrin("intprog_avx2_8x16_u8i8i32_local", 8, 16, body, step=4)
+
+
+def _avx2_i16_intrin() -> str:
+    """u8 x s8 -> i32, 8 lanes by 2 on AVX2, exact for every int8 weight: both operands widened to
+    int16 (vpmovsxbw), then vpmaddwd (pairs of int16 products summed to int32)."""
+    from tvm.script import tirx as T
+
+    def body(a, b, c):
+        a_i16x16 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int16x2"), dtype="int32"), 8),
+                                 dtype="int16x16")
+        prods = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_i16x16,
+                                        T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")), dtype="int32x8")
+        return c.vload([0], dtype="int32x8") + prods
+
+    return _register_intrin("intprog_avx2_8x2_i16i8i32_local", 8, 2, body, "int16")
+
+
+_VNNI = _Gemm("vnni", 16, 4, _vnni_intrin, rows=1, chains=(4, 3, 2, 1))
+# register tiles: 12 accumulators of the 16 AVX2 registers (kernel timings in docs/tvm.md)
+_AVX2_U8_16 = _Gemm("avx2u8x16", 8, 16, _avx2_u8_16_intrin, rows=3, chains=(4, 2, 1), max_weight=16, step=4)
+_AVX2_U8 = _Gemm("avx2u8", 8, 4, _avx2_u8_intrin, rows=3, chains=(4, 2, 1), max_weight=64)
+_AVX2_I16 = _Gemm("avx2i16", 8, 2, _avx2_i16_intrin, rows=6, chains=(2, 1), a_dtype="int16")
+
+
+def _gemm_kinds(target: tvm.target.Target) -> list[_Gemm]:
+    """The tensorized GEMMs this target has, preferred first."""
+    has = tvm.target.codegen.llvm_cpu_has_features
+    if has("avx512vnni", target):
+        return [_VNNI]
+    if has("avx2", target):
+        return [_AVX2_U8_16, _AVX2_U8, _AVX2_I16]
+    return []
+
+
+def _dense_weight(func: tirx.PrimFunc) -> tuple[int, int, int] | None:
+    """(index of the weight parameter, N, K) of a kernel whose "dense" block is a u8 x s8 GEMM with
+    a constant-shaped [N, K] weight parameter; None for other kernels."""
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get(sch.get_sblock("dense"))
+    except Exception:  # no such block
+        return None
+    reads = [r.source for r in block.reads]
+    if len(reads) != 2 or str(reads[0].ty.dtype) != "uint8" or str(reads[1].ty.dtype) != "int8" \
+            or len(reads[1].ty.shape) != 2:
+        return None
+    for i, prm in enumerate(func.params):
+        if prm.same_as(reads[1]):
+            n, k = (int(d) for d in reads[1].ty.shape)
+            return i, n, k
+    return None
+
+
+def _tensorize_gemm(mod: tvm.IRModule, kinds: list[_Gemm]) -> tvm.IRModule:
+    """Linear layers whose GEMM is u8 x s8 (activations starting at 0) run on the target's dot-product
+    instructions (`_Gemm`): the kernel reads its int8 weight constant packed [N/lanes, K/group,
+    lanes, group], and every call passes the constant repacked so. The kind is chosen per kernel: the
+    first of `kinds` that fits N and K and is exact for the weights of every call of it. A register
+    tile of `rows` rows x `chains` blocks of `lanes` columns accumulates in registers (`cache_write`
+    to local, the requantization epilogue inlined into the write-back); column blocks are outermost,
+    so that a block's weights stay in L1 while the rows stream past them, and the (column block,
+    row tile) loop runs in parallel for big GEMMs. Kernels that do not match keep the generic schedule."""
     import numpy as np
 
-    twins: dict[str, tuple[tirx.PrimFunc, int]] = {}  # kernel -> (its VNNI twin, index of the weight)
+    calls: dict[str, list[np.ndarray]] = {}
+    dense = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
+            found = _dense_weight(func)
+            if found is not None:
+                dense[gv.name_hint] = found
+    main = mod["main"]
+    for binding in _bindings(main):
+        value = binding.value
+        if (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")
+                and value.args[0].name_hint in dense):
+            arg = value.args[1].fields[dense[value.args[0].name_hint][0]]
+            calls.setdefault(value.args[0].name_hint, []).append(
+                arg.value.numpy() if hasattr(arg, "value") else None)
+
+    twins: dict[str, tuple[tirx.PrimFunc, int, _Gemm]] = {}  # kernel -> (its twin, index of the weight, kind)
     for gv, func in list(mod.functions_items()):
-        if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+        name = gv.name_hint
+        if name not in dense or not calls.get(name) or any(w is None for w in calls[name]):
             continue
-        sch = s_tir.Schedule(func)
-        for blk in sch.get_child_blocks(sch.get_sblock("root")):
-            _inline(sch, blk)
-        try:
-            block = sch.get_sblock("dense")
-        except Exception:  # schedule primitives and tensorize raise several TVM error types
-            continue
-        reads = [r.source.ty for r in sch.get(block).reads]
-        if len(reads) != 2 or str(reads[0].dtype) != "uint8" or str(reads[1].dtype) != "int8":
-            continue
-        n, k = (int(d) for d in reads[1].shape)
-        if n % 16 or k % 4 or len(sch.get_loops(block)) < 2:
-            continue
-        try:
-            sch.transform_layout(block, ("read", 1), lambda i, j: (i // 16, j // 4, i % 16, j % 4))
-            *_, nl, kl = sch.get_loops(block)
-            chains = next(c for c in (4, 3, 2, 1) if (n // 16) % c == 0)
-            no, nc, ni = sch.split(nl, [None, chains, 16])
-            ko, ki = sch.split(kl, [None, 4])
-            sch.reorder(no, ko, nc, ni, ki)
-            acc = sch.cache_write(block, 0, "local")
-            sch.reverse_compute_at(acc, no)
-            for consumer in sch.get_consumers(acc):
-                try:
-                    sch.reverse_compute_inline(consumer)
-                except s_tir.ScheduleError:  # e.g. a slice of the rows: stays a stage of its own
-                    pass
-            sch.decompose_reduction(block, ko)
-            sch.unroll(nc)
-            sch.tensorize(ni, _vnni_intrin())
-            _schedule_elementwise(sch, sch.get_loops(acc))
-        except Exception:  # schedule primitives and tensorize raise several TVM error types
-            continue
-        for blk in sch.get_child_blocks(sch.get_sblock("root")):
-            if not sch.get(blk).name_hint.startswith("dense"):
-                _schedule_block(sch, blk)
-        new = sch.mod["main"]
-        index = _weight_param(func, new, (n // 16, k // 4, 16, 4))
-        if index is None:
-            continue
-        twins[gv.name_hint] = (new.with_attr("tirx.is_scheduled", True), index)
+        index, n, k = dense[name]
+        wmax = max(int(np.abs(w.astype(np.int64)).max(initial=0)) for w in calls[name])
+        for kind in kinds:
+            if n % kind.lanes or k % kind.group or (kind.max_weight is not None and wmax > kind.max_weight):
+                continue
+            new = _tensorized(func, kind, n, k)
+            if new is not None and _weight_param(func, new, kind.packed_shape(n, k)) == index:
+                twins[name] = (new.with_attr("tirx.is_scheduled", True), index, kind)
+                break
     if not twins:
         return mod
     bb = relax.BlockBuilder(mod)  # new globals (typed): the old ones' types still have [N, K] weights
-    packed = {name: (bb.add_func(func, f"{name}_vnni"), i) for name, (func, i) in twins.items()}
+    packed = {name: (bb.add_func(func, f"{name}_{kind.name}"), i, kind) for name, (func, i, kind) in twins.items()}
     mod = bb.get()
     main = mod["main"]
     blocks = []
@@ -182,17 +348,80 @@ def _tensorize_vnni(mod: tvm.IRModule) -> tvm.IRModule:
             if (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")
                     and value.args[0].name_hint in packed):
                 args = list(value.args[1].fields)
-                kernel, i = packed[value.args[0].name_hint]
-                w = args[i].value.numpy()
-                n, k = w.shape
-                args[i] = relax.const(np.ascontiguousarray(
-                    w.reshape(n // 16, 16, k // 4, 4).transpose(0, 2, 1, 3)), "int8")
+                kernel, i, kind = packed[value.args[0].name_hint]
+                args[i] = relax.const(kind.pack(args[i].value.numpy()), "int8")
                 value = relax.Call(value.op, [kernel, relax.Tuple(args)], value.attrs, value.ty_args)
             bindings.append(relax.VarBinding(binding.var, value))
         blocks.append(type(blk)(bindings))
     mod["main"] = relax.Function(main.params, relax.SeqExpr(blocks, main.body.body), main.ret_ty, main.is_pure,
                                  main.attrs)
     return mod
+
+
+def _bindings(func: relax.Function):
+    for blk in func.body.blocks:
+        yield from blk.bindings
+
+
+def _rows(sch: s_tir.Schedule, loops: list) -> int:
+    m = 1
+    for loop in loops:
+        m *= max(_extent(sch, loop), 1)
+    return m
+
+
+def _tensorized(func: tirx.PrimFunc, kind: _Gemm, n: int, k: int) -> tirx.PrimFunc | None:
+    """`func` with its dense block tensorized as `kind` (see `_tensorize_gemm`), or None."""
+    sch = s_tir.Schedule(func)
+    for blk in sch.get_child_blocks(sch.get_sblock("root")):
+        _inline(sch, blk)
+    try:
+        block = sch.get_sblock("dense")
+        *rows, nl, kl = sch.get_loops(block)
+        m = _rows(sch, rows)
+        if m > kind.rows and _extent(sch, rows[-1]) % kind.rows:  # pad the rows to whole tiles
+            sch.pad_einsum(block, [1] * (len(rows) - 1) + [kind.rows, 1, 1])
+            *rows, nl, kl = sch.get_loops(block)
+            m = _rows(sch, rows)
+        if kind.a_dtype != "uint8":  # the activations widened once, in a copy (the padded one if any)
+            source = sch.get(block).reads[0].source
+            copy = next((p for p in sch.get_producers(block) if sch.get(p).writes[0].source.same_as(source)), None)
+            if copy is None or not sch.get(copy).name_hint.endswith("_pad"):
+                copy = sch.cache_read(block, 0, "global")
+            sch.unsafe_set_dtype(copy, 0, kind.a_dtype)
+        sch.transform_layout(block, ("read", 1), kind.layout)
+        ml = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+        tile = min(kind.rows, m)
+        mo, mi = sch.split(ml, [None, tile])
+        chains = next(c for c in kind.chains if (n // kind.lanes) % c == 0)
+        no, nc, ni = sch.split(nl, [None, chains, kind.lanes])
+        ko, ki = sch.split(kl, [None, kind.group])
+        sch.reorder(no, mo, ko, mi, nc, ni, ki)
+        acc = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(acc, mo)
+        inlined = True
+        while inlined:  # the un-padding copy, then the requantization epilogue, into the write-back
+            inlined = False
+            for consumer in sch.get_consumers(acc):
+                try:
+                    sch.reverse_compute_inline(consumer)
+                    inlined = True
+                except s_tir.ScheduleError:  # e.g. a slice of the rows: stays a stage of its own
+                    pass
+        outer = sch.fuse(no, mo)
+        if m * n * k >= _PARALLEL_MIN_MACS:
+            sch.parallel(outer)
+        sch.decompose_reduction(block, ko)
+        sch.unroll(mi)
+        sch.unroll(nc)
+        sch.tensorize(ni, kind.intrin())
+        _schedule_elementwise(sch, sch.get_loops(acc)[1:])
+    except Exception:  # schedule primitives and tensorize raise several TVM error types
+        return None
+    for blk in sch.get_child_blocks(sch.get_sblock("root")):
+        if not sch.get(blk).name_hint.startswith("dense"):
+            _schedule_block(sch, blk)
+    return sch.mod["main"]
 
 
 def _weight_param(old: tirx.PrimFunc, new: tirx.PrimFunc, shape: tuple[int, ...]) -> int | None:
