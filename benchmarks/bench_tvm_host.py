@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from core import data, models
     from core.records import make_record, write_record
     from intprog.program import load
-    from tvm_backends.bench import Protocol, call_timer, check_outputs, measure, torch_timer
+    from tvm_backends.baseline import torch_timer
+    from tvm_backends.bench import Protocol, call_timer, check_outputs, measure
     from tvm_backends.lower import lower
     from tvm_backends.schedules import schedule
 
