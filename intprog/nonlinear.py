@@ -111,23 +111,20 @@ class IntLayerNorm:
 
 
 def _ilog2_fixed(v: np.ndarray) -> np.ndarray:
-    """log2(v) in fixed point with LOG_FRAC_BITS fraction bits, for int64 v >= 1 (table-free:
+    """log2(v) in fixed point with LOG_FRAC_BITS fraction bits, for int64 1 <= v < 2^53 (table-free:
     the fraction comes from repeated squaring of the normalized mantissa)."""
     v = np.asarray(v, dtype=np.int64)
-    msb = np.zeros_like(v)
-    t = v.copy()
-    for step in (32, 16, 8, 4, 2, 1):
-        big = t >= (np.int64(1) << step)
-        msb = np.where(big, msb + step, msb)
-        t = np.where(big, t >> step, t)
+    if v.size and v.max() >= 1 << 53:
+        raise ValueError("_ilog2_fixed takes v < 2^53 (a softmax row of fewer than 2^23 keys)")
+    msb = np.frexp(v.astype(np.float64))[1].astype(np.int64) - 1  # exact: v converts exactly below 2^53
     # mantissa in Q30: v / 2^msb in [1, 2)
     mant = np.where(msb >= 30, v >> np.maximum(msb - 30, 0), v << np.maximum(30 - msb, 0))
     frac = np.zeros_like(v)
     for bit in range(LOG_FRAC_BITS - 1, -1, -1):
         mant = (mant * mant) >> 30
-        ge2 = mant >= (np.int64(1) << 31)
-        frac = np.where(ge2, frac | (np.int64(1) << bit), frac)
-        mant = np.where(ge2, mant >> 1, mant)
+        ge2 = (mant >> 31).astype(np.int64)  # mant < 2^32: 1 where mant >= 2^31
+        frac |= ge2 << bit
+        mant >>= ge2
     return (msb << LOG_FRAC_BITS) + frac
 
 
