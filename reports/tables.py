@@ -97,7 +97,8 @@ def fidelity_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def integer_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """`run` records: integer-only accuracy beside the fake-quant model's, and the memory figures."""
+    """`run` records: integer-only accuracy beside the quantized model's float path (the fake-quant
+    protocol), whether the program is the quantized model's own (its eval forward), and memory."""
     if frame.empty or "run" not in set(frame["kind"]):
         return pd.DataFrame()
     r = frame[frame["kind"] == "run"]
@@ -106,9 +107,10 @@ def integer_table(frame: pd.DataFrame) -> pd.DataFrame:
         "model": row["model"], "bits": row["bits"], "variant": row["tag"] or "-",
         "images": int(row["n"]),
         "integer top1 %": f"{100 * row['m.top1']:.2f}",
-        "fake-quant top1 %": f"{100 * row['m.fake_quant_top1']:.2f}" if pd.notna(row.get("m.fake_quant_top1")) else "",
-        "agree %": f"{100 * row['m.vs_fake_quant_agreement']:.2f}"
+        "float-path top1 %": f"{100 * row['m.fake_quant_top1']:.2f}" if pd.notna(row.get("m.fake_quant_top1")) else "",
+        "float-path agree %": f"{100 * row['m.vs_fake_quant_agreement']:.2f}"
         if pd.notna(row.get("m.vs_fake_quant_agreement")) else "",
+        "= quantized model": {1: "yes", 0: "NO"}.get(row.get("m.quantized_program_identical"), ""),
         "weights KiB (packed / FP32)":
             f"{row['m.weight_bytes_packed'] / kib:.0f} / {row['m.weight_bytes_fp32'] / kib:.0f}",
         "peak activations KiB/image": f"{row['m.peak_activation_bytes'] / kib:.1f}",

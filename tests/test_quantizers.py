@@ -131,3 +131,17 @@ def test_adaround_integer_codes_follow_the_learned_rounding():
     flat = w.reshape(6, -1)
     assert torch.equal((q.integer(flat) - z) * s, q(w).reshape(6, -1))
     assert not torch.equal(q.integer(flat), torch.clamp(torch.round(flat / s) + z, q.qmin, q.qmax))
+
+
+def test_minmax_range_rule_clips_nothing_and_mse_clips_outliers():
+    from pfcr.quant.quantizers import UniformQuantizer
+
+    x = torch.randn(100000, generator=torch.Generator().manual_seed(0)) ** 3  # heavy tails
+    mse, minmax = UniformQuantizer(8), UniformQuantizer(8)
+    mse.calibrate(x)
+    minmax.calibrate(x, "minmax")
+    top = lambda q: float((q.qmax - q.zero_point) * q.scale)  # noqa: E731
+    big = float(x.max())
+    assert top(minmax) >= big - float(minmax.scale) / 2 and top(mse) < 0.95 * big  # the zero point rounds
+    with pytest.raises(Exception, match="range rule"):
+        minmax.calibrate(x, "max")

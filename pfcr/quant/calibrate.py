@@ -12,7 +12,7 @@ from pfcr.quant.quantizers import AdaRoundQuantizer, UniformQuantizer
 @torch.no_grad()
 def calibrate(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) -> None:
     """Search every quantizer's range: activations on the float model's inputs to them
-    (as RepQ-ViT does), weights on the weights themselves."""
+    (as RepQ-ViT does; by the config's range rule), weights on the weights themselves (MSE)."""
     acts = {name: q for name, q in qmodel.quantizers() if isinstance(q, UniformQuantizer)
             and not isinstance(q, AdaRoundQuantizer)}
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in acts}
@@ -30,7 +30,7 @@ def calibrate(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) ->
         for (_, q), flag in zip(qmodel.quantizers(), was, strict=True):
             q.enabled = flag
     for name, q in acts.items():
-        q.calibrate(torch.cat(seen.pop(name)))
+        q.calibrate(torch.cat(seen.pop(name)), qmodel.cfg.range_rule(q.bits))
     calibrate_weights(qmodel)
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from core.errors import SuiteError
 from pfcr.families import family_of
 from pfcr.quant.modules import QuantAttention, QuantConv2d, QuantLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits
@@ -40,6 +41,10 @@ class QuantConfig:
     channelwise_postln: bool = True
     log2_softmax: bool = True
     integer_eval: bool = True  # eval mode runs the integer program (pfcr.quant.replay)
+    # How activation ranges are chosen: "mse" (clipping search), "minmax", or "auto": minmax at
+    # 8 bits and more, mse below (real ViT-S/14 W8A8 feature cosine 0.985 -> 0.992 with minmax;
+    # at W4A4 minmax collapses it, 0.65 -> 0.23: benchmarks/results/real/, clip-minmax records)
+    act_range: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
@@ -47,6 +52,14 @@ class QuantConfig:
         for name in ("attn_bits", "first_last_w_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
+        if self.act_range not in ("auto", "mse", "minmax"):
+            raise SuiteError(f"act_range={self.act_range!r}: use 'auto', 'mse' or 'minmax'")
+
+    def range_rule(self, bits: int) -> str:
+        """The activation range rule for a quantizer of `bits`."""
+        if self.act_range != "auto":
+            return self.act_range
+        return "minmax" if bits >= 8 else "mse"
 
     @property
     def softmax_bits(self) -> int:

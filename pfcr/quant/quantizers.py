@@ -94,13 +94,20 @@ class UniformQuantizer(nn.Module):
         return (torch.clamp(torch.round(rows / s) + z, self.qmin, self.qmax) - z) * s
 
     @torch.no_grad()
-    def calibrate(self, x: torch.Tensor) -> None:
-        """Choose the clipping range per channel by minimizing the quantization MSE over candidates."""
+    def calibrate(self, x: torch.Tensor, rule: str = "mse") -> None:
+        """Choose the range per channel: by minimizing the quantization MSE over candidates
+        ("mse"), or the whole min..max ("minmax": nothing clipped; at 8 bits the rare large
+        activations the MSE search clips are the ones that matter downstream)."""
         rows = _channel_view(x.detach().float(), self.axis)
+        lo_all, hi_all = rows.min(dim=1).values, rows.max(dim=1).values  # of every element, not a sample
+        if rule == "minmax":
+            self.set_params(*self.params_for(lo_all, hi_all))
+            return
+        if rule != "mse":
+            raise SuiteError(f"unknown range rule {rule!r}; use 'mse' or 'minmax'")
         if rows.shape[1] > _MAX_SEARCH:
             idx = torch.randperm(rows.shape[1], generator=torch.Generator().manual_seed(0))[:_MAX_SEARCH]
             rows = rows[:, idx]
-        lo_all, hi_all = rows.min(dim=1).values, rows.max(dim=1).values
         candidates = [(lo_all * c, hi_all * c) for c in _SHRINK]
         qs = torch.tensor([1 - q for q in _QUANTILES] + list(_QUANTILES), device=rows.device)
         qv = torch.quantile(rows, qs, dim=1) if rows.shape[1] <= 1 << 24 else None
