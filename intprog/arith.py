@@ -28,15 +28,19 @@ def round_shift(x: np.ndarray, shift: np.ndarray | int, rounding: Rounding = Rou
     """x / 2^shift rounded as named, for int64 x and shifts 0..62 (scalar or broadcastable)."""
     x = np.asarray(x, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
-    if np.any(shift < 0) or np.any(shift > 62):
-        raise ValueError(f"shift must be in 0..62, got {shift.min()}..{shift.max()}")
+    lo, hi = (int(shift.min()), int(shift.max())) if shift.size else (1, 1)
+    if lo < 0 or hi > 62:
+        raise ValueError(f"shift must be in 0..62, got {lo}..{hi}")
     rounding = Rounding(rounding)
     if rounding is Rounding.FLOOR:
         return x >> shift
-    if rounding is Rounding.HALF_UP and shift.min(initial=1) >= 1:
+    if rounding is Rounding.HALF_UP and lo >= 1:
         # t = floor(x / 2^(S-1)) holds the bit below the cut; (t + 1) >> 1 = floor(x / 2^S + 1/2)
-        # with no x + 2^(S-1), which could overflow int64. Three passes instead of six.
-        return ((x >> (shift - 1)) + 1) >> 1
+        # with no x + 2^(S-1), which could overflow int64. Three passes, the last two in place.
+        out = x >> (shift - 1)
+        out += 1
+        out >>= 1
+        return out
     floor = x >> shift
     # The bit below the cut decides (no x + 2^(S-1), which could overflow int64); S = 0 has none.
     half_bit = np.where(shift > 0, (x >> np.maximum(shift - 1, 0)) & 1, 0)
@@ -81,21 +85,63 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, zero_
     acc = np.asarray(acc, dtype=np.int64)
     if acc.size and (acc.max() >= 1 << 32 or acc.min() <= -(1 << 32)):
         raise OverflowError("requantize takes accumulators below 2^32 in magnitude")
+    if shifter is round_shift and Rounding(rounding) is Rounding.HALF_UP:
+        folded = _requantize_half_up(acc, multiplier, shift, zero_point, qmin, qmax)
+        if folded is not None:
+            return folded
     out = shifter(acc * np.asarray(multiplier, dtype=np.int64), shift, rounding) + zero_point
+    if isinstance(out, np.ndarray) and out.shape == np.broadcast_shapes(out.shape, np.shape(qmin), np.shape(qmax)):
+        return np.clip(out, qmin, qmax, out=out)  # the fresh sum clamped in place: the same integers
     return np.clip(out, qmin, qmax)
 
 
-def matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _requantize_half_up(acc: np.ndarray, multiplier, shift, zero_point, qmin, qmax) -> np.ndarray | None:
+    """requantize's HALF_UP integers in four in-place passes, or None where the fold does not
+    apply: with S >= 2, round_shift(v, S) + zp = ((v >> (S - 1)) + 1) >> 1 + zp
+    = ((v >> (S - 1)) + 1 + 2 zp) >> 1 (floor((t + 1) / 2) + zp = floor((t + 1 + 2 zp) / 2)), and
+    |v >> (S - 1)| <= 2^62 leaves room for 1 + 2 zp when |zp| < 2^40. v = acc M wraps modulo 2^64
+    exactly as in requantize."""
+    shift = np.asarray(shift, dtype=np.int64)
+    zp = np.asarray(zero_point, dtype=np.int64)
+    if not (shift.size and zp.size and acc.ndim):
+        return None
+    if int(shift.min()) < 2 or int(shift.max()) > 62 or max(-int(zp.min()), int(zp.max())) >= 1 << 40:
+        return None
+    out = acc * np.asarray(multiplier, dtype=np.int64)
+    if out.shape != np.broadcast_shapes(out.shape, shift.shape, zp.shape, np.shape(qmin), np.shape(qmax)):
+        return None
+    out >>= shift - 1
+    out += 1 + 2 * zp
+    out >>= 1
+    return np.clip(out, qmin, qmax, out=out)
+
+
+# float32 holds every integer below 2^24 exactly: a GEMM whose partial sums stay below that bound
+# is exact in single precision too (twice float64's BLAS speed).
+_EXACT_FLOAT32 = 1 << 24
+
+
+def _extreme(x: np.ndarray) -> int:
+    """max |x| of an integer array (0 when empty), by two reductions and no temporary."""
+    return max(-int(x.min()), int(x.max())) if x.size else 0
+
+
+def matmul_exact(a: np.ndarray, b: np.ndarray, *, bound: int | None = None) -> np.ndarray:
     """a @ b of integer arrays, exactly, as int64.
 
-    Uses float64 BLAS when K * max|a| * max|b| < 2^53 proves every partial sum exact, and an int64
-    path otherwise.
+    With B = K * max|a| * max|b| (or the caller's proven `bound` >= it): every product and every
+    partial sum, in whatever order and blocking BLAS adds them, is an integer of magnitude <= B.
+    B < 2^24 proves float32 BLAS exact (every operand and intermediate is an integer float32 holds),
+    B < 2^53 float64 BLAS; above that numpy's int64 matmul.
     """
     a, b = np.asarray(a), np.asarray(b)
     if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
         raise TypeError("matmul_exact takes integer arrays")
     k = a.shape[-1]
-    bound = k * (int(np.abs(a).max(initial=0)) * int(np.abs(b).max(initial=0)))
+    if bound is None:
+        bound = k * (_extreme(a) * _extreme(b))
+    if bound < _EXACT_FLOAT32:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
     if bound < _EXACT_FLOAT64:
         return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
     return np.matmul(a.astype(np.int64), b.astype(np.int64))

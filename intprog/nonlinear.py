@@ -100,14 +100,49 @@ class IntLayerNorm:
         return cls(m, s, sign, beta_fixed, sqrt_c, eps_term, out_zp, qmin, qmax)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The integers of the class docstring, computed in place where a value is fresh: int64
+        arithmetic wraps modulo 2^64, so sign_c n M_c as n (sign_c M_c) and 2 a + b as a * 2 + b
+        are the same bits. The rounding shift by S_c + F >= 1 is round_shift's HALF_UP,
+        ((v >> (S + F - 1)) + 1) >> 1, with the output zero point folded in before the last shift:
+        floor((t + 1) / 2) + zp = floor((t + 1 + 2 zp) / 2)."""
         x = np.asarray(x, dtype=np.int64)
         c = x.shape[-1]
-        centered = c * x - x.sum(axis=-1, keepdims=True)
-        s2 = (centered * centered).sum(axis=-1, keepdims=True) + self.eps_term
-        norm = div_half_up(centered * self.sqrt_c, np.maximum(isqrt(s2), 1))  # (x - mean) / std, Q15
-        y = round_shift(self.sign * norm * self.multiplier + self.beta_fixed, self.shift + NORM_FRAC_BITS,
-                        Rounding.HALF_UP)
-        return np.clip(self.out_zp + y, self.qmin, self.qmax)
+        centered = x * c
+        centered -= x.sum(axis=-1, keepdims=True)
+        s2 = np.einsum("...i,...i->...", centered, centered)[..., None] + self.eps_term
+        root = np.maximum(isqrt(s2), 1)
+        num = centered * self.sqrt_c
+        num *= 2
+        num += root  # 2a + b of div_half_up(a, b), a = c_i sqrt(C) 2^F, b = root
+        norm = _floor_div_rows(num, 2 * root)  # (x - mean) / std, Q15
+        shift = np.asarray(self.shift, dtype=np.int64) + NORM_FRAC_BITS
+        lo, hi = (int(shift.min()), int(shift.max())) if shift.size else (1, 1)
+        if lo < 1 or hi > 62:  # round_shift's own path (and its error for shifts outside 0..62)
+            y = round_shift(self.sign * norm * self.multiplier + self.beta_fixed, shift, Rounding.HALF_UP)
+            return np.clip(self.out_zp + y, self.qmin, self.qmax)
+        y = norm
+        y *= np.asarray(self.sign, dtype=np.int64) * np.asarray(self.multiplier, dtype=np.int64)
+        y += self.beta_fixed
+        y >>= shift - 1
+        y += 1 + 2 * int(self.out_zp)
+        y >>= 1
+        return np.clip(y, self.qmin, self.qmax, out=y)
+
+
+def _floor_div_rows(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """floor(n / d) for int64 n and d > 0 (d broadcast along the last axis): np.floor_divide's
+    integers. When |n| <= 2^53 and d <= 2^53 both convert to float64 exactly, and the correctly
+    rounded quotient Q' of Q = n / d lies between floor(Q) and floor(Q) + 1 (both representable,
+    rounding is monotone), so q = floor(Q') is floor(Q) or one more; one test of q d > n (no
+    overflow: |q d| <= |n| + d < 2^63) takes the extra one back."""
+    if n.size == 0 or max(-int(n.min()), int(n.max())) > 1 << 53 or int(d.max()) > 1 << 53:
+        return np.floor_divide(n, d)
+    q = n.astype(np.float64)
+    q /= d
+    np.floor(q, out=q)
+    q = q.astype(np.int64)
+    q -= (q * d) > n
+    return q
 
 
 def _ilog2_fixed(v: np.ndarray) -> np.ndarray:
@@ -138,8 +173,7 @@ class IntSoftmaxLog2:
 
     def __init__(self, multiplier: int, shift: int, bits: int):
         self.multiplier, self.shift, self.bits = multiplier, shift, bits
-        f = np.arange(1 << EXP_FRAC_BITS, dtype=np.float64) / (1 << EXP_FRAC_BITS)
-        self.exp2_table = np.round(np.exp2(-f) * (1 << EXP_ONE_BITS)).astype(np.int64)
+        self.exp2_table = _exp2_table().copy()
 
     @classmethod
     def build(cls, in_scale: float, bits: int) -> IntSoftmaxLog2:
@@ -151,9 +185,51 @@ class IntSoftmaxLog2:
     def __call__(self, x: np.ndarray, masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Codes and the zero mask; `masked` (broadcastable bools) marks entries of probability 0
         whatever their logit (Swin's shifted-window mask), left out of the maximum and the sum."""
+        q = self.raw_codes(x, masked)
+        zero = q >= 1 << self.bits
+        return np.minimum(q, (1 << self.bits) - 1, out=q), zero
+
+    def raw_codes(self, x: np.ndarray, masked: np.ndarray | None = None) -> np.ndarray:
+        """round(-log2 p) before the cap: __call__'s codes are min(q, 2^bits - 1) and its zero mask
+        q >= 2^bits (a zero probability's q is at least 2^40).
+
+        The integers of the class docstring: d = max(x - max x, -2^31) <= 0; -t = round_shift(-d M,
+        S - 8) as HALF_UP's ((v >> (S - 9)) + 1) >> 1 (S >= 8; S = 8 is an exact product), then
+        2^t = table[-t % 256] >> (-t // 256) and its ilog2 are looked up per -t (`_exp2_lookup`:
+        both from this module's own functions, so exact by construction; -t >= 31 * 256 gives 0).
+        q = round_shift(ilog2(sum 2^t) - ilog2(2^t), 8) = (ilog2(sum) + 128 - ilog2(2^t)) >> 8:
+        these are small (below 2^14), so the half is added without overflow. ilog2(sum) >= 30 * 256
+        >= ilog2(2^t) gives q >= 0, and a zero 2^t's table entry -2^48 gives q >= 2^40 >= 2^bits
+        (bits < 40), the zero mask of the original's (e == 0) | (q >= 2^bits)."""
         x = np.asarray(x, dtype=np.int64)
         if masked is not None:
             x = np.where(masked, np.iinfo(np.int64).min >> 2, x)
+        if not (0 < self.bits < 40 and self.multiplier >= 0 and EXP_FRAC_BITS <= self.shift <= EXP_FRAC_BITS + 62):
+            return self._raw_codes_direct(x, masked)
+        # n = -d = max x - x >= 0, clamped at 2^31 so that n M stays below 2^62
+        n = np.negative(x)
+        n += x.max(axis=-1, keepdims=True)
+        np.minimum(n, 1 << 31, out=n)
+        n *= self.multiplier
+        s = self.shift - EXP_FRAC_BITS
+        if s >= 1:
+            n >>= s - 1
+            n += 1
+            n >>= 1
+        np.minimum(n, _E_LIMIT, out=n)  # -t, Q8; from _E_LIMIT on 2^t = 0
+        if masked is not None:
+            n = np.where(masked, _E_LIMIT, n)
+        e_table, log_table = _exp2_lookup()
+        e = e_table[n]
+        total = e.sum(axis=-1, keepdims=True)  # >= 2^30: the maximum contributes 2^0
+        q = log_table[n]
+        del e, n
+        np.subtract(_ilog2_fixed(total) + (1 << (LOG_FRAC_BITS - 1)), q, out=q)
+        q >>= LOG_FRAC_BITS
+        return q
+
+    def _raw_codes_direct(self, x: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
+        """raw_codes as the class docstring reads, step by step (x already masked)."""
         # <= 0; clamped so that d * M stays below 2^62 (anything that low is a zero probability)
         d = np.maximum(x - x.max(axis=-1, keepdims=True), -(1 << 31))
         t = -round_shift(-d * self.multiplier, self.shift - EXP_FRAC_BITS, Rounding.HALF_UP)  # <= 0, Q8
@@ -163,5 +239,37 @@ class IntSoftmaxLog2:
             e = np.where(masked, 0, e)
         total = e.sum(axis=-1, keepdims=True)  # >= 2^30: the maximum contributes 2^0
         q = round_shift(_ilog2_fixed(total) - _ilog2_fixed(np.maximum(e, 1)), LOG_FRAC_BITS, Rounding.HALF_UP)
-        zero = (e == 0) | (q >= 1 << self.bits)
-        return np.where(zero, (1 << self.bits) - 1, q), zero
+        return np.where(e == 0, np.maximum(q, 1 << 40), q)
+
+
+_E_LIMIT = 31 << EXP_FRAC_BITS  # -t from which 2^t = table[-t % 256] >> (-t // 256) is 0 (table < 2^31)
+_ZERO_LOG = -(1 << 48)  # the ilog2 entry of a zero 2^t: its q comes out >= 2^40
+_TABLES: dict[str, np.ndarray] = {}
+
+
+def _exp2_table() -> np.ndarray:
+    """The Q30 table of 2^-f, f = i / 256 (read-only, built once)."""
+    if "exp2" not in _TABLES:
+        f = np.arange(1 << EXP_FRAC_BITS, dtype=np.float64) / (1 << EXP_FRAC_BITS)
+        table = np.round(np.exp2(-f) * (1 << EXP_ONE_BITS)).astype(np.int64)
+        table.setflags(write=False)
+        _TABLES["exp2"] = table
+    return _TABLES["exp2"]
+
+
+def _exp2_lookup() -> tuple[np.ndarray, np.ndarray]:
+    """2^t and ilog2(2^t) (or _ZERO_LOG where 2^t = 0) for every -t = 0 .. _E_LIMIT, computed
+    by the step-by-step formulas (table >> whole, _ilog2_fixed), so a lookup is exact by
+    construction. Built once, read-only."""
+    if "e" not in _TABLES:
+        table = _exp2_table()
+        if int(table.max()) >> 31:
+            raise ValueError("the softmax's 2^-f table must stay below 2^31")
+        n = np.arange(_E_LIMIT + 1, dtype=np.int64)
+        e = table[n & ((1 << EXP_FRAC_BITS) - 1)] >> (n >> EXP_FRAC_BITS)
+        assert e[-1] == 0
+        log = np.where(e == 0, _ZERO_LOG, _ilog2_fixed(np.maximum(e, 1)))
+        for t in (e, log):
+            t.setflags(write=False)
+        _TABLES["e"], _TABLES["log"] = e, log
+    return _TABLES["e"], _TABLES["log"]

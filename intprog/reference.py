@@ -5,6 +5,7 @@ Vectorized numpy over int64; every value is an integer array. Torch-free.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,63 @@ import numpy as np
 from intprog.arith import matmul_exact, requantize
 from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, apply_lut
 from intprog.program import Program
+
+# float32 / float64 hold every integer below 2^24 / 2^53 exactly: a product whose every partial sum
+# is proven below the bound is exact in that precision's BLAS (intprog.arith.matmul_exact).
+_EXACT = ((1 << 24, np.float32), (1 << 53, np.float64))
+
+
+def _exact_float(bound: int) -> type | None:
+    """The narrowest float type whose BLAS is exact for partial sums bounded by `bound`, or None."""
+    return next((t for limit, t in _EXACT if bound < limit), None)
+
+
+class _Cache:
+    """Values derived from an array, kept while it lives: keyed by id, checked by a weak reference
+    (an id reused after the array died is a miss), dropped when it dies."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[weakref.ref, dict]] = {}
+
+    def __call__(self, a: np.ndarray) -> dict:
+        key = id(a)
+        hit = self._items.get(key)
+        if hit is not None and hit[0]() is a:
+            return hit[1]
+        items = self._items
+
+        def drop(ref: weakref.ref, key: int = key) -> None:
+            if key in items and items[key][0] is ref:
+                del items[key]
+
+        entry: dict = {}
+        items[key] = (weakref.ref(a, drop), entry)
+        return entry
+
+
+# Program constants -> their int64 form; the int64 forms (read-only) -> what kernels derive from
+# them. Programs are not edited in place (a changed constant is a new array, a new key).
+_CONSTS, _DERIVED = _Cache(), _Cache()
+
+
+def _int64_const(a: np.ndarray) -> np.ndarray:
+    """A program constant as a read-only int64 array, made once per constant array: the same
+    object on every call, so kernels may cache what they derive from it. Always a copy: a view
+    would keep the constant alive through this cache, which it must not outlive."""
+    entry = _CONSTS(a)
+    v = entry.get("int64")
+    if v is None:
+        v = a.astype(np.int64)
+        v.setflags(write=False)
+        entry["int64"] = v
+    return v
+
+
+def _derived(a: np.ndarray) -> dict | None:
+    """The cache entry of a read-only array (a constant `execute` handed out), None for any other
+    array (it may change between calls)."""
+    return None if a.flags.writeable else _DERIVED(a)
+
 
 Kernel = Callable[[list[np.ndarray], dict, dict[str, np.ndarray]], np.ndarray]
 
@@ -24,11 +82,49 @@ def _patchify(xs, attrs, c):
 
 
 def _linear(xs, attrs, c):
-    """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel."""
-    x = xs[0] - attrs["in_zp"]
-    w = c["weight"].astype(np.int64) - c["weight_zp"][:, None]
-    acc = matmul_exact(x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], -1) + c["bias"]
+    """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel.
+
+    The product goes to BLAS in the narrowest exact float (`_exact_float`) of the bound
+    K max|x - in_zp| max|W - W_zp|, x converted as is and in_zp subtracted in float (exact: both
+    operands and the difference are integers below the float's 2^24 / 2^53 where the bound is,
+    and |x| is checked too); the centered, transposed weights in each float type and max|W - W_zp|
+    are kept per constant. Otherwise matmul_exact decides."""
+    x, zp = xs[0], attrs["in_zp"]
+    k = x.shape[-1]
+    w = _linear_weights(c["weight"], c["weight_zp"])
+    if x.size and w["max"]:
+        lo, hi = int(x.min()), int(x.max())
+        mag_x = max(-lo, hi)
+        bound = k * max(zp - lo, hi - zp, 0) * w["max"]
+        ftype = _exact_float(max(bound, mag_x, abs(zp)))
+        if ftype is not None:
+            key = np.dtype(ftype).name
+            if key not in w:
+                w[key] = np.ascontiguousarray(w["int64"].T, dtype=ftype)
+            xf = x.reshape(-1, k).astype(ftype)
+            xf -= zp
+            acc = np.matmul(xf, w[key]).astype(np.int64).reshape(*x.shape[:-1], -1)
+            acc += c["bias"]
+            return requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"],
+                              attrs["rounding"])
+    xc = x - zp
+    acc = matmul_exact(xc.reshape(-1, k), w["int64"].T).reshape(*x.shape[:-1], -1) + c["bias"]
     return requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"], attrs["rounding"])
+
+
+def _linear_weights(weight: np.ndarray, weight_zp: np.ndarray) -> dict:
+    """{"int64": W - W_zp, "max": max|W - W_zp|}, kept per (read-only) weight constant along with
+    the float forms _linear adds."""
+    entry = _derived(weight)
+    if entry is not None and entry.get("zp") is weight_zp:
+        return entry
+    w = weight.astype(np.int64) - weight_zp[:, None]
+    fresh = {"int64": w, "max": max(-int(w.min()), int(w.max())) if w.size else 0, "zp": weight_zp}
+    if entry is not None:
+        entry.clear()
+        entry.update(fresh)
+        return entry
+    return fresh
 
 
 def _requantize(xs, attrs, c):
@@ -65,6 +161,12 @@ def attention(xs: list[np.ndarray], attrs: dict, c: dict[str, np.ndarray], qk: P
     integer logits shifted left by attrs["logit_shift"], and "mask" [groups, w, w] (nonzero = masked)
     zeroes probabilities. `qk` and `av` compute the two batched products (the accelerator model
     passes its tiled, accumulator-width ones).
+
+    With the default products, the weights 2^(L - code) (0 for a zero probability or a code above
+    L) are looked up as floats from the softmax's uncapped codes q (IntSoftmaxLog2.raw_codes:
+    code = min(q, 2^bits - 1), zero = q >= 2^bits, so the weight is 2^(L - q) for
+    q <= min(L, 2^bits - 1) and 0 otherwise), and x V goes to BLAS in the narrowest float exact for
+    its bound keys 2^L max|v - zv| (every weight is a power of two up to 2^L, or 0).
     """
     q, k, v = (xs[i] - attrs[z] for i, z in enumerate(("q_zp", "k_zp", "v_zp")))
     b, h, n, d = q.shape
@@ -74,8 +176,18 @@ def attention(xs: list[np.ndarray], attrs: dict, c: dict[str, np.ndarray], qk: P
     if "bias" in c:  # the bias has 2^logit_shift finer steps than q.k
         logits = (logits << attrs["logit_shift"]) + c["bias"][None, :, None]
     masked = c["mask"][None, None] != 0 if "mask" in c else None
-    codes, zero = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])(logits, masked)
+    softmax = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])
     top = attrs["max_code"]
+    if av is matmul_exact and 0 <= top <= 62:
+        keys = v.shape[-2]
+        ftype = _exact_float(keys * (max(-int(v.min()), int(v.max())) if v.size else 0) << top)
+        if ftype is not None:
+            last = min(top, (1 << attrs["bits"]) - 1)  # the largest code with a nonzero weight
+            table = np.append(np.exp2(np.arange(top, top - last - 1, -1)), 0).astype(ftype)
+            raw = softmax.raw_codes(logits, masked)
+            weight = table[np.minimum(raw, last + 1, out=raw)]
+            return np.matmul(weight, v.astype(ftype)).astype(np.int64).reshape(b, h, n, d)
+    codes, zero = softmax(logits, masked)
     # 2^(L - code): what V is shifted by (0 for dropped probabilities)
     weight = np.where(zero | (codes > top), 0, np.left_shift(np.int64(1), np.maximum(top - codes, 0)))
     return av(weight, v).reshape(b, h, n, d)
@@ -133,7 +245,7 @@ def execute(program: Program, x: np.ndarray, kernel: OpKernel = _reference_op,
     if on_value:
         on_value(program.input["name"], values[program.input["name"]])
     for i, op in enumerate(program.ops):
-        consts = {role: program.consts[key].astype(np.int64) for role, key in op["consts"].items()}
+        consts = {role: _int64_const(program.consts[key]) for role, key in op["consts"].items()}
         values[op["out"]] = out = kernel(op, [values[n] for n in op["in"]], consts)
         if on_value:
             on_value(op["out"], out)
