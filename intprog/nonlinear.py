@@ -146,12 +146,13 @@ def _floor_div_rows(n: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def _ilog2_fixed(v: np.ndarray) -> np.ndarray:
-    """log2(v) in fixed point with LOG_FRAC_BITS fraction bits, for int64 1 <= v < 2^53 (table-free:
+    """log2(v) in fixed point with LOG_FRAC_BITS fraction bits, for int64 v >= 1 (table-free:
     the fraction comes from repeated squaring of the normalized mantissa)."""
     v = np.asarray(v, dtype=np.int64)
-    if v.size and v.max() >= 1 << 53:
-        raise ValueError("_ilog2_fixed takes v < 2^53 (a softmax row of fewer than 2^23 keys)")
-    msb = np.frexp(v.astype(np.float64))[1].astype(np.int64) - 1  # exact: v converts exactly below 2^53
+    # The leading bit from float64's exponent: exact below 2^53; above, the conversion may round v
+    # up to the next power of two (never down), which the shift test takes back.
+    msb = np.frexp(v.astype(np.float64))[1].astype(np.int64) - 1
+    msb -= (v >> msb) == 0
     # mantissa in Q30: v / 2^msb in [1, 2)
     mant = np.where(msb >= 30, v >> np.maximum(msb - 30, 0), v << np.maximum(30 - msb, 0))
     frac = np.zeros_like(v)
