@@ -308,7 +308,7 @@ def calibrate(qm, images, rule: str = "mse", batch_size: int = 64, drop_cls: boo
     `drop_cls`: the token-shaped quantizers see every token but the class token (cls-sep)."""
     import torch
 
-    from pfcr.quant.calibrate import calibrate_weights
+    from pfcr.quant.calibrate import calibrate_weights, float_inputs
     from pfcr.quant.quantizers import AdaRoundQuantizer, UniformQuantizer
 
     if rule == "mse" and not drop_cls:
@@ -322,28 +322,14 @@ def calibrate(qm, images, rule: str = "mse", batch_size: int = 64, drop_cls: boo
     for name, mod in qm.model.named_modules():
         if hasattr(mod, "a_quant") and hasattr(mod, "weight") and mod.weight.dim() == 2:
             owners[name + ".a_quant"] = mod.weight
-    seen = {n: [] for n in acts}
     def rest(n, t):
         ax = TOKEN_AXIS.get(kind_of(n)) if drop_cls else None
         return t if ax is None else t.narrow(ax, 1, t.shape[ax] - 1)
 
-    hooks = [q.register_forward_pre_hook(lambda _m, inp, n=n: seen[n].append(rest(n, inp[0].detach())))
-             for n, q in acts.items()]
-    was = [q.enabled for _, q in qm.quantizers()]
-    qm.set_quant(weights=False, acts=False)
-    qm.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                qm(images[i:i + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
-        for (_, q), flag in zip(qm.quantizers(), was, strict=True):
-            q.enabled = flag
+    seen = float_inputs(qm, images, acts, rest, batch_size)
     with torch.no_grad():
         for name, q in acts.items():
-            calibrate_act(q, torch.cat(seen.pop(name)), rule, owners.get(name))
+            calibrate_act(q, seen.pop(name), rule, owners.get(name))
     calibrate_weights(qm)
 
 
@@ -418,6 +404,7 @@ def split_class_token(qm, calib, batch_size: int = 16) -> int:
     activation quantizer, calibrated (pfcr's MSE search) on the float model's token-0 rows."""
     import torch
 
+    from pfcr.quant.calibrate import float_inputs
     from pfcr.quant.quantizers import UniformQuantizer
 
     TokenSplit = _token_split_cls()
@@ -434,26 +421,14 @@ def split_class_token(qm, calib, batch_size: int = 16) -> int:
         ts = TokenSplit(q, cls, TOKEN_AXIS[kind])
         setattr(parent, attr, ts)
         split[name] = ts
-    rows = {n: [] for n in split}
-    hooks = [ts.register_forward_pre_hook(
-        lambda _m, a, n=n: rows[n].append(a[0].narrow(split[n].axis, 0, 1).movedim(split[n].axis, -2)
-                                          .reshape(-1, a[0].shape[-1] if split[n].axis != a[0].dim() - 1
-                                                   else a[0].shape[-2])))
-        for n, ts in split.items()]
-    was = [(q, q.enabled) for _, q in qm.quantizers()]
-    qm.set_quant(weights=False, acts=False)
-    try:
-        with torch.no_grad():
-            for i in range(0, len(calib), batch_size):
-                qm(calib[i:i + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
-        for q, f in was:
-            q.enabled = f
+    def cls_rows(n, t):
+        ax = split[n].axis
+        return t.narrow(ax, 0, 1).movedim(ax, -2).reshape(-1, t.shape[-1] if ax != t.dim() - 1 else t.shape[-2])
+
+    rows = float_inputs(qm, calib, split, cls_rows, batch_size)
     with torch.no_grad():
         for n, ts in split.items():
-            ts.cls.calibrate(torch.cat(rows[n]))
+            ts.cls.calibrate(rows[n])
     return len(split)
 
 

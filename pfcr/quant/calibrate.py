@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -10,14 +12,17 @@ from pfcr.quant.quantizers import AdaRoundQuantizer, UniformQuantizer
 
 
 @torch.no_grad()
-def calibrate(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) -> None:
-    """Search every quantizer's range: activations on the float model's inputs to them
-    (as RepQ-ViT does; by the config's range rule), weights on the weights themselves (MSE)."""
-    acts = {name: q for name, q in qmodel.quantizers() if isinstance(q, UniformQuantizer)
-            and not isinstance(q, AdaRoundQuantizer)}
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name in acts}
-    hooks = [q.register_forward_pre_hook(lambda _m, inp, n=name: seen[n].append(inp[0].detach()))
-             for name, q in acts.items()]
+def float_inputs(qmodel: QuantModel, images: torch.Tensor, modules: dict[str, nn.Module],
+                 keep: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+                 batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """What each of `modules` receives while the model runs in float (every quantizer off) on
+    `images`, concatenated over batches; `keep(name, input)` may cut each batch's input first."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+
+    def hook(name: str):
+        return lambda _m, inp: seen[name].append(inp[0].detach() if keep is None else keep(name, inp[0].detach()))
+
+    hooks = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
     was = [q.enabled for _, q in qmodel.quantizers()]
     qmodel.set_quant(weights=False, acts=False)
     qmodel.eval()
@@ -29,8 +34,17 @@ def calibrate(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) ->
             h.remove()
         for (_, q), flag in zip(qmodel.quantizers(), was, strict=True):
             q.enabled = flag
-    for name, q in acts.items():
-        q.calibrate(torch.cat(seen.pop(name)), qmodel.cfg.range_rule(q.bits))
+    return {name: torch.cat(ts) for name, ts in seen.items()}
+
+
+@torch.no_grad()
+def calibrate(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) -> None:
+    """Search every quantizer's range: activations on the float model's inputs to them
+    (as RepQ-ViT does; by the config's range rule), weights on the weights themselves (MSE)."""
+    acts = {name: q for name, q in qmodel.quantizers() if isinstance(q, UniformQuantizer)
+            and not isinstance(q, AdaRoundQuantizer)}
+    for name, x in float_inputs(qmodel, images, acts, batch_size=batch_size).items():
+        acts[name].calibrate(x, qmodel.cfg.range_rule(acts[name].bits))
     calibrate_weights(qmodel)
 
 
