@@ -27,7 +27,14 @@ from tvm import relax, te, tirx
 from tvm.relax import op as R
 
 from intprog.arith import Rounding
-from intprog.nonlinear import EXP_FRAC_BITS, LOG_FRAC_BITS, NORM_FRAC_BITS, IntSoftmaxLog2, _ilog2_fixed
+from intprog.nonlinear import (
+    EXP_FRAC_BITS,
+    LOG_FRAC_BITS,
+    NORM_FRAC_BITS,
+    IntSoftmaxLog2,
+    _exp2_lookup,
+    _exp2_table,
+)
 from intprog.ops import Interval, attention_bounds, dot_bound, infer, span
 from intprog.program import Program
 
@@ -408,13 +415,13 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interv
 def exp2_tables(sm: IntSoftmaxLog2) -> tuple[np.ndarray, np.ndarray]:
     """The softmax's 2^t and ilog2(max(2^t, 1)) for every -t = n (Q8) below 31 · 2^8, plus a last
     entry for every larger n: 2^t = table[n % 256] >> (n // 256) is 0 from a shift of 31 on (the
-    table is below 2^31). Both computed by the reference's own functions, so exact by construction:
-    two lookups per logit instead of a shift and the ilog2's squaring steps."""
-    if int(sm.exp2_table.max()) >> 31:
-        raise ValueError("the softmax's 2^-f table must stay below 2^31")
-    n = np.arange(31 << EXP_FRAC_BITS)
-    e = np.append(sm.exp2_table[n & ((1 << EXP_FRAC_BITS) - 1)] >> (n >> EXP_FRAC_BITS), 0)
-    return e, _ilog2_fixed(np.maximum(e, 1))
+    table is below 2^31). The reference's own lookup (`_exp2_lookup`), so exact by construction:
+    two lookups per logit instead of a shift and the ilog2's squaring steps; a zero 2^t's log entry
+    is ilog2(1) = 0 here (the kernel tests 2^t = 0 itself), where the reference's flags it."""
+    if not np.array_equal(sm.exp2_table, _exp2_table()):
+        raise ValueError("the softmax's 2^-f table is not the reference's")
+    e, log = _exp2_lookup()
+    return e, np.where(e == 0, 0, log)
 
 
 def _softmax_log2(x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, sm: IntSoftmaxLog2, top: int, dtype: str,
