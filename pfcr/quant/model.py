@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from core.errors import SuiteError
+from core.errors import ModelError, SuiteError
 from pfcr.families import family_of
 from pfcr.quant.modules import QuantAttention, QuantConv2d, QuantLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits
@@ -180,7 +180,6 @@ class QuantModel(nn.Module):
         any change), or None where the eval forward is the float path: in training, without fixed
         scales, with a quantizer off or not yet calibrated or per channel, or where the export
         refuses the model (warned once)."""
-        from core.errors import ModelError
         from pfcr.export import export_program
         from pfcr.quant.replay import Replay
 
@@ -193,7 +192,7 @@ class QuantModel(nn.Module):
         if self._replay is None or self._replay[0] != key:
             try:
                 program = export_program(self)
-                made: object = Replay(program, program.meta["residual_scale"], self._unit_shapes())
+                made: object = Replay(program, self._unit_shapes())
             except ModelError as err:
                 warnings.warn(f"the quantized model is evaluated with its float path: {err}", stacklevel=2)
                 made = None

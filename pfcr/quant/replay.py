@@ -29,8 +29,8 @@ class Replay:
     is unit k's output shape in the float model without the batch (Swin's stream is [H, W, C]
     where the program's is [H * W, C], in the same token order)."""
 
-    def __init__(self, program: Program, residual_scale: float, shapes: list[tuple[int, ...]]):
-        self.program, self.scale, self.shapes = program, residual_scale, shapes
+    def __init__(self, program: Program, shapes: list[tuple[int, ...]]):
+        self.program, self.scale, self.shapes = program, program.meta["residual_scale"], shapes
         cuts = [*program.units, program.output["name"]]
         where = {op["out"]: i for i, op in enumerate(program.ops)}
         self.segments: list[Program] = []
@@ -40,9 +40,6 @@ class Replay:
             self.segments.append(Program(input={"name": source}, output={"name": name},
                                          ops=program.ops[start:end], consts=program.consts))
             start, source = end, name
-
-    def __len__(self) -> int:
-        return len(self.segments)
 
     def run(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Unit k on a float input (the image for k = 0, else the residual stream), as float."""
