@@ -220,8 +220,10 @@ def summary(results: Path) -> str:
             m = sw["metrics"]
             rows.append([bits, f"sensor rggb-1.4um + ISP, {m['lux']:g} lux, {m['adc_bits']}-bit ADC",
                          str(sw["data"]["size"]), "-",
-                         f"top-1 {m['top1']:.2f} vs clean {m['clean_top1']:.2f} (no labels: see text), "
-                         f"PSNR {m['psnr_db']:.1f} dB"])
+                         (f"agrees with the clean predictions on {m['clean_agreement']:.2f}, "
+                          if "clean_agreement" in m else
+                          f"top-1 {m['top1']:.2f} vs clean {m['clean_top1']:.2f} (no labels: see text), ")
+                         + f"PSNR {m['psnr_db']:.1f} dB"])
     head = ["bits", "executor / step", "images", "bit-exact", "reported"]
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
                       *("| " + " | ".join(r) + " |" for r in rows)])

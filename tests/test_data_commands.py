@@ -189,11 +189,13 @@ def test_sweep_sees_the_folder_in_colour_at_the_model_resolution(chain, tmp_path
     assert fed[1].shape == want.shape and (fed[1] != want).any()  # 1 lux: what the noisy camera delivers
     recs = {r["config"]["lux"]: r for r in read_records(tmp_path)}
     assert sorted(recs) == [1, 10000]
-    clean = float(np.mean(reference.run(program, want).argmax(1) == want_labels))
+    clean_pred = reference.run(program, want).argmax(1)
     for r in recs.values():
         assert r["data"] == rec == _data_field(chain, 6)
         assert r["config"]["sensor"]["cfa"] == "rggb" and r["config"]["method"] == "sensor-intprog"
-        assert r["metrics"]["clean_top1"] == clean
+        assert r["metrics"]["clean_top1"] == float(np.mean(clean_pred == want_labels))
+        seen = reference.run(program, fed[2 if r["config"]["lux"] == 10000 else 1]).argmax(1)
+        assert r["metrics"]["clean_agreement"] == float(np.mean(seen == clean_pred))  # label-free
     assert recs[10000]["metrics"]["psnr_db"] > recs[1]["metrics"]["psnr_db"] + 3
 
 
