@@ -162,6 +162,21 @@ def test_vanishing_server_keeps_finished_runs(host_art, server):
     assert not m.complete and m.stopped.startswith("remote failure") and len(m.runs_s) == calls[1]
 
 
+def test_bench_loop_defaults_depend_on_where_it_runs():
+    """A board gets a latency loop; the emulated Pi (timings are not latency, a 224x224 call takes
+    minutes under qemu) one run and a long call timeout; what the user gives is kept."""
+    from cli.main import parser
+    from tvm_backends.commands import _protocol_defaults
+
+    for emulated, want in ((False, (10, 100, 5.0, 60.0)), (True, (0, 1, 0.0, 600.0))):
+        args = parser().parse_args(["bench", "art", *(["--emulated-pi"] if emulated else [])])
+        _protocol_defaults(args, emulated)
+        assert (args.warmup, args.min_runs, args.min_seconds, args.timeout) == want
+    args = parser().parse_args(["bench", "art", "--emulated-pi", "--min-runs", "3", "--timeout", "5"])
+    _protocol_defaults(args, True)
+    assert (args.warmup, args.min_runs, args.timeout) == (0, 3, 5.0)
+
+
 @pytest.mark.slow
 def test_emulated_pi_is_bit_exact_over_rpc(tmp_path, fake_fmnist, monkeypatch):
     """aarch64 library on the emulated Pi 5 (qemu, RPC) == the reference; timings recorded as emulated only.
@@ -173,11 +188,11 @@ def test_emulated_pi_is_bit_exact_over_rpc(tmp_path, fake_fmnist, monkeypatch):
     prog = tiny_program(tmp_path / "tiny.intprog.safetensors")
     art = compile_program(prog, "pi5", tmp_path / "pi5").path
     results = tmp_path / "results"
-    assert main(["bench", str(art), "--emulated-pi", "--program", str(prog), "--check-images", "8", "--warmup", "1",
-                 "--min-runs", "3", "--min-seconds", "0", "--results", str(results)]) == 0
+    assert main(["bench", str(art), "--emulated-pi", "--program", str(prog), "--check-images", "8",
+                 "--results", str(results)]) == 0  # the emulated loop's defaults: 0 warm-up, 1 run
     r = _record(results)
     assert r["emulated"] and r["metrics"]["emulated"] and r["metrics"]["bit_exact"]
-    assert "p50_ms" not in r["metrics"] and "latency" not in r and r["emulated_timing"]["runs"] >= 3
+    assert "p50_ms" not in r["metrics"] and "latency" not in r and r["emulated_timing"]["runs"] >= 1
     assert r["config"]["tag"] == "pi5-emulated"
 
 

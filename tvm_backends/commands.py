@@ -76,6 +76,19 @@ def _latency_input(meta: dict, codes, seed: int):
     return rng.integers(meta["input"]["qmin"], meta["input"]["qmax"] + 1, meta["input"]["shape"]).astype(dtype)
 
 
+# The latency loop's defaults (warm-up runs, timed runs, seconds, call timeout): on a board, and on
+# the emulated Pi, whose timings are not latency and where one call of a 224x224 model takes minutes.
+BENCH_DEFAULTS = {False: {"warmup": 10, "min_runs": 100, "min_seconds": 5.0, "timeout": 60.0},
+                  True: {"warmup": 0, "min_runs": 1, "min_seconds": 0.0, "timeout": 600.0}}
+
+
+def _protocol_defaults(args: argparse.Namespace, emulated: bool) -> None:
+    """Fill the loop settings the user left out with the defaults for where the artifact runs."""
+    for name, value in BENCH_DEFAULTS[emulated].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def _fp32_timer(args, art, remote, emulated: bool, log):
     """(method, timer) of the FP32 baseline on the same device, or ('none', None); set up before any
     timing so that its errors cost no measurement. An emulated device gets none by default."""
@@ -154,8 +167,9 @@ def _bench(args: argparse.Namespace) -> int:
     ensure_writable(results_dir(args.results))  # before anything is measured
     if program is not None and args.check_images:
         codes, labels, data = _check_codes(args, program)
-    protocol = Protocol(args.warmup, args.min_runs, args.min_seconds)
     emulated = bool(args.emulated_pi)
+    _protocol_defaults(args, emulated)
+    protocol = Protocol(args.warmup, args.min_runs, args.min_seconds)
     with contextlib.ExitStack() as stack:
         rpc = args.rpc
         if emulated:
@@ -286,8 +300,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--rpc", default=None, help="host:port of the board's RPC server")
     where.add_argument("--tracker", default=None, help="host:port of an RPC tracker (with --key)")
     sp.add_argument("--key", default=None, help="device key at the tracker")
-    sp.add_argument("--timeout", type=_seconds(0, strict=True), default=60.0,
-                    help="seconds to wait for the board or tracker to connect and to answer each call (default 60)")
+    sp.add_argument("--timeout", type=_seconds(0, strict=True), default=None,
+                    help="seconds to wait for the board or tracker to connect and to answer each call (default 60; "
+                    "600 on the emulated Pi, where one call of a 224x224 model takes minutes)")
     sp.add_argument("--emulated-pi", action="store_true",
                     help="start the emulated Pi (qemu) and run there: correctness only, never latency")
     sp.add_argument("--cache", default=None, help="emulated Pi cache folder (default $PFCR_CACHE or ~/.cache/pfcr)")
@@ -297,9 +312,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="images of --data (the first N of the Fashion-MNIST test split or of the folder) for the "
                     "bit-exact check with --program (default 64; 0: none)")
     arguments.data_source(sp, "the images of the bit-exact check")
-    sp.add_argument("--warmup", type=_count(0), default=10, help="warm-up runs (default 10)")
-    sp.add_argument("--min-runs", type=_count(1), default=100, help="at least this many timed runs (default 100)")
-    sp.add_argument("--min-seconds", type=_seconds(0), default=5.0, help="and at least this long (default 5 s)")
+    sp.add_argument("--warmup", type=_count(0), default=None, help="warm-up runs (default 10; 0 when emulated)")
+    sp.add_argument("--min-runs", type=_count(1), default=None,
+                    help="at least this many timed runs (default 100; 1 when emulated)")
+    sp.add_argument("--min-seconds", type=_seconds(0), default=None,
+                    help="and at least this long (default 5 s; 0 when emulated)")
     sp.add_argument("--fp32", choices=["auto", "torch", "tvm", "none"], default="auto",
                     help="FP32 baseline on the same device: torch eager (this CPU) or a TVM FP32 build "
                     "(default: torch here, tvm on a board, none when emulated)")
