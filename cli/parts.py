@@ -13,6 +13,7 @@ PARTS: tuple[Part, ...] = (
     Part("sensor", "hwsim.sensor.commands", reports=("reports.sensor",)),
     Part("accelerator", "hwsim.accelerator.commands", reports=("reports.accelerator",)),
     Part("tvm", "tvm_backends.commands", reports=("reports.latency",)),
+    Part("real", "realvit.commands"),  # its records are drawn by reports.ptq (label-free fidelity)
 )
 
 

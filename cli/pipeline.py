@@ -26,13 +26,13 @@ from core.records import results_dir
 from core.registry import MainJob, Stage
 
 
-def stages(results: Path, full: bool, limit: int | None) -> list[Stage]:
+def stages(results: Path, full: bool, limit: int | None, real: bool = False) -> list[Stage]:
     """The main job's stages in order: each part's, in the registry's order (cli.parts.PARTS)."""
-    job = MainJob(results, full, limit)
+    job = MainJob(results, full, limit, real=real)
     return [stage for part in PARTS for stage in part.main_stages(job)]
 
 
-PACKAGES = ("core", "intprog", "pfcr", "hwsim", "tvm_backends", "reports", "cli")
+PACKAGES = ("core", "intprog", "pfcr", "hwsim", "tvm_backends", "realvit", "reports", "cli")
 
 
 @functools.cache
@@ -81,7 +81,7 @@ def run_main(args: argparse.Namespace, run_stage: Callable[[list[str]], int | No
     results = results_dir(args.results)
     state_path = results / ".main-state.json"
     state = _read_state(state_path)
-    todo = stages(results, args.full, args.limit)
+    todo = stages(results, args.full, args.limit, getattr(args, "real", False))
     for i, (title, argv) in enumerate(todo, 1):
         print(f"== stage {i}/{len(todo)}: {title}", flush=True)
         key = _inputs_digest(argv)

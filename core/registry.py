@@ -48,6 +48,7 @@ class MainJob:
     results: Path
     full: bool = False
     limit: int | None = None
+    real: bool = False  # `pfcr main --real`: the real-model track (realvit) joins
     programs: dict[str, Path] = field(default_factory=dict)
 
     @property

@@ -36,5 +36,5 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
                        "features against FP32's on held-out images (mean ± std over calibration seeds; p5 = 5th "
                        "percentile over images; 5-NN overlap = shared nearest neighbours in the gallery)",
                        fidelity_table(frame),
-                       command="run `python benchmarks/real_vit.py measure` (docs/real-model.md)")
+                       command="run `pfcr real measure` or `pfcr main --real` (docs/real-model.md)")
     return [fp, ptq, fidelity, integer]

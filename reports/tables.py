@@ -44,10 +44,10 @@ def _pm(series: pd.Series, scale: float, digits: int) -> str:
 def _quantize_groups(frame: pd.DataFrame, labelled: bool):
     """`quantize` records with (labelled) or without (label-free, feature fidelity) top-1, grouped by
     (model, bits, method, variant tag) with seeds pooled."""
-    if frame.empty or "m.top1" not in frame:
-        q = frame.iloc[0:0] if not frame.empty else frame
-    else:
-        q = frame[(frame["kind"] == "quantize") & (frame["m.top1"].notna() == labelled)]
+    if frame.empty:
+        return []
+    top1 = frame["m.top1"] if "m.top1" in frame else pd.Series(float("nan"), index=frame.index)  # label-free only
+    q = frame[(frame["kind"] == "quantize") & (top1.notna() == labelled)]
     q = q.assign(tag=q["tag"].fillna("-")) if not q.empty else q
     return [] if q.empty else list(q.groupby(["model", "bits", "method", "tag"], sort=False))
 

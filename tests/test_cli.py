@@ -156,7 +156,7 @@ def test_main_job_stops_at_a_failed_or_interrupted_stage_and_resumes_it(tmp_path
 
     todo = [("first stage", ["bench", "first"]), ("host bench", ["bench", "second"]),
             ("last stage", ["bench", "third"])]
-    monkeypatch.setattr(pipeline, "stages", lambda results, full, limit: todo)
+    monkeypatch.setattr(pipeline, "stages", lambda results, full, limit, real=False: todo)
     monkeypatch.setattr("reports.summary.write_summary", lambda *a, **kw: "report")
     ran, outcome = [], {}
 

