@@ -81,17 +81,16 @@ def _patchify(xs, attrs, c):
     return x.reshape(b, (h // p) * (w // p), ch * p * p)
 
 
-def _linear(xs, attrs, c):
-    """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel.
+def linear_acc(x: np.ndarray, zp: int, c: dict[str, np.ndarray]) -> np.ndarray:
+    """(x - zp) @ (W - W_zp)^T + bias as int64: a linear op's accumulators, before requantization.
 
     The product goes to BLAS in the narrowest exact float (`_exact_float`) of the bound
     K max|x - in_zp| max|W - W_zp|, x converted as is and in_zp subtracted in float (exact: both
     operands and the difference are integers below the float's 2^24 / 2^53 where the bound is,
     and |x| is checked too); the centered, transposed weights in each float type and max|W - W_zp|
     are kept per constant. Otherwise matmul_exact decides."""
-    x, zp = xs[0], attrs["in_zp"]
     k = x.shape[-1]
-    w = _linear_weights(c["weight"], c["weight_zp"])
+    w = linear_weights(c["weight"], c["weight_zp"])
     if x.size and w["max"]:
         lo, hi = int(x.min()), int(x.max())
         mag_x = max(-lo, hi)
@@ -105,14 +104,17 @@ def _linear(xs, attrs, c):
             xf -= zp
             acc = np.matmul(xf, w[key]).astype(np.int64).reshape(*x.shape[:-1], -1)
             acc += c["bias"]
-            return requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"],
-                              attrs["rounding"])
-    xc = x - zp
-    acc = matmul_exact(xc.reshape(-1, k), w["int64"].T).reshape(*x.shape[:-1], -1) + c["bias"]
+            return acc
+    return matmul_exact((x - zp).reshape(-1, k), w["int64"].T).reshape(*x.shape[:-1], -1) + c["bias"]
+
+
+def _linear(xs, attrs, c):
+    """(x - in_zp) @ (W - W_zp)^T + bias (`linear_acc`), requantized per output channel."""
+    acc = linear_acc(xs[0], attrs["in_zp"], c)
     return requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"], attrs["rounding"])
 
 
-def _linear_weights(weight: np.ndarray, weight_zp: np.ndarray) -> dict:
+def linear_weights(weight: np.ndarray, weight_zp: np.ndarray) -> dict:
     """{"int64": W - W_zp, "max": max|W - W_zp|}, kept per (read-only) weight constant along with
     the float forms _linear adds."""
     entry = _derived(weight)

@@ -25,7 +25,7 @@ from hwsim.accelerator.workload import Layer, describe, storage_widths
 from intprog.arith import matmul_exact
 from intprog.ops import value_ranges
 from intprog.program import Program
-from intprog.reference import KERNELS, attention, execute
+from intprog.reference import KERNELS, attention, execute, linear_acc, linear_weights
 
 
 @dataclass
@@ -100,10 +100,22 @@ class Accelerator:
                              self.config.rounding)
 
     def _linear(self, xs, attrs, c, name):
-        x = xs[0] - attrs["in_zp"]
-        w = c["weight"] - c["weight_zp"][:, None]
-        acc = self._acc(x.reshape(-1, x.shape[-1]), w.T, c["bias"], self.config.rows, name)
-        return self._requant(acc.reshape(*x.shape[:-1], -1), c)
+        """The array's GEMM in the configured accumulator; where no partial sum can leave it (the
+        bound |bias| + K max|x - zp| max|W - W_zp|), the reference's exact product (`linear_acc`,
+        its centered weights kept per constant), which sums to the same integers."""
+        x, zp = xs[0], attrs["in_zp"]
+        k, bias = x.shape[-1], c["bias"]
+        w = linear_weights(c["weight"], c["weight_zp"])
+        hi = (1 << (self.config.acc_bits - 1)) - 1
+        mag_x = max(zp - int(x.min()), int(x.max()) - zp, 0) if x.size else 0
+        mag_bias = int(np.abs(bias).max(initial=0)) if bias is not None else 0
+        if mag_bias + k * mag_x * w["max"] <= hi:
+            acc = linear_acc(x, zp, c)
+            self.trace.count(name, 0, acc.size * (-(-k // self.config.rows) + (bias is not None)))
+        else:
+            acc = self._acc((x - zp).reshape(-1, k), w["int64"].T, bias, self.config.rows, name)
+            acc = acc.reshape(*x.shape[:-1], -1)
+        return self._requant(acc, c)
 
     def _requantize(self, xs, attrs, c, name):
         return self._requant(xs[0], c)
