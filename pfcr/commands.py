@@ -333,7 +333,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="uniform instead of log2 post-softmax quantizer (not exportable: the float path only)")
     sp.add_argument("--act-range", choices=("auto", "mse", "minmax"), default="auto",
                     help="activation ranges: clipping search by MSE, the whole min..max, or auto (minmax at "
-                         ">= 8 bits, mse below; default)")
+                         ">= 6 bits, mse below; default)")
     sp.add_argument("--float-eval", action="store_true",
                     help="evaluate and feed reconstruction with the float fake-quant path instead of the "
                          "model's integer program (the PTQ literature's protocol; for ablations)")

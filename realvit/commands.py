@@ -59,8 +59,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     me.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
     me.add_argument("--act-range", default="auto", choices=("auto", "mse", "minmax"),
-                    help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 8 bits, "
-                    "else MSE; QuantConfig.act_range)")
+                    help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 6 bits and "
+                    "more, else MSE; QuantConfig.act_range)")
     me.add_argument("--tag", default=None, help="extra tag in the record's name")
     me.add_argument("--export", action="store_true", help="also export the integer program and run its guard "
                     "(an `export` record)")

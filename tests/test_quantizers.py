@@ -145,3 +145,13 @@ def test_minmax_range_rule_clips_nothing_and_mse_clips_outliers():
     assert top(minmax) >= big - float(minmax.scale.detach()) / 2 and top(mse) < 0.95 * big  # the zero point rounds
     with pytest.raises(Exception, match="range rule"):
         minmax.calibrate(x, "max")
+
+
+def test_auto_range_rule_is_minmax_from_six_bits():
+    """The default rule by width, as the real ViT-S/14's records chose it (docs/pfcr.md)."""
+    from pfcr.quant.model import QuantConfig
+
+    auto = QuantConfig()
+    assert [auto.range_rule(b) for b in (3, 4, 5, 6, 8)] == ["mse", "mse", "mse", "minmax", "minmax"]
+    assert QuantConfig(act_range="mse").range_rule(8) == "mse"
+    assert QuantConfig(act_range="minmax").range_rule(4) == "minmax"

@@ -42,8 +42,9 @@ class QuantConfig:
     log2_softmax: bool = True
     integer_eval: bool = True  # eval mode runs the integer program (pfcr.quant.replay)
     # How activation ranges are chosen: "mse" (clipping search), "minmax", or "auto": minmax at
-    # 8 bits and more, mse below (real ViT-S/14 W8A8 feature cosine 0.985 -> 0.992 with minmax;
-    # at W4A4 minmax collapses it, 0.65 -> 0.23: benchmarks/results/real/, clip-minmax records)
+    # 6 bits and more, mse below (real ViT-S/14 feature cosine with minmax: W8A8 0.985 -> 0.992,
+    # W6A6 0.865 -> 0.959; at W4A4 minmax collapses it, 0.65 -> 0.23: benchmarks/results/real/,
+    # the clip-minmax records)
     act_range: str = "auto"
 
     def __post_init__(self) -> None:
@@ -59,7 +60,7 @@ class QuantConfig:
         """The activation range rule for a quantizer of `bits`."""
         if self.act_range != "auto":
             return self.act_range
-        return "minmax" if bits >= 8 else "mse"
+        return "minmax" if bits >= 6 else "mse"
 
     @property
     def softmax_bits(self) -> int:
