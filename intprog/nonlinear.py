@@ -1,4 +1,4 @@
-"""Integer nonlinear kernels of the integer program: lookup tables, LayerNorm, log2 softmax.
+"""Integer nonlinear kernels of the integer program: lookup tables, LayerNorm, log2 / log-sqrt2 softmax.
 
 Floats appear only when a kernel's constants are built (at export time); applying a kernel is
 integer-only, so every executor can reproduce it bit for bit. numpy only.
@@ -6,6 +6,7 @@ integer-only, so every executor can reproduce it bit for bit. numpy only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -165,23 +166,33 @@ def _ilog2_fixed(v: np.ndarray) -> np.ndarray:
 
 
 class IntSoftmaxLog2:
-    """Softmax over the last axis of integer logits, output as log2 codes q = round(-log2 p).
+    """Softmax over the last axis of integer logits, output as log2 codes q = round(-log2 p), or
+    with `per_octave` = 2 as log-sqrt(2) codes q = round(-2 log2 p) (half-octave steps: near 1,
+    where attention's largest probabilities sit, steps of 1/sqrt(2) instead of 1/2).
 
     p_i = 2^(t_i) / sum_j 2^(t_j), t = (x - max x) * in_scale * log2(e) in fixed point; 2^t comes
     from a 256-entry Q30 table of 2^-f and a right shift. q_i >= 2^bits, or 2^t_i = 0, means
     p_i = 0 (the `zero` mask). Constants come from `build`.
     """
 
-    def __init__(self, multiplier: int, shift: int, bits: int):
-        self.multiplier, self.shift, self.bits = multiplier, shift, bits
+    def __init__(self, multiplier: int, shift: int, bits: int, per_octave: int = 1):
+        if per_octave not in (1, 2):
+            raise ValueError(f"codes per octave must be 1 (log2) or 2 (log-sqrt2), got {per_octave}")
+        self.multiplier, self.shift, self.bits, self.per_octave = multiplier, shift, bits, per_octave
         self.exp2_table = _exp2_table().copy()
 
     @classmethod
-    def build(cls, in_scale: float, bits: int) -> IntSoftmaxLog2:
+    def build(cls, in_scale: float, bits: int, per_octave: int = 1) -> IntSoftmaxLog2:
         m, s = quantize_multiplier(in_scale * np.log2(np.e))
         if int(s) < EXP_FRAC_BITS:
             raise ValueError(f"softmax input scale {in_scale} is too coarse for the integer kernel")
-        return cls(int(m), int(s), bits)
+        return cls(int(m), int(s), bits, per_octave)
+
+    @property
+    def code_shift(self) -> int:
+        """The right shift from the fixed-point log difference (Q8) to codes: 8 for log2, 7 for
+        log-sqrt2 (codes of half an octave)."""
+        return LOG_FRAC_BITS - (self.per_octave - 1)
 
     def __call__(self, x: np.ndarray, masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Codes and the zero mask; `masked` (broadcastable bools) marks entries of probability 0
@@ -191,17 +202,18 @@ class IntSoftmaxLog2:
         return np.minimum(q, (1 << self.bits) - 1, out=q), zero
 
     def raw_codes(self, x: np.ndarray, masked: np.ndarray | None = None) -> np.ndarray:
-        """round(-log2 p) before the cap: __call__'s codes are min(q, 2^bits - 1) and its zero mask
-        q >= 2^bits (a zero probability's q is at least 2^40).
+        """round(-log2 p) (or round(-2 log2 p), `per_octave` 2) before the cap: __call__'s codes are
+        min(q, 2^bits - 1) and its zero mask q >= 2^bits (a zero probability's q is at least 2^40).
 
         The integers of the class docstring: d = max(x - max x, -2^31) <= 0; -t = round_shift(-d M,
         S - 8) as HALF_UP's ((v >> (S - 9)) + 1) >> 1 (S >= 8; S = 8 is an exact product), then
         2^t = table[-t % 256] >> (-t // 256) and its ilog2 are looked up per -t (`_exp2_lookup`:
         both from this module's own functions, so exact by construction; -t >= 31 * 256 gives 0).
-        q = round_shift(ilog2(sum 2^t) - ilog2(2^t), 8) = (ilog2(sum) + 128 - ilog2(2^t)) >> 8:
-        these are small (below 2^14), so the half is added without overflow. ilog2(sum) >= 30 * 256
-        >= ilog2(2^t) gives q >= 0, and a zero 2^t's table entry -2^48 gives q >= 2^40 >= 2^bits
-        (bits < 40), the zero mask of the original's (e == 0) | (q >= 2^bits)."""
+        q = round_shift(ilog2(sum 2^t) - ilog2(2^t), c) = (ilog2(sum) + 2^(c-1) - ilog2(2^t)) >> c,
+        c = `code_shift` (8, or 7 for half octaves): these are small (below 2^14), so the half is
+        added without overflow. ilog2(sum) >= 30 * 256 >= ilog2(2^t) gives q >= 0, and a zero 2^t's
+        table entry -2^48 gives q >= 2^40 >= 2^bits (bits < 40), the zero mask of the
+        original's (e == 0) | (q >= 2^bits)."""
         x = np.asarray(x, dtype=np.int64)
         if masked is not None:
             x = np.where(masked, np.iinfo(np.int64).min >> 2, x)
@@ -225,8 +237,8 @@ class IntSoftmaxLog2:
         total = e.sum(axis=-1, keepdims=True)  # >= 2^30: the maximum contributes 2^0
         q = log_table[n]
         del e, n
-        np.subtract(_ilog2_fixed(total) + (1 << (LOG_FRAC_BITS - 1)), q, out=q)
-        q >>= LOG_FRAC_BITS
+        np.subtract(_ilog2_fixed(total) + (1 << (self.code_shift - 1)), q, out=q)
+        q >>= self.code_shift
         return q
 
     def _raw_codes_direct(self, x: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
@@ -239,8 +251,28 @@ class IntSoftmaxLog2:
         if masked is not None:
             e = np.where(masked, 0, e)
         total = e.sum(axis=-1, keepdims=True)  # >= 2^30: the maximum contributes 2^0
-        q = round_shift(_ilog2_fixed(total) - _ilog2_fixed(np.maximum(e, 1)), LOG_FRAC_BITS, Rounding.HALF_UP)
+        q = round_shift(_ilog2_fixed(total) - _ilog2_fixed(np.maximum(e, 1)), self.code_shift, Rounding.HALF_UP)
         return np.where(e == 0, np.maximum(q, 1 << 40), q)
+
+
+def code_weights(top: int, bits: int, per_octave: int = 1) -> np.ndarray:
+    """Attention's weight of each softmax code, int64, indexed by code, plus a last 0 for every
+    dropped probability: 2^(L - q / per_octave) rounded half up, L = `top`, for codes
+    q <= min(per_octave L, 2^bits - 1); beyond, and for a zero probability, 0.
+
+    Log2 codes give powers of two (V shifted); log-sqrt2 codes give round(2^(L - q/2)): an odd q
+    is round(sqrt(2^(2L - q))), computed exactly with integer square roots. Every executor looks
+    its weights up here, so they agree by construction."""
+    last = min(per_octave * top, (1 << bits) - 1)
+    out = np.zeros(last + 2, np.int64)
+    for q in range(last + 1):
+        if q % per_octave == 0:
+            out[q] = 1 << (top - q // per_octave)
+        else:  # per_octave 2, q odd: round(sqrt(n)), n = 2^(2L - q); sqrt(n) >= r + 1/2 iff n > r^2 + r
+            n = 1 << (2 * top - q)
+            r = math.isqrt(n)
+            out[q] = r + (n > r * r + r)
+    return out
 
 
 _E_LIMIT = 31 << EXP_FRAC_BITS  # -t from which 2^t = table[-t % 256] >> (-t // 256) is 0 (table < 2^31)

@@ -265,7 +265,7 @@ _ATTRS: dict[str, dict[str, tuple[int | None, int | None] | str]] = {
     "take_token": {"index": _ANY},
 }
 _OPTIONAL_ATTRS: dict[str, dict[str, tuple[int | None, int | None]]] = {
-    "attention": {"window": (0, None), "logit_shift": (0, 30)},
+    "attention": {"window": (0, None), "logit_shift": (0, 30), "codes_per_octave": (1, 2)},
 }
 _SHIFT_MAX = {"linear": 62, "requantize": 62, "layernorm": 62 - 15}  # layernorm shifts by S + 15 (NORM_FRAC_BITS)
 _PER_CHANNEL = {"linear": ("weight_zp", "bias", "multiplier", "shift", "out_zp", "qmin", "qmax"),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from intprog.arith import matmul_exact, requantize
-from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, apply_lut
+from intprog.nonlinear import IntLayerNorm, IntSoftmaxLog2, apply_lut, code_weights
 from intprog.program import Program
 
 # float32 / float64 hold every integer below 2^24 / 2^53 exactly: a product whose every partial sum
@@ -164,11 +164,12 @@ def attention(xs: list[np.ndarray], attrs: dict, c: dict[str, np.ndarray], qk: P
     zeroes probabilities. `qk` and `av` compute the two batched products (the accelerator model
     passes its tiled, accumulator-width ones).
 
-    With the default products, the weights 2^(L - code) (0 for a zero probability or a code above
-    L) are looked up as floats from the softmax's uncapped codes q (IntSoftmaxLog2.raw_codes:
-    code = min(q, 2^bits - 1), zero = q >= 2^bits, so the weight is 2^(L - q) for
-    q <= min(L, 2^bits - 1) and 0 otherwise), and x V goes to BLAS in the narrowest float exact for
-    its bound keys 2^L max|v - zv| (every weight is a power of two up to 2^L, or 0).
+    The weight of code q is `code_weights`' entry: 2^(L - q) for log2 codes, round(2^(L - q/2))
+    for log-sqrt2 ones (attrs["codes_per_octave"] = 2), 0 for a zero probability or a code past the
+    table, looked up from the softmax's uncapped codes (IntSoftmaxLog2.raw_codes: code =
+    min(q, 2^bits - 1), zero = q >= 2^bits). With the default products they are looked up as
+    floats and x V goes to BLAS in the narrowest float exact for its bound keys 2^L max|v - zv|
+    (every weight is an integer up to 2^L).
     """
     q, k, v = (xs[i] - attrs[z] for i, z in enumerate(("q_zp", "k_zp", "v_zp")))
     b, h, n, d = q.shape
@@ -178,21 +179,19 @@ def attention(xs: list[np.ndarray], attrs: dict, c: dict[str, np.ndarray], qk: P
     if "bias" in c:  # the bias has 2^logit_shift finer steps than q.k
         logits = (logits << attrs["logit_shift"]) + c["bias"][None, :, None]
     masked = c["mask"][None, None] != 0 if "mask" in c else None
-    softmax = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])
+    per_octave = attrs.get("codes_per_octave", 1)
+    softmax = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"], per_octave)
     top = attrs["max_code"]
-    if av is matmul_exact and 0 <= top <= 62:
+    table = code_weights(top, attrs["bits"], per_octave)  # the last entry, 0, for every code past it
+    raw = softmax.raw_codes(logits, masked)
+    index = np.minimum(raw, len(table) - 1, out=raw)
+    if av is matmul_exact:
         keys = v.shape[-2]
         ftype = _exact_float(keys * (max(-int(v.min()), int(v.max())) if v.size else 0) << top)
         if ftype is not None:
-            last = min(top, (1 << attrs["bits"]) - 1)  # the largest code with a nonzero weight
-            table = np.append(np.exp2(np.arange(top, top - last - 1, -1)), 0).astype(ftype)
-            raw = softmax.raw_codes(logits, masked)
-            weight = table[np.minimum(raw, last + 1, out=raw)]
+            weight = table.astype(ftype)[index]
             return np.matmul(weight, v.astype(ftype)).astype(np.int64).reshape(b, h, n, d)
-    codes, zero = softmax(logits, masked)
-    # 2^(L - code): what V is shifted by (0 for dropped probabilities)
-    weight = np.where(zero | (codes > top), 0, np.left_shift(np.int64(1), np.maximum(top - codes, 0)))
-    return av(weight, v).reshape(b, h, n, d)
+    return av(table[index], v).reshape(b, h, n, d)
 
 
 def _gather_tokens(xs, attrs, c):

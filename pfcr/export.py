@@ -155,10 +155,12 @@ def _attention(p: Program, t: str, h_: str, a: nn.Module, s_res: float, window: 
              for j, n in enumerate(("q", "k", "v"))]
     # Swin's bias gets 2^BIAS_BITS finer steps than q.k (at 3-4 bits one q.k step is coarse).
     shift = BIAS_BITS if window is not None else 0
-    sm = IntSoftmaxLog2.build(qq[0] * kq[0] / 2**shift, a.matmul_av.a_quant.bits)
+    sm = IntSoftmaxLog2.build(qq[0] * kq[0] / 2**shift, a.matmul_av.a_quant.bits, a.matmul_av.a_quant.per_octave)
     top = min((1 << sm.bits) - 1, 15)
     attrs = {"q_zp": qq[1], "k_zp": kq[1], "v_zp": vq[1], "sm_multiplier": sm.multiplier,
              "sm_shift": sm.shift, "bits": sm.bits, "max_code": top}
+    if sm.per_octave != 1:  # log-sqrt2 codes; log2 programs keep the attrs they always had
+        attrs["codes_per_octave"] = sm.per_octave
     consts = {}
     if window is not None:
         attrs.update(window=window["size"], logit_shift=shift)

@@ -58,6 +58,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     me.add_argument("--batch-size", type=arguments.positive_int, default=8, help="block/pfcr: reconstruction batch")
     me.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
+    me.add_argument("--sqrt2-softmax", action="store_true",
+                    help="log-sqrt2 post-softmax codes (QuantConfig.sqrt2_softmax), exported exactly")
     me.add_argument("--act-range", default="auto", choices=("auto", "mse", "minmax"),
                     help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 6 bits and "
                     "more, else MSE; QuantConfig.act_range)")

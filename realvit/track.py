@@ -336,7 +336,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     w_bits, a_bits = args.bits
     recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
     quant = QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
-                        act_range=args.act_range)
+                        sqrt2_softmax=args.sqrt2_softmax, act_range=args.act_range)
     cfg = QuantizeConfig(method=args.method, quant=quant, recon=recon, init_size=len(calib), seed=args.seed)
 
     def progress(stage: str, entry: dict) -> None:
@@ -361,6 +361,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
     tags = [] if args.method == "rtn" else [f"iters{args.iters}"]
     tags += ["uniform-softmax"] if args.uniform_softmax else []
+    tags += ["softmax-sqrt2"] if args.sqrt2_softmax else []
     tags += [f"clip-{args.act_range}"] if args.act_range != "auto" else []
     tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None

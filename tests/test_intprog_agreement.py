@@ -41,13 +41,14 @@ def test_layernorm_two_implementations(seed, channels):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.sampled_from([2, 3, 4, 8]))
-def test_attention_two_implementations(seed, bits):
+@given(st.integers(0, 2**31 - 1), st.sampled_from([2, 3, 4, 8]), st.sampled_from([1, 2]))
+def test_attention_two_implementations(seed, bits, per_octave):
+    """log2 and log-sqrt2 codes (codes_per_octave 2: the torch side rounds 2^(L - q/2) in float)."""
     rng = np.random.default_rng(seed)
     q, k, v = (rng.integers(-8, 8, (1, 2, 5, 4)) for _ in range(3))
     sm = IntSoftmaxLog2.build(float(rng.uniform(0.01, 2.0)), bits)
     attrs = {"q_zp": 1, "k_zp": -1, "v_zp": 0, "sm_multiplier": sm.multiplier, "sm_shift": sm.shift, "bits": bits,
-             "max_code": min((1 << bits) - 1, 15)}
+             "max_code": min((1 << bits) - 1, 15), "codes_per_octave": per_octave}
     ours = reference.KERNELS["attention"]([q, k, v], attrs, {})
     theirs = intprog_torch.attention(*(torch.from_numpy(t) for t in (q, k, v)), attrs)
     np.testing.assert_array_equal(ours, theirs.numpy())

@@ -1,5 +1,6 @@
 """Integer nonlinear kernels against their float definitions, within the documented error."""
 
+import decimal
 import math
 
 import numpy as np
@@ -74,6 +75,39 @@ def test_softmax_log2_codes_within_one_of_float(seed, bits):
     assert np.abs(q - want)[representable & ~zero].max(initial=0) <= 1
     assert not zero[want < min((1 << bits) - 2, 28)].any()
     assert (q >= 0).all() and (q <= (1 << bits) - 1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([4, 8]))
+def test_softmax_log_sqrt2_codes_within_one_of_float(seed, bits):
+    rng = np.random.default_rng(seed)
+    scale = 0.02
+    x = rng.integers(-400, 400, (3, 17))
+    q, zero = IntSoftmaxLog2.build(scale, bits, per_octave=2)(x)
+    p = np.exp((x - x.max(-1, keepdims=True)) * scale)
+    p /= p.sum(-1, keepdims=True)
+    want = np.round(-2 * np.log2(p))
+    representable = want < min((1 << bits) - 1, 56)
+    assert np.abs(q - want)[representable & ~zero].max(initial=0) <= 1
+    assert (q >= 0).all() and (q <= (1 << bits) - 1).all()
+
+
+def test_code_weights():
+    """2^(L - q) for log2 codes; round(2^(L - q/2)) for log-sqrt2 ones, exact past float64's
+    precision; a last 0 for every code past the table."""
+    from intprog.nonlinear import code_weights
+
+    assert code_weights(3, 4).tolist() == [8, 4, 2, 1, 0]
+    assert code_weights(15, 2).tolist() == [1 << 15, 1 << 14, 1 << 13, 1 << 12, 0]  # 2^bits - 1 codes
+    w = code_weights(15, 8, per_octave=2)
+    assert len(w) == 32 and w[-1] == 0 and w[1] == 23170 and w[29] == 1
+    np.testing.assert_array_equal(w[:-1], np.floor(2.0 ** (15 - np.arange(31) / 2) + 0.5))
+    big = code_weights(62, 8, per_octave=2)
+    with decimal.localcontext(decimal.Context(prec=60)):  # 2^61.5 to 60 digits, rounded half up
+        want = int((decimal.Decimal(2) ** decimal.Decimal("61.5") + decimal.Decimal("0.5")).to_integral_value(
+            decimal.ROUND_FLOOR))
+    assert big[1] == want
+    assert (np.diff(big[:-1]) <= 0).all() and big[-2] == 1  # 2^0.5 and 2^0 both round to 1
 
 
 def test_softmax_log2_by_hand():

@@ -224,17 +224,19 @@ def test_exp2_tables_cover_every_exponent():
     np.testing.assert_array_equal(log_e[at], nonlinear._ilog2_fixed(np.maximum(want, 1)))
 
 
-@pytest.mark.parametrize("bits, top, scale, tokens", [(4, 15, 0.02, 17), (3, 7, 0.3, 17), (8, 15, 0.01, 32),
-                                                      (4, 9, 2.0, 32)])  # 32 tokens: k^T needs no padding
-def test_attention(bits, top, scale, tokens):
-    """Logit scales from smooth to peaked (many zero probabilities), top codes below 2^bits - 1 too."""
+@pytest.mark.parametrize("bits, top, scale, tokens, per_octave", [
+    (4, 15, 0.02, 17, 1), (3, 7, 0.3, 17, 1), (8, 15, 0.01, 32, 1), (4, 9, 2.0, 32, 1),  # 32 tokens: no padding
+    (8, 15, 0.01, 32, 2), (4, 5, 0.3, 17, 2)])
+def test_attention(bits, top, scale, tokens, per_octave):
+    """Logit scales from smooth to peaked (many zero probabilities), top codes below 2^bits - 1 too;
+    log2 and log-sqrt2 codes (a 4-bit log-sqrt2 row runs past its 2^bits - 1 codes)."""
     rng = np.random.default_rng(bits + top)
     qmax = (1 << bits) - 1
     q, k, v = (rng.integers(0, qmax + 1, (2, 3, tokens, 32)) for _ in range(3))
     q[0, 0, 0], k[0, 0] = qmax, qmax  # one row of equal logits
     sm = nonlinear.IntSoftmaxLog2.build(scale / qmax, bits)
     attrs = {"q_zp": qmax // 2, "k_zp": qmax // 2 + 1, "v_zp": 1, "sm_multiplier": sm.multiplier,
-             "sm_shift": sm.shift, "bits": bits, "max_code": top}
+             "sm_shift": sm.shift, "bits": bits, "max_code": top, "codes_per_octave": per_octave}
     check_op("attention", [(t, 0, qmax) for t in (q, k, v)], attrs)
     assert_products_by_columns(op_module("attention", [(t, 0, qmax) for t in (q, k, v)], attrs))
 

@@ -34,6 +34,7 @@ from intprog.nonlinear import (
     IntSoftmaxLog2,
     _exp2_lookup,
     _exp2_table,
+    code_weights,
 )
 from intprog.ops import Interval, attention_bounds, dot_bound, infer, span
 from intprog.program import Program
@@ -394,17 +395,18 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interv
     logits = b.te("attention_logits", lambda ch, a, bt: _contract(a, bt, acc, True, zq, zk, "logits"),
                   [q.expr, k.expr])
     weight_dtype = acc_dtype(value_bound)
-    sm = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"])
-    roles = [r for r in ("bias", "mask") if r in c]
+    sm = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"], attrs.get("codes_per_octave", 1))
+    roles = (["weights"] if sm.per_octave > 1 else []) + [r for r in ("bias", "mask") if r in c]
+    given_consts = {**c, "weights": code_weights(top, sm.bits, sm.per_octave)}
 
     def softmax(ch: Channels, x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, *extra: te.Tensor) -> te.Tensor:
         given = dict(zip(roles, extra, strict=True))
         return _softmax_log2(x, e_table, log_table, sm, top, weight_dtype, given.get("bias"),
-                             attrs.get("logit_shift", 0), given.get("mask"))
+                             attrs.get("logit_shift", 0), given.get("mask"), given.get("weights"))
 
     tables = [_c(t, "int32") for t in exp2_tables(sm)]
-    weights = b.te("softmax_log2", softmax, [logits, *tables,
-                                             *(_c(c[r], container(int(c[r].min()), int(c[r].max()))) for r in roles)])
+    weights = b.te("softmax_log2", softmax, [logits, *tables, *(
+        _c(given_consts[r], container(int(given_consts[r].min()), int(given_consts[r].max()))) for r in roles)])
     values = b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, weight_dtype, False, 0, zv, "values"),
                   [weights, v.expr])
     if attrs.get("window"):
@@ -425,11 +427,13 @@ def exp2_tables(sm: IntSoftmaxLog2) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _softmax_log2(x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, sm: IntSoftmaxLog2, top: int, dtype: str,
-                  bias: te.Tensor | None = None, logit_shift: int = 0, mask: te.Tensor | None = None) -> te.Tensor:
+                  bias: te.Tensor | None = None, logit_shift: int = 0, mask: te.Tensor | None = None,
+                  code_table: te.Tensor | None = None) -> te.Tensor:
     """IntSoftmaxLog2.__call__ over the last axis, then the attention weight of each code, with the
     tables of `exp2_tables`. x is [batch, heads, (groups,) rows, cols]; bias [heads, rows, cols] is
     added to x << logit_shift, and mask [groups, rows, cols] (nonzero = masked) gives probability 0,
-    left out of the max and sum."""
+    left out of the max and sum. Log2 codes weigh 2^(top - code) (a shift); log-sqrt2 codes look
+    their weight up in `code_table` (`code_weights`, whose last entry is the 0 of codes past it)."""
     rows, width = x.shape[:-1], x.shape[-1]
 
     def masked(i: tuple) -> tirx.PrimExpr:
@@ -457,8 +461,11 @@ def _softmax_log2(x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, sm: In
     log_total = ilog2_fixed(total)
 
     def weight(i: tuple) -> tirx.PrimExpr:
-        code = round_shift(log_total[i[:-1]] - log_table[index[i]].astype("int64"), _i64(LOG_FRAC_BITS),
+        code = round_shift(log_total[i[:-1]] - log_table[index[i]].astype("int64"), _i64(sm.code_shift),
                            Rounding.HALF_UP)
+        if code_table is not None:  # past the table (and a huge code) reads its last entry, 0
+            last = _i64(int(code_table.shape[0]) - 1)
+            return tirx.Select(e[i] == 0, _i64(0), code_table[tirx.min(code, last)].astype("int64"))
         # zero probability (e = 0 or code >= 2^bits) or a code above the top: no weight
         drop = tirx.any(e[i] == 0, code >= (1 << sm.bits), code > top)
         return tirx.Select(drop, _i64(0), _i64(1) << tirx.max(top - code, _i64(0)))

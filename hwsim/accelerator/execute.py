@@ -5,7 +5,9 @@ tile's partial sum is exact (the in-array adders are as wide as one tile needs),
 accumulator (preloaded with the bias) adds one partial sum at a time in its configured width,
 applying its overflow mode (AP_SAT / AP_WRAP) after every addition; each overflow is counted per
 layer. Attention x V is done by the shift unit: V shifted left by (max_code - code) for each
-log2 probability code and summed, `lanes` keys per step, in the same accumulator. Requantization
+log2 probability code and summed, `lanes` keys per step, in the same accumulator (log-sqrt2 codes:
+an odd code's weight round(2^(max_code - code/2)) is a constant multiplication, which the model
+counts as the same step: a second shift-and-add lane). Requantization
 uses the configured ap_fixed rounding. Everything else (LayerNorm, softmax, lookup tables, adds,
 layout) is the reference executor's own kernel: those units implement the program's kernels exactly.
 

@@ -48,9 +48,9 @@ class QuantConv2d(nn.Module):
 class QuantMatMul(nn.Module):
     """a @ b with both operands quantized (per tensor); `a_log2` for post-softmax probabilities."""
 
-    def __init__(self, a_bits: int, b_bits: int, a_log2: bool = False):
+    def __init__(self, a_bits: int, b_bits: int, a_log2: bool = False, per_octave: int = 1):
         super().__init__()
-        self.a_quant = Log2Quantizer(a_bits) if a_log2 else UniformQuantizer(a_bits)
+        self.a_quant = Log2Quantizer(a_bits, per_octave) if a_log2 else UniformQuantizer(a_bits)
         self.b_quant = UniformQuantizer(b_bits)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,14 +64,14 @@ class QuantAttention(nn.Module):
     """
 
     def __init__(self, attn: nn.Module, w_bits: int, a_bits: int, attn_bits: int, channelwise_postln: bool,
-                 log2_softmax: bool):
+                 log2_softmax: bool, per_octave: int = 1):
         super().__init__()
         self.num_heads = attn.num_heads
         self.scale = attn.scale
         self.qkv = QuantLinear(attn.qkv, w_bits, a_bits, input_channelwise=channelwise_postln)
         self.proj = QuantLinear(attn.proj, w_bits, a_bits)
         self.matmul_qk = QuantMatMul(a_bits, a_bits)
-        self.matmul_av = QuantMatMul(attn_bits, a_bits, a_log2=log2_softmax)
+        self.matmul_av = QuantMatMul(attn_bits, a_bits, a_log2=log2_softmax, per_octave=per_octave)
         # Swin only: the bias table and its index live on the original module.
         self.rel_pos = attn if hasattr(attn, "_get_rel_pos_bias") else None
         if self.rel_pos is not None:

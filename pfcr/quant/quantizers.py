@@ -203,14 +203,18 @@ class AdaRoundQuantizer(UniformQuantizer):
 
 
 class Log2Quantizer(nn.Module):
-    """Power-of-two quantizer for post-softmax values in [0, 1]: x_hat = s * 2^-q, q in 0..2^b-1.
+    """Power-of-two quantizer for post-softmax values in [0, 1]: x_hat = s * 2^-q, q in 0..2^b-1;
+    with `per_octave` = 2 a log-sqrt2 one, x_hat = s * 2^(-q/2) (half-octave steps near 1).
 
     Values below the smallest level (q >= 2^b after rounding) become 0, as in RepQ-ViT. With s = 1
     attention x V reduces to shifts, which the integer program and the accelerator exploit.
     """
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, per_octave: int = 1):
         super().__init__()
+        if per_octave not in (1, 2):
+            raise ValueError(f"codes per octave must be 1 (log2) or 2 (log-sqrt2), got {per_octave}")
+        self.per_octave = per_octave
         self.bits = check_bits(bits)
         self.levels = 1 << bits
         self.register_buffer("scale", torch.ones(1))
@@ -219,13 +223,14 @@ class Log2Quantizer(nn.Module):
         self.drop_prob = 0.0
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, log2"
+        return f"bits={self.bits}, {'log2' if self.per_octave == 1 else 'log-sqrt2'}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
-        q = round_ste(-torch.log2((x / self.scale).clamp(min=1e-30)))
-        xq = torch.where(q < self.levels, self.scale * torch.pow(2.0, -q.clamp(min=0)), torch.zeros_like(x))
+        q = round_ste(-self.per_octave * torch.log2((x / self.scale).clamp(min=1e-30)))
+        xq = torch.where(q < self.levels, self.scale * torch.pow(2.0, -q.clamp(min=0) / self.per_octave),
+                         torch.zeros_like(x))
         if self.training and self.drop_prob > 0:
             return torch.where(torch.rand_like(x) < self.drop_prob, x, xq)
         return xq
