@@ -383,6 +383,17 @@ def _tensorized(func: tirx.PrimFunc, kind: _Gemm, n: int, k: int) -> tirx.PrimFu
             sch.pad_einsum(block, [1] * (len(rows) - 1) + [kind.rows, 1, 1])
             *rows, nl, kl = sch.get_loops(block)
             m = _rows(sch, rows)
+        if len(rows) > 1:  # one row iterator: tensorize cannot blockize bindings of fused loops' // and %
+            extents = [_extent(sch, r) for r in rows]
+
+            def flat(*ax):
+                index = ax[0]
+                for a, e in zip(ax[1:len(rows)], extents[1:], strict=True):
+                    index = index * e + a
+                return (index, *ax[len(rows):])
+
+            sch.transform_block_layout(block, tvm.tirx.IndexMap.from_func(flat, ndim=len(rows) + 2))
+            *rows, nl, kl = sch.get_loops(block)
         if kind.a_dtype != "uint8":  # the activations widened once, in a copy (the padded one if any)
             source = sch.get(block).reads[0].source
             copy = next((p for p in sch.get_producers(block) if sch.get(p).writes[0].source.same_as(source)), None)
