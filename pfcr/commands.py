@@ -96,7 +96,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, attn_bits=args.attn_bits, input_bits=args.input_bits,
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
                           sqrt2_softmax=args.sqrt2_softmax, integer_eval=not args.float_eval,
-                          act_range=args.act_range),
+                          act_range=args.act_range, smooth=args.smooth),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -338,6 +338,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--act-range", choices=("auto", "mse", "minmax"), default="auto",
                     help="activation ranges: clipping search by MSE, the whole min..max, or auto (minmax at "
                          ">= 6 bits, mse below; default)")
+    sp.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                    help="fold exact outlier migration into the float weights first: SmoothQuant at strength "
+                         "ALPHA (0.5 is usual) on LayerNorm -> Linear and v -> proj, a per-head Hadamard on v -> "
+                         "proj, q/k balancing (QuantConfig.smooth; the program is unchanged in kind)")
     sp.add_argument("--float-eval", action="store_true",
                     help="evaluate and feed reconstruction with the float fake-quant path instead of the "
                          "model's integer program (the PTQ literature's protocol; for ablations)")

@@ -32,6 +32,7 @@ from core.files import atomic_path
 from pfcr.quant.calibrate import calibrate, reparameterize
 from pfcr.quant.model import QuantConfig, QuantModel
 from pfcr.quant.quantizers import UniformQuantizer
+from pfcr.quant.smooth import smoothed
 from pfcr.reconstruct.granules import schedule
 from pfcr.reconstruct.loop import ReconConfig, Streams, reconstruct
 
@@ -95,6 +96,8 @@ def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
     """Quantize `fp_model` with calibration images [N, C, H, W]; returns the model and a per-granule log."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.quant.smooth is not None:  # the same function in float: it is also the teacher below
+        fp_model = smoothed(fp_model, images[: cfg.init_size], cfg.quant.smooth)
     qm = QuantModel(fp_model, cfg.quant).to(images.device)  # its new quantizers join the model
     calibrate(qm, images[: cfg.init_size])
     log: list[dict] = []

@@ -63,6 +63,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     me.add_argument("--act-range", default="auto", choices=("auto", "mse", "minmax"),
                     help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 6 bits and "
                     "more, else MSE; QuantConfig.act_range)")
+    me.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                    help="exact outlier migration folded into the weights at strength ALPHA (QuantConfig.smooth)")
     me.add_argument("--tag", default=None, help="extra tag in the record's name")
     me.add_argument("--export", action="store_true", help="also export the integer program and run its guard "
                     "(an `export` record)")

@@ -336,21 +336,21 @@ def cmd_measure(args: argparse.Namespace) -> int:
     w_bits, a_bits = args.bits
     recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
     quant = QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
-                        sqrt2_softmax=args.sqrt2_softmax, act_range=args.act_range)
+                        sqrt2_softmax=args.sqrt2_softmax, act_range=args.act_range, smooth=args.smooth)
     cfg = QuantizeConfig(method=args.method, quant=quant, recon=recon, init_size=len(calib), seed=args.seed)
 
     def progress(stage: str, entry: dict) -> None:
         print(f"  {stage} {entry['granule']}: loss {entry['loss_before']:.4g} -> {entry['loss_after']:.4g}", flush=True)
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     qm, log = quantize(model, calib, cfg, progress if args.method != "rtn" else None)
-    q_seconds = time.time() - t0
+    q_seconds, q_cpu = time.time() - t0, time.process_time() - c0  # CPU time: fair on a shared host
     t0 = time.time()
     q, q_logits = features_and_logits(qm.model, x)
     eval_seconds = time.time() - t0
     metrics = fidelity_metrics(fp, q, fp_logits, q_logits)
-    metrics.update({"seconds": round(q_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-                    "fp32_eval_seconds": round(fp_seconds, 1),
+    metrics.update({"seconds": round(q_seconds, 1), "cpu_seconds": round(q_cpu, 1),
+                    "eval_seconds": round(eval_seconds, 1), "fp32_eval_seconds": round(fp_seconds, 1),
                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                     "threads": torch.get_num_threads()})
     model_field = {"name": MODEL_NAME, "checkpoint": f"$PFCR_CACHE/{paths()['model'].name}",
@@ -363,6 +363,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     tags += ["uniform-softmax"] if args.uniform_softmax else []
     tags += ["softmax-sqrt2"] if args.sqrt2_softmax else []
     tags += [f"clip-{args.act_range}"] if args.act_range != "auto" else []
+    tags += [f"smooth-{args.smooth:g}"] if args.smooth is not None else []
     tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}
@@ -396,9 +397,10 @@ def export_check(qm, calib, args: argparse.Namespace, model_field: dict, config:
     metrics = {**sizes, "ops": len(program.ops), **check.metrics(), "export_seconds": round(t_export, 1),
                "check_seconds": round(t_check, 1), "passed": check.logit_cosine >= args.min_cosine,
                "min_cosine": args.min_cosine}
+    tag = "-".join(filter(None, ("from", args.method, config["tag"])))  # the quantize record's variant
     record = make_record("export", model=model_field, data={"name": DATA_NAME, "split": "calibration",
                                                             "size": len(calib)},
-                         config={**config, "method": "intprog", "tag": f"from-{args.method}"}, metrics=metrics,
+                         config={**config, "method": "intprog", "tag": tag}, metrics=metrics,
                          seed=args.seed, extra={"head": {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                                                          "note": "fixed random Linear head added for the export"}})
     out = write_record(record, args.results)

@@ -49,6 +49,9 @@ class QuantConfig:
     # W6A6 0.865 -> 0.959; at W4A4 minmax collapses it, 0.65 -> 0.23: benchmarks/results/real/,
     # the clip-minmax records)
     act_range: str = "auto"
+    # SmoothQuant migration strength alpha for the exact outlier migration folded into the float
+    # weights before quantization (pfcr.quant.smooth); None: off
+    smooth: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
@@ -61,6 +64,9 @@ class QuantConfig:
                              "one (log2_softmax=False, --uniform-softmax)")
         if self.act_range not in ("auto", "mse", "minmax"):
             raise SuiteError(f"act_range={self.act_range!r}: use 'auto', 'mse' or 'minmax'")
+        if self.smooth is not None and not 0 < self.smooth < 1:
+            raise SuiteError(f"smooth={self.smooth}: the migration strength alpha must lie strictly between 0 "
+                             "and 1 (0.5 is SmoothQuant's)")
 
     def range_rule(self, bits: int) -> str:
         """The activation range rule for a quantizer of `bits`."""

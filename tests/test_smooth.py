@@ -1,0 +1,59 @@
+"""Outlier migration folded into the weights (QuantConfig.smooth, pfcr.quant.smooth): the float
+function is kept, the weights do change, and a smoothed quantized model exports to its program to
+the bit and reloads from its file around the original float model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import SuiteError
+from core.models import load_model
+from intprog import reference
+from pfcr import fidelity
+from pfcr.export import export_program
+from pfcr.families import family_of
+from pfcr.quant.model import QuantConfig
+from pfcr.quant.smooth import smoothed
+from pfcr.quantize import QuantizeConfig, load_qmodel, quantize, save_qmodel
+from tests.test_families import EXAMPLES
+
+
+@pytest.mark.parametrize("build", [b for bs in EXAMPLES.values() for b in bs],
+                         ids=[f"{n}{i}" for n, bs in EXAMPLES.items() for i in range(len(bs))])
+def test_smoothing_keeps_the_float_function_and_moves_the_ranges(build):
+    fp = build()
+    before = {k: v.clone() for k, v in fp.state_dict().items()}
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x[:, :, 3:6] *= 8  # a few strong inputs, so the ranges are uneven
+    sm = smoothed(fp, x, 0.5)
+    with torch.no_grad():
+        want, got = fp(x), sm(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert all(torch.equal(v, fp.state_dict()[k]) for k, v in before.items())  # a copy was changed
+    blk, ref = family_of(sm).blocks(sm)[0], family_of(fp).blocks(fp)[0]
+    assert not torch.allclose(blk.norm1.weight, ref.norm1.weight)
+    assert not torch.allclose(blk.attn.qkv.weight, ref.attn.qkv.weight)
+
+
+def test_a_smoothed_model_exports_exactly_and_reloads(tmp_path):
+    fp = load_model("vit_fmnist").module.eval()
+    x = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, smooth=0.5), init_size=32))
+    program = export_program(qm)
+    with torch.no_grad():
+        logits = qm(x[32:])
+    codes = np.round(logits.double().numpy() / program.output["scale"]).astype(np.int64)
+    assert np.array_equal(codes, reference.run(program, program.input_codes(x[32:])))
+    assert fidelity.measure(qm, program, x[32:], 0.9).logit_cosine > 0.9  # the float path agrees too
+    again = load_qmodel(save_qmodel(qm, tmp_path / "q.safetensors", {}), fp)
+    assert again.cfg.smooth == 0.5
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x[32:]), logits)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5])
+def test_a_strength_outside_zero_to_one_is_refused(alpha):
+    with pytest.raises(SuiteError, match="smooth"):
+        QuantConfig(smooth=alpha)
