@@ -39,7 +39,7 @@ def _hadamard(n: int) -> torch.Tensor:
 @torch.no_grad()
 def _input_ranges(model: nn.Module, linears: dict[str, nn.Linear], images: torch.Tensor,
                   batch: int = 16) -> dict[str, torch.Tensor]:
-    """Per-channel max |x| of each named Linear's input and, for names ending in '.out', its output."""
+    """Per-channel max |x| of each named Linear's input; of a '*.qkv' one's output too, as '*.qkv.out'."""
     seen: dict[str, torch.Tensor] = {}
 
     def keep(key: str, t: torch.Tensor) -> None:
