@@ -96,7 +96,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, attn_bits=args.attn_bits, input_bits=args.input_bits,
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
                           sqrt2_softmax=args.sqrt2_softmax, integer_eval=not args.float_eval,
-                          act_range=args.act_range, smooth=args.smooth),
+                          act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -342,6 +342,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="fold exact outlier migration into the float weights first: SmoothQuant at strength "
                          "ALPHA (0.5 is usual) on LayerNorm -> Linear and v -> proj, a per-head Hadamard on v -> "
                          "proj, q/k balancing (QuantConfig.smooth; the program is unchanged in kind)")
+    sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every MLP's fc2 input (the GELU output; default the A bits)")
     sp.add_argument("--float-eval", action="store_true",
                     help="evaluate and feed reconstruction with the float fake-quant path instead of the "
                          "model's integer program (the PTQ literature's protocol; for ablations)")

@@ -336,7 +336,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     w_bits, a_bits = args.bits
     recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
     quant = QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
-                        sqrt2_softmax=args.sqrt2_softmax, act_range=args.act_range, smooth=args.smooth)
+                        sqrt2_softmax=args.sqrt2_softmax, act_range=args.act_range, smooth=args.smooth,
+                        fc2_a_bits=args.fc2_a_bits)
     cfg = QuantizeConfig(method=args.method, quant=quant, recon=recon, init_size=len(calib), seed=args.seed)
 
     def progress(stage: str, entry: dict) -> None:
@@ -364,6 +365,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     tags += ["softmax-sqrt2"] if args.sqrt2_softmax else []
     tags += [f"clip-{args.act_range}"] if args.act_range != "auto" else []
     tags += [f"smooth-{args.smooth:g}"] if args.smooth is not None else []
+    tags += [f"fc2-a{args.fc2_a_bits}"] if args.fc2_a_bits is not None else []
     tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}

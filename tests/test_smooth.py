@@ -57,3 +57,35 @@ def test_a_smoothed_model_exports_exactly_and_reloads(tmp_path):
 def test_a_strength_outside_zero_to_one_is_refused(alpha):
     with pytest.raises(SuiteError, match="smooth"):
         QuantConfig(smooth=alpha)
+
+
+def test_8_bit_fc2_inputs_in_a_4_bit_model_run_exactly_on_every_executor():
+    """Mixed precision (QuantConfig.fc2_a_bits): the program carries the wider codes (the GELU table's
+    outputs reach past 4 bits), the eval forward is the program, and TVM and the accelerator model
+    agree with the reference executor to the bit."""
+    pytest.importorskip("tvm")
+    import tvm
+
+    from hwsim.accelerator.config import load_config
+    from hwsim.accelerator.execute import Accelerator
+    from tests.test_tvm_lower import build
+    from tvm_backends.lower import lower
+
+    fp = load_model("vit_fmnist").module.eval()
+    x = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    cfg = QuantConfig(4, 4, fc2_a_bits=8, smooth=0.5)
+    qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=cfg, init_size=32))
+    assert {b.mlp.fc2.a_quant.bits for b in qm.model.blocks} == {8}
+    assert {b.mlp.fc1.a_quant.bits for b in qm.model.blocks} == {4}
+    program = export_program(qm)
+    gelu = [op for op in program.ops if op["op"] == "lut"]
+    assert gelu and max(int(program.consts[op["consts"]["table"]].max()) for op in gelu) > 15
+    codes = program.input_codes(x[32:])
+    want = reference.run(program, codes)
+    with torch.no_grad():
+        got = np.round(qm(x[32:]).double().numpy() / program.output["scale"]).astype(np.int64)
+    assert np.array_equal(got, want)
+    np.testing.assert_array_equal(Accelerator(program, load_config("edge-npu")).run(codes), want)
+    vm = build(lower(program, batch=16).mod)
+    tvm_out = vm["main"](tvm.runtime.tensor(codes.astype("uint8"))).numpy()
+    np.testing.assert_array_equal(tvm_out, want)

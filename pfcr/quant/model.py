@@ -3,7 +3,8 @@
 Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - weights of every Linear and of the patch-embedding conv, per output channel, at `w_bits`
   (`first_last_w_bits` overrides the patch embedding and the head);
-- inputs of every matmul at `a_bits`: qkv, q and k, v, proj, fc1, fc2, head, Swin's reduction;
+- inputs of every matmul at `a_bits`: qkv, q and k, v, proj, fc1, fc2 (or `fc2_a_bits`), head,
+  Swin's reduction;
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
 - post-softmax probabilities with a log2 quantizer at `attn_bits` (log-sqrt2 with `sqrt2_softmax`);
 - post-LayerNorm inputs (qkv, fc1, reduction) channel-wise, later folded into the LayerNorm
@@ -38,6 +39,10 @@ class QuantConfig:
     attn_bits: int | None = None  # post-softmax bits; None = a_bits
     input_bits: int = 8  # the image entering the patch embedding
     first_last_w_bits: int | None = None  # patch-embed and head weights; None = w_bits
+    # Mixed precision: bits of every MLP's fc2 input (the GELU output), the most sensitive
+    # activations of the real ViT-S/14 at W4A4 (docs/real-model.md); None = a_bits. The program
+    # carries them as that input's code range.
+    fc2_a_bits: int | None = None
     channelwise_postln: bool = True
     log2_softmax: bool = True
     # log-sqrt2 post-softmax codes (half-octave steps near 1): on the real ViT-S/14 at W8A8 the log2
@@ -56,7 +61,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
             check_bits(getattr(self, name), name)
-        for name in ("attn_bits", "first_last_w_bits"):
+        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
         if self.sqrt2_softmax and not self.log2_softmax:
@@ -120,6 +125,9 @@ class QuantModel(nn.Module):
         # QuantAttention quantizes qkv's input; the other Linears reading a LayerNorm are swapped here
         postln = {id(linear) for _, linear in self.family.postln_pairs(m)} if cw else set()
         _swap_linears(m, cfg, postln)
+        if cfg.fc2_a_bits is not None:
+            for blk in self.family.blocks(m):
+                blk.mlp.fc2.a_quant = UniformQuantizer(cfg.fc2_a_bits)
         m.patch_embed.proj = QuantConv2d(m.patch_embed.proj, cfg.edge_w_bits, cfg.input_bits)
         self.family.head(m).w_quant = AdaRoundQuantizer(cfg.edge_w_bits, axis=0)
         self.units = nn.ModuleList(self.family.units(m))
