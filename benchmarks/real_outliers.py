@@ -88,16 +88,6 @@ def _match(name: str, spec: str) -> bool:
 
 # ------------------------------------------------------------------------------------- float model
 
-def _hadamard(n: int):
-    import torch
-
-    h = torch.ones(1, 1, dtype=torch.float64)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    assert h.shape[0] == n, n
-    return h / math.sqrt(n)  # symmetric, orthonormal: H H = I
-
-
 @__import__("functools").cache
 def _channel_scale_cls():
     from torch import nn
@@ -166,6 +156,8 @@ def transform(model, parts: dict, calib) -> dict:
     import torch
     from torch import nn
 
+    from pfcr.quant.smooth import hadamard
+
     ChannelScale, Rotate = _channel_scale_cls()
     done = {}
     need = [k for k in ("smooth-ln", "smooth-vproj", "smooth-qk", "smooth-fc2") if k in parts]
@@ -204,7 +196,7 @@ def transform(model, parts: dict, calib) -> dict:
                     qkv_b[2 * d:].div_(s)
                 blk.attn.proj.weight.mul_(s[None, :])
             if "had-vproj" in parts:
-                h = torch.block_diag(*[_hadamard(hd)] * blk.attn.num_heads).to(qkv_w.dtype)
+                h = torch.block_diag(*[hadamard(hd)] * blk.attn.num_heads).to(qkv_w.dtype)
                 qkv_w[2 * d:] = h @ qkv_w[2 * d:]  # v' = v H per head (H symmetric)
                 if qkv_b is not None:
                     qkv_b[2 * d:] = h @ qkv_b[2 * d:]
@@ -219,7 +211,7 @@ def transform(model, parts: dict, calib) -> dict:
             if "had-fc2" in parts:
                 hidden = blk.mlp.fc2.weight.shape[1]
                 n = 512 if hidden % 512 == 0 else 1 << int(math.log2(hidden & -hidden))
-                h = torch.block_diag(*[_hadamard(n)] * (hidden // n)).to(qkv_w.dtype)
+                h = torch.block_diag(*[hadamard(n)] * (hidden // n)).to(qkv_w.dtype)
                 blk.mlp.act = nn.Sequential(blk.mlp.act, Rotate(h))  # g' = g H
                 blk.mlp.fc2.weight.copy_(blk.mlp.fc2.weight @ h)  # W' = W H: g' W'^T = g W^T
     return done

@@ -65,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "more, else MSE; QuantConfig.act_range)")
     me.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
                     help="exact outlier migration folded into the weights at strength ALPHA (QuantConfig.smooth)")
-    me.add_argument("--fc2-a-bits", type=arguments.positive_int, default=None,
+    me.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every fc2 input (QuantConfig.fc2_a_bits)")
     me.add_argument("--tag", default=None, help="extra tag in the record's name")
     me.add_argument("--export", action="store_true", help="also export the integer program and run its guard "

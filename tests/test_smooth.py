@@ -1,6 +1,7 @@
 """Outlier migration folded into the weights (QuantConfig.smooth, pfcr.quant.smooth): the float
 function is kept, the weights do change, and a smoothed quantized model exports to its program to
-the bit and reloads from its file around the original float model."""
+the bit and reloads from its file around the original float model. And mixed precision on top
+(QuantConfig.fc2_a_bits): exact on every executor."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pfcr.quant.model import QuantConfig
 from pfcr.quant.smooth import smoothed
 from pfcr.quantize import QuantizeConfig, load_qmodel, quantize, save_qmodel
 from tests.test_families import EXAMPLES
+from tests.test_replay import _codes
 
 
 @pytest.mark.parametrize("build", [b for bs in EXAMPLES.values() for b in bs],
@@ -42,15 +44,12 @@ def test_a_smoothed_model_exports_exactly_and_reloads(tmp_path):
     x = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, smooth=0.5), init_size=32))
     program = export_program(qm)
-    with torch.no_grad():
-        logits = qm(x[32:])
-    codes = np.round(logits.double().numpy() / program.output["scale"]).astype(np.int64)
-    assert np.array_equal(codes, reference.run(program, program.input_codes(x[32:])))
+    assert np.array_equal(_codes(qm, program, x[32:]), reference.run(program, program.input_codes(x[32:])))
     assert fidelity.measure(qm, program, x[32:], 0.9).logit_cosine > 0.9  # the float path agrees too
     again = load_qmodel(save_qmodel(qm, tmp_path / "q.safetensors", {}), fp)
     assert again.cfg.smooth == 0.5
     with torch.no_grad():
-        assert torch.equal(again.eval()(x[32:]), logits)
+        assert torch.equal(again.eval()(x[32:]), qm(x[32:]))
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5])
@@ -82,9 +81,7 @@ def test_8_bit_fc2_inputs_in_a_4_bit_model_run_exactly_on_every_executor():
     assert gelu and max(int(program.consts[op["consts"]["table"]].max()) for op in gelu) > 15
     codes = program.input_codes(x[32:])
     want = reference.run(program, codes)
-    with torch.no_grad():
-        got = np.round(qm(x[32:]).double().numpy() / program.output["scale"]).astype(np.int64)
-    assert np.array_equal(got, want)
+    assert np.array_equal(_codes(qm, program, x[32:]), want)
     np.testing.assert_array_equal(Accelerator(program, load_config("edge-npu")).run(codes), want)
     vm = build(lower(program, batch=16).mod)
     tvm_out = vm["main"](tvm.runtime.tensor(codes.astype("uint8"))).numpy()

@@ -28,8 +28,10 @@ from pfcr.families import family_of
 _EPS = 1e-5
 
 
-def _hadamard(n: int) -> torch.Tensor:
-    """The n x n Sylvester Hadamard matrix / sqrt(n): symmetric and orthonormal (n a power of two)."""
+def hadamard(n: int) -> torch.Tensor:
+    """The n x n Sylvester Hadamard matrix / sqrt(n), float64: symmetric and orthonormal (H H = I)."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"a Sylvester Hadamard matrix needs a power of two, not {n}")
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < n:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
@@ -100,7 +102,7 @@ def smoothed(fp_model: nn.Module, images: torch.Tensor, alpha: float) -> nn.Modu
         proj.weight.mul_(s[None, :])
         hd = d // heads
         if hd & (hd - 1) == 0:
-            h = torch.block_diag(*[_hadamard(hd)] * heads).to(qkv.weight.dtype)
+            h = torch.block_diag(*[hadamard(hd)] * heads).to(qkv.weight.dtype)
             qkv.weight[2 * d:] = h @ qkv.weight[2 * d:]
             if qkv.bias is not None:
                 qkv.bias[2 * d:] = h @ qkv.bias[2 * d:]
