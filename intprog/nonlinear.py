@@ -165,10 +165,20 @@ def _ilog2_fixed(v: np.ndarray) -> np.ndarray:
     return (msb << LOG_FRAC_BITS) + frac
 
 
+PER_OCTAVE = (1, 2, 4, 8, 16)  # codes per octave the softmax kernel takes (a right shift of its Q8 log)
+
+
+def check_per_octave(per_octave: int) -> None:
+    if per_octave not in PER_OCTAVE:
+        raise ValueError(f"codes per octave must be one of {', '.join(map(str, PER_OCTAVE))} (1: log2, 2: "
+                         f"log-sqrt2), got {per_octave}")
+
+
 class IntSoftmaxLog2:
     """Softmax over the last axis of integer logits, output as log2 codes q = round(-log2 p), or
-    with `per_octave` = 2 as log-sqrt(2) codes q = round(-2 log2 p) (half-octave steps: near 1,
-    where attention's largest probabilities sit, steps of 1/sqrt(2) instead of 1/2).
+    with `per_octave` = P > 1 as codes q = round(-P log2 p): P = 2 is log-sqrt(2) (half-octave
+    steps: near 1, where attention's largest probabilities sit, steps of 1/sqrt(2) instead of 1/2),
+    4, 8, 16 finer still (2^-1/16 steps, 4 % apart), at a range of 2^bits / P octaves.
 
     p_i = 2^(t_i) / sum_j 2^(t_j), t = (x - max x) * in_scale * log2(e) in fixed point; 2^t comes
     from a 256-entry Q30 table of 2^-f and a right shift. q_i >= 2^bits, or 2^t_i = 0, means
@@ -176,8 +186,7 @@ class IntSoftmaxLog2:
     """
 
     def __init__(self, multiplier: int, shift: int, bits: int, per_octave: int = 1):
-        if per_octave not in (1, 2):
-            raise ValueError(f"codes per octave must be 1 (log2) or 2 (log-sqrt2), got {per_octave}")
+        check_per_octave(per_octave)
         self.multiplier, self.shift, self.bits, self.per_octave = multiplier, shift, bits, per_octave
         self.exp2_table = _exp2_table().copy()
 
@@ -191,8 +200,8 @@ class IntSoftmaxLog2:
     @property
     def code_shift(self) -> int:
         """The right shift from the fixed-point log difference (Q8) to codes: 8 for log2, 7 for
-        log-sqrt2 (codes of half an octave)."""
-        return LOG_FRAC_BITS - (self.per_octave - 1)
+        log-sqrt2 (codes of half an octave), 8 - log2 P for P codes per octave."""
+        return LOG_FRAC_BITS - (self.per_octave.bit_length() - 1)
 
     def __call__(self, x: np.ndarray, masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Codes and the zero mask; `masked` (broadcastable bools) marks entries of probability 0
@@ -202,7 +211,7 @@ class IntSoftmaxLog2:
         return np.minimum(q, (1 << self.bits) - 1, out=q), zero
 
     def raw_codes(self, x: np.ndarray, masked: np.ndarray | None = None) -> np.ndarray:
-        """round(-log2 p) (or round(-2 log2 p), `per_octave` 2) before the cap: __call__'s codes are
+        """round(-log2 p) (or round(-P log2 p), `per_octave` P) before the cap: __call__'s codes are
         min(q, 2^bits - 1) and its zero mask q >= 2^bits (a zero probability's q is at least 2^40).
 
         The integers of the class docstring: d = max(x - max x, -2^31) <= 0; -t = round_shift(-d M,
@@ -210,7 +219,7 @@ class IntSoftmaxLog2:
         2^t = table[-t % 256] >> (-t // 256) and its ilog2 are looked up per -t (`_exp2_lookup`:
         both from this module's own functions, so exact by construction; -t >= 31 * 256 gives 0).
         q = round_shift(ilog2(sum 2^t) - ilog2(2^t), c) = (ilog2(sum) + 2^(c-1) - ilog2(2^t)) >> c,
-        c = `code_shift` (8, or 7 for half octaves): these are small (below 2^14), so the half is
+        c = `code_shift` (8, 7 for half octaves, down to 4): these are small (below 2^14), so the half is
         added without overflow. ilog2(sum) >= 30 * 256 >= ilog2(2^t) gives q >= 0, and a zero 2^t's
         table entry -2^48 gives q >= 2^40 >= 2^bits (bits < 40), the zero mask of the
         original's (e == 0) | (q >= 2^bits)."""
@@ -257,21 +266,25 @@ class IntSoftmaxLog2:
 
 def code_weights(top: int, bits: int, per_octave: int = 1) -> np.ndarray:
     """Attention's weight of each softmax code, int64, indexed by code, plus a last 0 for every
-    dropped probability: 2^(L - q / per_octave) rounded half up, L = `top`, for codes
-    q <= min(per_octave L, 2^bits - 1); beyond, and for a zero probability, 0.
+    dropped probability: 2^(L - q / P) rounded half up, P = `per_octave`, L = `top`, for codes
+    q <= min(P L, 2^bits - 1); beyond, and for a zero probability, 0.
 
-    Log2 codes give powers of two (V shifted); log-sqrt2 codes give round(2^(L - q/2)): an odd q
-    is round(sqrt(2^(2L - q))), computed exactly with integer square roots. Every executor looks
-    its weights up here, so they agree by construction."""
+    Log2 codes give powers of two (V shifted); with P > 1 a code between octaves is the P-th root
+    of n = 2^(P L - q), computed exactly: r = floor(n^(1/P)) by nested integer square roots (P is a
+    power of two), rounded up where n^(1/P) >= r + 1/2, i.e. 2^P n >= (2 r + 1)^P (never a tie: the
+    root is irrational). Every executor looks its weights up here, so they agree by construction."""
+    check_per_octave(per_octave)
     last = min(per_octave * top, (1 << bits) - 1)
     out = np.zeros(last + 2, np.int64)
     for q in range(last + 1):
         if q % per_octave == 0:
             out[q] = 1 << (top - q // per_octave)
-        else:  # per_octave 2, q odd: round(sqrt(n)), n = 2^(2L - q); sqrt(n) >= r + 1/2 iff n > r^2 + r
-            n = 1 << (2 * top - q)
-            r = math.isqrt(n)
-            out[q] = r + (n > r * r + r)
+            continue
+        n = 1 << (per_octave * top - q)
+        r = n
+        for _ in range(per_octave.bit_length() - 1):
+            r = math.isqrt(r)
+        out[q] = r + ((n << per_octave) >= (2 * r + 1) ** per_octave)
     return out
 
 

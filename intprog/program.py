@@ -265,7 +265,7 @@ _ATTRS: dict[str, dict[str, tuple[int | None, int | None] | str]] = {
     "take_token": {"index": _ANY},
 }
 _OPTIONAL_ATTRS: dict[str, dict[str, tuple[int | None, int | None]]] = {
-    "attention": {"window": (0, None), "logit_shift": (0, 30), "codes_per_octave": (1, 2)},
+    "attention": {"window": (0, None), "logit_shift": (0, 30), "codes_per_octave": (1, 16)},
 }
 _SHIFT_MAX = {"linear": 62, "requantize": 62, "layernorm": 62 - 15}  # layernorm shifts by S + 15 (NORM_FRAC_BITS)
 _PER_CHANNEL = {"linear": ("weight_zp", "bias", "multiplier", "shift", "out_zp", "qmin", "qmax"),
@@ -294,6 +294,10 @@ def _check_attrs(kind: str, attrs: dict, label: str, where: str) -> None:
     for name, rule in _OPTIONAL_ATTRS.get(kind, {}).items():
         if attrs.get(name) is not None:
             check(name, rule, attrs[name])
+    per_octave = attrs.get("codes_per_octave") if kind == "attention" else None
+    if per_octave is not None and per_octave & (per_octave - 1):
+        raise ProgramError(f"{where}: {label}: attribute 'codes_per_octave' = {per_octave} is not a power of two "
+                           f"(the softmax's codes are its Q8 log shifted right); {_FIX}")
 
 
 def _check_consts(kind: str, c: dict[str, np.ndarray], attrs: dict, shapes: list[tuple[int, ...]], label: str,

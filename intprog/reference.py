@@ -164,8 +164,8 @@ def attention(xs: list[np.ndarray], attrs: dict, c: dict[str, np.ndarray], qk: P
     zeroes probabilities. `qk` and `av` compute the two batched products (the accelerator model
     passes its tiled, accumulator-width ones).
 
-    The weight of code q is `code_weights`' entry: 2^(L - q) for log2 codes, round(2^(L - q/2))
-    for log-sqrt2 ones (attrs["codes_per_octave"] = 2), 0 for a zero probability or a code past the
+    The weight of code q is `code_weights`' entry: 2^(L - q) for log2 codes, round(2^(L - q/P))
+    for P = attrs["codes_per_octave"] codes per octave (2: log-sqrt2), 0 for a zero probability or a code past the
     table, looked up from the softmax's uncapped codes (IntSoftmaxLog2.raw_codes: code =
     min(q, 2^bits - 1), zero = q >= 2^bits). With the default products they are looked up as
     floats and x V goes to BLAS in the narrowest float exact for its bound keys 2^L max|v - zv|

@@ -95,8 +95,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         method=args.method,
         quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, attn_bits=args.attn_bits, input_bits=args.input_bits,
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
-                          sqrt2_softmax=args.sqrt2_softmax, integer_eval=not args.float_eval,
-                          act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits),
+                          softmax_codes=args.softmax_codes, integer_eval=not args.float_eval,
+                          act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits,
+                          proj_a_bits=args.proj_a_bits),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -332,9 +333,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="post-softmax bits (default: the A bits)")
     sp.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (not exportable: the float path only)")
-    sp.add_argument("--sqrt2-softmax", action="store_true",
-                    help="log-sqrt2 post-softmax codes: half-octave steps near 1, where log2's 1/2 steps lose "
-                         "most at 8 bits; exported exactly (attention's codes_per_octave 2)")
+    arguments.softmax_codes(sp)
     sp.add_argument("--act-range", choices=("auto", "mse", "minmax"), default="auto",
                     help="activation ranges: clipping search by MSE, the whole min..max, or auto (minmax at "
                          ">= 6 bits, mse below; default)")
@@ -344,6 +343,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                          "proj, q/k balancing (QuantConfig.smooth; the program is unchanged in kind)")
     sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every MLP's fc2 input (the GELU output; default the A bits)")
+    sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every attention's proj input (default the A bits)")
     sp.add_argument("--float-eval", action="store_true",
                     help="evaluate and feed reconstruction with the float fake-quant path instead of the "
                          "model's integer program (the PTQ literature's protocol; for ablations)")

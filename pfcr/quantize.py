@@ -143,7 +143,10 @@ def read_qmodel_meta(path: str | os.PathLike) -> tuple[QuantConfig, dict]:
     if header.get("format") != QMODEL_FORMAT:
         raise CheckpointError(f"{path} is not a quantized model of format {QMODEL_FORMAT} "
                               f"(found {header.get('format')!r}); re-run `pfcr quantize`")
-    return QuantConfig(**json.loads(header["quant"])), json.loads(header["meta"])
+    quant = json.loads(header["quant"])
+    if "sqrt2_softmax" in quant:  # files written before softmax_codes generalized it
+        quant["softmax_codes"] = 2 if quant.pop("sqrt2_softmax") else 1
+    return QuantConfig(**quant), json.loads(header["meta"])
 
 
 def load_qmodel(path: str | os.PathLike, fp_model: nn.Module) -> QuantModel:

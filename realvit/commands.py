@@ -56,17 +56,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     me.add_argument("--eval", type=arguments.nonnegative_int, default=0, help="first N evaluation crops (0: all)")
     me.add_argument("--iters", type=arguments.positive_int, default=50, help="block/pfcr: iterations per granule")
     me.add_argument("--batch-size", type=arguments.positive_int, default=8, help="block/pfcr: reconstruction batch")
-    me.add_argument("--uniform-softmax", action="store_true",
-                    help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
-    me.add_argument("--sqrt2-softmax", action="store_true",
-                    help="log-sqrt2 post-softmax codes (QuantConfig.sqrt2_softmax), exported exactly")
-    me.add_argument("--act-range", default="auto", choices=("auto", "mse", "minmax"),
-                    help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 6 bits and "
-                    "more, else MSE; QuantConfig.act_range)")
-    me.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
-                    help="exact outlier migration folded into the weights at strength ALPHA (QuantConfig.smooth)")
-    me.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: bits of every fc2 input (QuantConfig.fc2_a_bits)")
+    quant_options(me)
     me.add_argument("--tag", default=None, help="extra tag in the record's name")
     me.add_argument("--export", action="store_true", help="also export the integer program and run its guard "
                     "(an `export` record)")
@@ -77,7 +67,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--bits", type=arguments.positive_int, nargs=2, default=(8, 8), metavar=("W", "A"))
     ab.add_argument("--calib", type=arguments.positive_int, default=64)
     ab.add_argument("--eval", type=arguments.positive_int, default=32, help="first N evaluation crops")
+    quant_options(ab)
     step("summary", "the track's records as a Markdown table (mean ± std over seeds)")
+
+
+def quant_options(sp: argparse.ArgumentParser) -> None:
+    """The QuantConfig knobs `measure` and `ablate` share."""
+    sp.add_argument("--uniform-softmax", action="store_true",
+                    help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
+    arguments.softmax_codes(sp)
+    sp.add_argument("--act-range", default="auto", choices=("auto", "mse", "minmax"),
+                    help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 6 bits and "
+                    "more, else MSE; QuantConfig.act_range)")
+    sp.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                    help="exact outlier migration folded into the weights at strength ALPHA (QuantConfig.smooth)")
+    sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every fc2 input (QuantConfig.fc2_a_bits)")
+    sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every attention's proj input (QuantConfig.proj_a_bits)")
 
 
 def main_stages(job: MainJob) -> list[Stage]:

@@ -315,11 +315,32 @@ def fp32_features(model, x, model_sha: str, images_sha: str):
     return f, lg
 
 
+def quant_config(args: argparse.Namespace):
+    """The QuantConfig of `measure`'s and `ablate`'s shared options (realvit.commands.quant_options)."""
+    from pfcr.quant.model import QuantConfig
+
+    w_bits, a_bits = args.bits
+    return QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
+                       softmax_codes=args.softmax_codes, act_range=args.act_range, smooth=args.smooth,
+                       fc2_a_bits=args.fc2_a_bits, proj_a_bits=args.proj_a_bits)
+
+
+def quant_tags(args: argparse.Namespace) -> list[str]:
+    """The variant's name parts for the options that differ from the defaults."""
+    tags = ["uniform-softmax"] if args.uniform_softmax else []
+    tags += ["softmax-sqrt2"] if args.softmax_codes == 2 else []
+    tags += [f"softmax-codes{args.softmax_codes}"] if args.softmax_codes > 2 else []
+    tags += [f"clip-{args.act_range}"] if args.act_range != "auto" else []
+    tags += [f"smooth-{args.smooth:g}"] if args.smooth is not None else []
+    tags += [f"fc2-a{args.fc2_a_bits}"] if args.fc2_a_bits is not None else []
+    tags += [f"proj-a{args.proj_a_bits}"] if args.proj_a_bits is not None else []
+    return tags
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     import torch
 
     from core.records import make_record, write_record
-    from pfcr.quant.model import QuantConfig
     from pfcr.quantize import QuantizeConfig, quantize
     from pfcr.reconstruct.config import ReconConfig
 
@@ -335,10 +356,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     fp_seconds = time.time() - t0
     w_bits, a_bits = args.bits
     recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
-    quant = QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
-                        sqrt2_softmax=args.sqrt2_softmax, act_range=args.act_range, smooth=args.smooth,
-                        fc2_a_bits=args.fc2_a_bits)
-    cfg = QuantizeConfig(method=args.method, quant=quant, recon=recon, init_size=len(calib), seed=args.seed)
+    cfg = QuantizeConfig(method=args.method, quant=quant_config(args), recon=recon, init_size=len(calib),
+                         seed=args.seed)
 
     def progress(stage: str, entry: dict) -> None:
         print(f"  {stage} {entry['granule']}: loss {entry['loss_before']:.4g} -> {entry['loss_after']:.4g}", flush=True)
@@ -360,12 +379,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                    "sources": sorted(set(data["calib_source"][pick.numpy()].tolist()))}
     head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
-    tags = [] if args.method == "rtn" else [f"iters{args.iters}"]
-    tags += ["uniform-softmax"] if args.uniform_softmax else []
-    tags += ["softmax-sqrt2"] if args.sqrt2_softmax else []
-    tags += [f"clip-{args.act_range}"] if args.act_range != "auto" else []
-    tags += [f"smooth-{args.smooth:g}"] if args.smooth is not None else []
-    tags += [f"fc2-a{args.fc2_a_bits}"] if args.fc2_a_bits is not None else []
+    tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args)
     tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}
@@ -419,8 +433,10 @@ GROUPS = {
     "weights": (".w_quant",),
     "image input": ("patch_embed.proj.a_quant",),
     "qkv input": ("attn.qkv.a_quant",),
-    "q, k": ("attn.matmul_qk.a_quant", "attn.matmul_qk.b_quant"),
-    "softmax, v": ("attn.matmul_av.a_quant", "attn.matmul_av.b_quant"),
+    "q": ("attn.matmul_qk.a_quant",),
+    "k": ("attn.matmul_qk.b_quant",),
+    "softmax": ("attn.matmul_av.a_quant",),
+    "v": ("attn.matmul_av.b_quant",),
     "proj input": ("attn.proj.a_quant",),
     "fc1 input": ("mlp.fc1.a_quant",),
     "fc2 input": ("mlp.fc2.a_quant",),
@@ -430,10 +446,9 @@ GROUPS = {
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Which quantizers cost the fidelity: one rtn model, each group of quantizers switched off in
     turn (the rest kept), features on the first --eval evaluation crops; and the fc2 inputs' range,
-    calibrated vs seen. Writes ablation-<method>-w<W>a<A>-seed<S>.json (a card, not a record)."""
+    calibrated vs seen. Writes ablation-rtn-w<W>a<A>[-<variant>]-seed<S>.json (a card, not a record)."""
     import torch
 
-    from pfcr.quant.model import QuantConfig
     from pfcr.quantize import QuantizeConfig, quantize
 
     _threads(args.threads)
@@ -444,8 +459,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     x = photos.to_tensor(data["eval"][: args.eval])
     fp, _ = features_and_logits(model, x)
     w_bits, a_bits = args.bits
-    cfg = QuantizeConfig(method="rtn", quant=QuantConfig(w_bits=w_bits, a_bits=a_bits), init_size=len(calib),
-                         seed=args.seed)
+    cfg = QuantizeConfig(method="rtn", quant=quant_config(args), init_size=len(calib), seed=args.seed)
     qm, _ = quantize(model, calib, cfg)
     quantizers = dict(qm.quantizers())
     rows = {}
@@ -475,11 +489,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         aq = blk.mlp.fc2.a_quant
         hi = float(((aq.qmax - aq.zero_point) * aq.scale.detach()).max())
         fc2[f"block{i}"] = {"calibrated_max": round(hi, 3), "seen_absmax": round(seen[i], 3)}
+    variant = "-".join(quant_tags(args)) or None
     card = {"format": "pfcr.real.ablation/1", "model": MODEL_NAME, "method": "rtn", "w_bits": w_bits,
-            "a_bits": a_bits, "seed": args.seed, "calibration_images": len(calib), "eval_images": len(x),
+            "a_bits": a_bits, "variant": variant, "quant": cfg.quant.to_dict(), "seed": args.seed,
+            "calibration_images": len(calib), "eval_images": len(x),
             "images_sha256": icard["sha256"], "threads": torch.get_num_threads(),
             "switched_off": rows, "fc2_input_range": fc2}
-    out = results_dir(args.results) / f"ablation-rtn-w{w_bits}a{a_bits}-seed{args.seed}.json"
+    name = "-".join(filter(None, ("ablation-rtn", f"w{w_bits}a{a_bits}", variant, f"seed{args.seed}")))
+    out = results_dir(args.results) / f"{name}.json"
     _write_json(out, card)
     print(out)
     return 0

@@ -8,6 +8,8 @@ of one implementation against itself would not.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -93,8 +95,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: dict, c: dic
     table = torch.round(torch.exp2(-f) * (1 << _EXP_ONE)).to(torch.int64)
     whole, frac = (-t) // (1 << _EXP_FRAC), (-t) % (1 << _EXP_FRAC)
     e = torch.where((whole > 62) | ~allowed, 0, table[frac.clamp(min=0)] >> whole.clamp(0, 62))
-    per_octave = a.get("codes_per_octave", 1)  # 2: log-sqrt2 codes, round(-2 log2 p)
-    code = round_shift(ilog2(e.sum(-1, keepdim=True)) - ilog2(e.clamp(min=1)), _LOG_FRAC - (per_octave - 1), "half_up")
+    per_octave = a.get("codes_per_octave", 1)  # P: codes round(-P log2 p), P = 2 log-sqrt2
+    code_shift = _LOG_FRAC - int(math.log2(per_octave))
+    code = round_shift(ilog2(e.sum(-1, keepdim=True)) - ilog2(e.clamp(min=1)), code_shift, "half_up")
     top = a["max_code"]
     keep = (e > 0) & (code < (1 << a["bits"])) & (code <= per_octave * top)
     # 2^(top - code / per_octave), rounded half up: in float64, exact for these magnitudes (< 2^52,

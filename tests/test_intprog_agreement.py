@@ -41,9 +41,9 @@ def test_layernorm_two_implementations(seed, channels):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.sampled_from([2, 3, 4, 8]), st.sampled_from([1, 2]))
+@given(st.integers(0, 2**31 - 1), st.sampled_from([2, 3, 4, 8]), st.sampled_from([1, 2, 4, 8, 16]))
 def test_attention_two_implementations(seed, bits, per_octave):
-    """log2 and log-sqrt2 codes (codes_per_octave 2: the torch side rounds 2^(L - q/2) in float)."""
+    """log2, log-sqrt2 and finer codes (codes_per_octave P: the torch side rounds 2^(L - q/P) in float)."""
     rng = np.random.default_rng(seed)
     q, k, v = (rng.integers(-8, 8, (1, 2, 5, 4)) for _ in range(3))
     sm = IntSoftmaxLog2.build(float(rng.uniform(0.01, 2.0)), bits)

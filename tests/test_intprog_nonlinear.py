@@ -78,16 +78,17 @@ def test_softmax_log2_codes_within_one_of_float(seed, bits):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.sampled_from([4, 8]))
-def test_softmax_log_sqrt2_codes_within_one_of_float(seed, bits):
+@given(st.integers(0, 2**31 - 1), st.sampled_from([4, 8]), st.sampled_from([2, 4, 16]))
+def test_softmax_log_fine_codes_within_one_of_float(seed, bits, per_octave):
+    """P codes per octave: round(-P log2 p) within one code (the kernel's log is Q8, its 2^t Q30)."""
     rng = np.random.default_rng(seed)
     scale = 0.02
     x = rng.integers(-400, 400, (3, 17))
-    q, zero = IntSoftmaxLog2.build(scale, bits, per_octave=2)(x)
+    q, zero = IntSoftmaxLog2.build(scale, bits, per_octave=per_octave)(x)
     p = np.exp((x - x.max(-1, keepdims=True)) * scale)
     p /= p.sum(-1, keepdims=True)
-    want = np.round(-2 * np.log2(p))
-    representable = want < min((1 << bits) - 1, 56)
+    want = np.round(-per_octave * np.log2(p))
+    representable = want < min((1 << bits) - 1, 28 * per_octave)
     assert np.abs(q - want)[representable & ~zero].max(initial=0) <= 1
     assert (q >= 0).all() and (q <= (1 << bits) - 1).all()
 
@@ -108,6 +109,13 @@ def test_code_weights():
             decimal.ROUND_FLOOR))
     assert big[1] == want
     assert (np.diff(big[:-1]) <= 0).all() and big[-2] == 1  # 2^0.5 and 2^0 both round to 1
+    for per_octave in (4, 8, 16):  # the P-th roots by nested integer square roots, against float64
+        w = code_weights(15, 8, per_octave)
+        last = min(15 * per_octave, 255)
+        assert len(w) == last + 2 and w[-1] == 0 and w[0] == 1 << 15 and w[per_octave] == 1 << 14
+        np.testing.assert_array_equal(w[:-1], np.floor(2.0 ** (15 - np.arange(last + 1) / per_octave) + 0.5))
+    with pytest.raises(ValueError, match="codes per octave"):
+        code_weights(15, 8, 3)
 
 
 def test_softmax_log2_by_hand():

@@ -102,6 +102,8 @@ def _op(graph, kind, nth=0):
         # a missing attribute
         (lambda g: _op(g, "linear")["attrs"].pop("in_zp"), None, r"\(linear 'embed'\) misses its attribute 'in_zp'"),
         (lambda g: _op(g, "attention")["attrs"].update(bits="4"), None, "attribute 'bits' must be an integer"),
+        (lambda g: _op(g, "attention")["attrs"].update(codes_per_octave=3), None,
+         r"\(attention 'b0.attn'\): attribute 'codes_per_octave' = 3 is not a power of two"),
         # a transposed weight
         (None, lambda c: c.update({"b0.fc1.weight": np.ascontiguousarray(c["b0.fc1.weight"].T)}),
          r"\(linear 'b0.fc1'\): constant 'weight' of shape \[16, 64\] takes 64 inputs but its input has 16"),

@@ -100,8 +100,9 @@ def test_uniform_softmax_is_refused_by_export(quantized):
         assert qm.replay() is None
 
 
-def test_sqrt2_softmax_exports_exactly_and_runs_on_the_accelerator():
-    """Log-sqrt2 post-softmax codes: the program carries them (codes_per_octave 2), computes what
+@pytest.mark.parametrize("per_octave", [2, 8])
+def test_fine_softmax_codes_export_exactly_and_run_on_the_accelerator(per_octave):
+    """Log-sqrt2 (and finer) post-softmax codes: the program carries them (codes_per_octave), computes what
     the float path computes up to the kernels' rounding, is the eval forward to the bit, and the
     accelerator model agrees with the reference executor."""
     from hwsim.accelerator.config import load_config
@@ -110,12 +111,12 @@ def test_sqrt2_softmax_exports_exactly_and_runs_on_the_accelerator():
 
     fp = load_model("vit_fmnist").module.eval()
     x = torch.randn(40, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    cfg = QuantizeConfig(method="rtn", quant=QuantConfig(8, 8, sqrt2_softmax=True), init_size=32)
+    cfg = QuantizeConfig(method="rtn", quant=QuantConfig(8, 8, softmax_codes=per_octave), init_size=32)
     qm, _ = quantize(fp, x[:32], cfg)
-    assert qm.model.blocks[0].attn.matmul_av.a_quant.per_octave == 2
+    assert qm.model.blocks[0].attn.matmul_av.a_quant.per_octave == per_octave
     program = export_program(qm)
     attention = [op for op in program.ops if op["op"] == "attention"]
-    assert attention and all(op["attrs"]["codes_per_octave"] == 2 for op in attention)
+    assert attention and all(op["attrs"]["codes_per_octave"] == per_octave for op in attention)
     codes = program.input_codes(x[32:])
     want = reference.run(program, codes)
     assert np.array_equal(_codes(qm, program, x[32:]), want)

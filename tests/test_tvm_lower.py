@@ -226,10 +226,10 @@ def test_exp2_tables_cover_every_exponent():
 
 @pytest.mark.parametrize("bits, top, scale, tokens, per_octave", [
     (4, 15, 0.02, 17, 1), (3, 7, 0.3, 17, 1), (8, 15, 0.01, 32, 1), (4, 9, 2.0, 32, 1),  # 32 tokens: no padding
-    (8, 15, 0.01, 32, 2), (4, 5, 0.3, 17, 2)])
+    (8, 15, 0.01, 32, 2), (4, 5, 0.3, 17, 2), (8, 15, 0.01, 17, 8), (8, 15, 0.3, 32, 16)])
 def test_attention(bits, top, scale, tokens, per_octave):
     """Logit scales from smooth to peaked (many zero probabilities), top codes below 2^bits - 1 too;
-    log2 and log-sqrt2 codes (a 4-bit log-sqrt2 row runs past its 2^bits - 1 codes)."""
+    log2, log-sqrt2 and finer codes (a 4-bit log-sqrt2 row runs past its 2^bits - 1 codes)."""
     rng = np.random.default_rng(bits + top)
     qmax = (1 << bits) - 1
     q, k, v = (rng.integers(0, qmax + 1, (2, 3, tokens, 32)) for _ in range(3))

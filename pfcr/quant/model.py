@@ -3,10 +3,11 @@
 Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - weights of every Linear and of the patch-embedding conv, per output channel, at `w_bits`
   (`first_last_w_bits` overrides the patch embedding and the head);
-- inputs of every matmul at `a_bits`: qkv, q and k, v, proj, fc1, fc2 (or `fc2_a_bits`), head,
+- inputs of every matmul at `a_bits`: qkv, q and k, v, proj (or `proj_a_bits`), fc1, fc2 (or
+  `fc2_a_bits`), head,
   Swin's reduction;
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
-- post-softmax probabilities with a log2 quantizer at `attn_bits` (log-sqrt2 with `sqrt2_softmax`);
+- post-softmax probabilities with a log2 quantizer at `attn_bits` (`softmax_codes` codes per octave);
 - post-LayerNorm inputs (qkv, fc1, reduction) channel-wise, later folded into the LayerNorm
   (`reparameterize`, RepQ-ViT's algebra) so that the deployed model has per-tensor activations.
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from core.errors import ModelError, SuiteError
+from intprog.nonlinear import PER_OCTAVE
 from pfcr.families import family_of
 from pfcr.quant.modules import QuantAttention, QuantConv2d, QuantLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits
@@ -43,11 +45,16 @@ class QuantConfig:
     # activations of the real ViT-S/14 at W4A4 (docs/real-model.md); None = a_bits. The program
     # carries them as that input's code range.
     fc2_a_bits: int | None = None
+    # The same for every attention's proj input (the heads' merged output), the most sensitive
+    # group at W6A6 with 8-bit fc2 inputs (ablation-rtn-w6a6-softmax-sqrt2-fc2-a8-seed0.json)
+    proj_a_bits: int | None = None
     channelwise_postln: bool = True
     log2_softmax: bool = True
-    # log-sqrt2 post-softmax codes (half-octave steps near 1): on the real ViT-S/14 at W8A8 the log2
-    # steps near 1 cost most of the error (docs/real-model.md); the program's attention takes them
-    sqrt2_softmax: bool = False
+    # Codes per octave of the log post-softmax quantizer: 1 log2, 2 log-sqrt2 (half-octave steps
+    # near 1), 4, 8, 16 finer (the range shrinks to 2^bits / P octaves): on the real ViT-S/14 at
+    # W8A8 log2's steps near 1 cost most of the error (docs/real-model.md); the program's
+    # attention takes any of them (codes_per_octave)
+    softmax_codes: int = 1
     integer_eval: bool = True  # eval mode runs the integer program (pfcr.quant.replay)
     # How activation ranges are chosen: "mse" (clipping search), "minmax", or "auto": minmax at
     # 6 bits and more, mse below (real ViT-S/14 feature cosine with minmax: W8A8 0.985 -> 0.992,
@@ -61,12 +68,15 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
             check_bits(getattr(self, name), name)
-        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits"):
+        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
-        if self.sqrt2_softmax and not self.log2_softmax:
-            raise SuiteError("sqrt2_softmax is a logarithmic post-softmax quantizer; it cannot go with a uniform "
-                             "one (log2_softmax=False, --uniform-softmax)")
+        if self.softmax_codes not in PER_OCTAVE:
+            raise SuiteError(f"softmax_codes={self.softmax_codes}: codes per octave of the log post-softmax "
+                             f"quantizer must be one of {', '.join(map(str, PER_OCTAVE))}")
+        if self.softmax_codes > 1 and not self.log2_softmax:
+            raise SuiteError(f"softmax_codes={self.softmax_codes} is a logarithmic post-softmax quantizer; it cannot "
+                             "go with a uniform one (log2_softmax=False, --uniform-softmax)")
         if self.act_range not in ("auto", "mse", "minmax"):
             raise SuiteError(f"act_range={self.act_range!r}: use 'auto', 'mse' or 'minmax'")
         if self.smooth is not None and not 0 < self.smooth < 1:
@@ -121,13 +131,15 @@ class QuantModel(nn.Module):
         cw = cfg.channelwise_postln
         for blk in self.family.blocks(m):
             blk.attn = QuantAttention(blk.attn, cfg.w_bits, cfg.a_bits, cfg.softmax_bits, cw, cfg.log2_softmax,
-                                      2 if cfg.sqrt2_softmax else 1)
+                                      cfg.softmax_codes)
         # QuantAttention quantizes qkv's input; the other Linears reading a LayerNorm are swapped here
         postln = {id(linear) for _, linear in self.family.postln_pairs(m)} if cw else set()
         _swap_linears(m, cfg, postln)
-        if cfg.fc2_a_bits is not None:
-            for blk in self.family.blocks(m):
+        for blk in self.family.blocks(m):  # mixed precision: wider inputs for the sensitive Linears
+            if cfg.fc2_a_bits is not None:
                 blk.mlp.fc2.a_quant = UniformQuantizer(cfg.fc2_a_bits)
+            if cfg.proj_a_bits is not None:
+                blk.attn.proj.a_quant = UniformQuantizer(cfg.proj_a_bits)
         m.patch_embed.proj = QuantConv2d(m.patch_embed.proj, cfg.edge_w_bits, cfg.input_bits)
         self.family.head(m).w_quant = AdaRoundQuantizer(cfg.edge_w_bits, axis=0)
         self.units = nn.ModuleList(self.family.units(m))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from core.errors import SuiteError
+from intprog.nonlinear import check_per_octave
 
 # AdaRound's rectified sigmoid stretch (Nagel et al. 2020).
 ZETA, GAMMA = 1.1, -0.1
@@ -204,7 +205,7 @@ class AdaRoundQuantizer(UniformQuantizer):
 
 class Log2Quantizer(nn.Module):
     """Power-of-two quantizer for post-softmax values in [0, 1]: x_hat = s * 2^-q, q in 0..2^b-1;
-    with `per_octave` = 2 a log-sqrt2 one, x_hat = s * 2^(-q/2) (half-octave steps near 1).
+    with `per_octave` = P > 1, x_hat = s * 2^(-q/P) (P = 2: log-sqrt2, half-octave steps near 1).
 
     Values below the smallest level (q >= 2^b after rounding) become 0, as in RepQ-ViT. With s = 1
     attention x V reduces to shifts, which the integer program and the accelerator exploit.
@@ -212,8 +213,7 @@ class Log2Quantizer(nn.Module):
 
     def __init__(self, bits: int, per_octave: int = 1):
         super().__init__()
-        if per_octave not in (1, 2):
-            raise ValueError(f"codes per octave must be 1 (log2) or 2 (log-sqrt2), got {per_octave}")
+        check_per_octave(per_octave)
         self.per_octave = per_octave
         self.bits = check_bits(bits)
         self.levels = 1 << bits
@@ -223,7 +223,8 @@ class Log2Quantizer(nn.Module):
         self.drop_prob = 0.0
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, {'log2' if self.per_octave == 1 else 'log-sqrt2'}"
+        kind = {1: "log2", 2: "log-sqrt2"}.get(self.per_octave, f"{self.per_octave} codes per octave")
+        return f"bits={self.bits}, {kind}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
