@@ -155,3 +155,17 @@ def test_auto_range_rule_is_minmax_from_six_bits():
     assert [auto.range_rule(b) for b in (3, 4, 5, 6, 8)] == ["mse", "mse", "mse", "minmax", "minmax"]
     assert QuantConfig(act_range="mse").range_rule(8) == "mse"
     assert QuantConfig(act_range="minmax").range_rule(4) == "minmax"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"softmax_codes": 3}, "must be one of 1, 2, 4, 8, 16"),
+    ({"w_bits": 6, "a_bits": 6, "softmax_codes": 16}, r"spans 4 octaves.*at most 8 codes per octave at 6 bits"),
+    ({"softmax_codes": 4}, r"spans 4 octaves.*at most 2 codes per octave at 4 bits"),
+    ({"softmax_codes": 2, "log2_softmax": False}, "cannot go with a uniform one"),
+])
+def test_softmax_codes_are_refused_by_name(kwargs, message):
+    """Codes per octave the kernel has no shift for, or so many that small probabilities are dropped."""
+    from pfcr.quant.model import QuantConfig
+
+    with pytest.raises(SuiteError, match=message):
+        QuantConfig(**kwargs)

@@ -33,6 +33,10 @@ from pfcr.families import family_of
 from pfcr.quant.modules import QuantAttention, QuantConv2d, QuantLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits
 
+# Finer log post-softmax codes must still reach this many octaves below 1 (2^bits / codes per
+# octave): a uniform row over 257 tokens sits 8 octaves down
+MIN_SOFTMAX_OCTAVES = 8
+
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -74,6 +78,13 @@ class QuantConfig:
         if self.softmax_codes not in PER_OCTAVE:
             raise SuiteError(f"softmax_codes={self.softmax_codes}: codes per octave of the log post-softmax "
                              f"quantizer must be one of {', '.join(map(str, PER_OCTAVE))}")
+        octaves = (1 << self.softmax_bits) // self.softmax_codes
+        if self.softmax_codes > 1 and octaves < MIN_SOFTMAX_OCTAVES:
+            raise SuiteError(f"softmax_codes={self.softmax_codes} at {self.softmax_bits}-bit post-softmax codes spans "
+                             f"{octaves} octaves: every probability below 2^-{octaves} would be dropped (the real "
+                             f"ViT-S/14 at W6A6 with 16 codes per octave collapsed to 0.32 feature cosine); use at "
+                             f"most {(1 << self.softmax_bits) // MIN_SOFTMAX_OCTAVES} codes per octave at "
+                             f"{self.softmax_bits} bits, or more --attn-bits")
         if self.softmax_codes > 1 and not self.log2_softmax:
             raise SuiteError(f"softmax_codes={self.softmax_codes} is a logarithmic post-softmax quantizer; it cannot "
                              "go with a uniform one (log2_softmax=False, --uniform-softmax)")
