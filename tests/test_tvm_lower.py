@@ -203,6 +203,30 @@ def test_isqrt_is_exact_to_2_62():
     np.testing.assert_array_equal(_kernel(isqrt, n), nonlinear.isqrt(n))
 
 
+def test_floor_div_small_is_floor_division():
+    """LayerNorm's division by its row's 2r through float64: exact quotients, one below and one
+    above a multiple, negative numerators, numerators up to 2^62, quotients up to 2^48."""
+    from tvm import te
+
+    from tvm_backends.lower import floor_div_small
+
+    rng = np.random.default_rng(0)
+    d = np.concatenate([rng.integers(1, 1 << 14, 4000), rng.integers(1 << 30, 1 << 40, 4000), [1, 2, 1 << 13]])
+    top = np.minimum(1 << 48, (1 << 61) // d)  # |q d| < 2^61: no int64 overflow below
+    q = (rng.random(len(d)) * 2 - 1) * top
+    q = np.concatenate([q.astype(np.int64), [0, 1, -1]])
+    d = np.concatenate([d, [7, 1 << 13, 3]])
+    n = np.concatenate([q * d, q * d - 1, q * d + 1, q * d + d // 2])
+    d = np.tile(d, 4)
+    assert np.abs(n).max() > 1 << 60  # far past float64's integers
+    pair = np.stack([n, d])
+
+    def fn(x):
+        return te.compute((x.shape[1],), lambda i: floor_div_small(x[0, i], x[1, i]), name="div")
+
+    np.testing.assert_array_equal(_kernel(fn, pair), n // d)
+
+
 def test_ilog2_matches_the_reference():
     rng = np.random.default_rng(0)
     powers = np.left_shift(1, np.arange(62, dtype=np.int64))

@@ -131,6 +131,17 @@ def requantize(acc: tirx.PrimExpr, m, s, zp, qmin, qmax, rounding: str) -> tirx.
     return tirx.min(tirx.max(round_shift(acc * m, s, rounding) + zp, qmin), qmax)
 
 
+def floor_div_small(n: tirx.PrimExpr, d: tirx.PrimExpr) -> tirx.PrimExpr:
+    """floor(n / d) for int64 n and d > 0 whose quotient is below 2^49 in magnitude, without an
+    int64 division (there is no vector one): the float64 quotient fl(fl(n) / fl(d)) is within
+    |n / d| 3 2^-53 < 1 of n / d, so its floor is floor(n / d) or one off either way, which one
+    test each way of q d against n (exact in int64: |q d| <= |n| + 2 d) puts right. LayerNorm's
+    quotient (2 c sqrt(C) + r) / 2r is at most sqrt(C) + 1/2, as |c| <= r = isqrt(sum c^2)."""
+    q = tirx.floor(n.astype("float64") / d.astype("float64")).astype("int64")
+    q = tirx.Select(q * d > n, q - 1, q)
+    return tirx.Select((q + 1) * d <= n, q + 1, q)
+
+
 def msb(v: tirx.PrimExpr) -> tirx.PrimExpr:
     """Index of the highest set bit of int64 v >= 1 (0 for v = 0): count leading zeros."""
     return tirx.Select(v == 0, _i64(0), 63 - tirx.clz(v).astype("int64"))
@@ -354,7 +365,8 @@ def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interv
 
         def body(i: tuple) -> tirx.PrimExpr:
             r, n = tirx.max(root[i[:-1]], _i64(1)), i[-1]
-            norm = tirx.floordiv(centered(i) * (2 * attrs["sqrt_c"]) + r, r * 2)  # div_half_up: (x - mean)/std, Q15
+            num, den = centered(i) * (2 * attrs["sqrt_c"]) + r, r * 2  # div_half_up: (x - mean)/std, Q15
+            norm = floor_div_small(num, den) if attrs["sqrt_c"] < 1 << 48 else tirx.floordiv(num, den)
             y = round_shift(norm * ch("multiplier", n) + ch("beta", n), ch("shift", n), Rounding.HALF_UP)
             return tirx.min(tirx.max(y + attrs["out_zp"], qmin), qmax)
         return elementwise(x.shape, body, container(*out), "layernorm")

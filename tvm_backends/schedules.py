@@ -30,6 +30,7 @@ from tvm_backends.lower import MATERIALIZE
 # below this many multiply-adds a parallel loop costs more than it saves
 _PARALLEL_MIN_MACS = 1 << 21
 _VECTOR = 16
+_TILE_ROWS = 4  # rows of attention's register tiles
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -505,31 +506,48 @@ _BY_COLUMNS = {"logits": True, "values": False}
 
 
 def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
-    """out[i, j:j+16] += a[i, k] * b[k, j:j+16]: output columns as vector lanes, the reduction
-    outside them, 16 accumulators per row in registers. Columns are padded to a multiple of 16
-    (the Swin's 49-token windows, the ViT's 17 tokens), and k^T is a padded copy. With the
-    reduction innermost instead, every output was a horizontal sum of only 16 or 32 products:
-    3x slower on the Swin's windows."""
-    *_, j, _ = sch.get_loops(block)
-    if _extent(sch, j) % _VECTOR:
-        sch.pad_einsum(block, [1] * (len(sch.get_loops(block)) - 2) + [_VECTOR, 1])
-    elif transposed:
+    """out[i:i+4, j:j+16] += a[i:i+4, k] * b[k, j:j+16]: output columns as vector lanes, the
+    reduction outside them, a register tile of 4 rows x 16 columns (4 independent accumulator
+    chains that share each load of b); the (batch, head, row tile) loop in parallel for big ones.
+    Rows are padded to a multiple of 4 and columns to a multiple of 16 (the Swin's 49-token windows,
+    the ViT's 17 or 197 tokens), and k^T is a padded copy. With the reduction innermost instead,
+    every output was a horizontal sum of only 16 or 32 products: 3x slower on the Swin's windows."""
+    loops = sch.get_loops(block)
+    size = 1
+    for loop in loops:
+        size *= max(_extent(sch, loop), 1)
+    *_, i, j, _ = loops
+    pad = [1] * (len(loops) - 3) + [_TILE_ROWS if _extent(sch, i) % _TILE_ROWS else 1,
+                                    _VECTOR if _extent(sch, j) % _VECTOR else 1, 1]
+    if _extent(sch, j) % _VECTOR == 0 and transposed:
         sch.cache_read(block, 1, "global")
+    if any(p > 1 for p in pad):
+        sch.pad_einsum(block, pad)
     if transposed:
         sch.transform_layout(block, ("read", 1), lambda *ax: (*ax[:-2], ax[-1], ax[-2]))
-    *_, j, k = sch.get_loops(block)
+    *outer, i, j, k = sch.get_loops(block)
+    io, ii = sch.split(i, [None, _TILE_ROWS])
     jo, ji = sch.split(j, [None, _VECTOR])
-    sch.reorder(jo, k, ji)
+    sch.reorder(io, jo, k, ii, ji)
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, jo)
+    sch.unroll(ii)
     sch.vectorize(ji)  # before decompose_reduction, whose update block vectorize does not take
+    if size >= _PARALLEL_MIN_MACS:
+        sch.parallel(sch.fuse(*outer, io))
     sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(acc)[-1])
 
 
 def _schedule_elementwise(sch: s_tir.Schedule, spatial: list) -> None:
-    """The innermost (contiguous) axis vectorized in chunks where its length allows."""
+    """The innermost (contiguous) axis vectorized in chunks of 16; a length that is not a multiple
+    (197 or 257 tokens) is partitioned first into whole chunks and a scalar tail, where the loop
+    holds one block (TVM 0.27's loop_partition crashes on a loop of several)."""
     n = _extent(sch, spatial[-1])
-    if n >= _VECTOR and n % _VECTOR == 0:
-        _, inner = sch.split(spatial[-1], [None, _VECTOR])
-        sch.vectorize(inner)
+    body = spatial[-1]
+    if n % _VECTOR and n > _VECTOR and len(sch.get_child_blocks(body)) == 1:
+        body, _ = sch.loop_partition(body, [n - n % _VECTOR, None])
+    elif n % _VECTOR or n < _VECTOR:
+        return
+    _, inner = sch.split(body, [None, _VECTOR])
+    sch.vectorize(inner)
