@@ -29,6 +29,7 @@ from tvm_backends.lower import MATERIALIZE
 
 # below this many multiply-adds a parallel loop costs more than it saves
 _PARALLEL_MIN_MACS = 1 << 21
+_PARALLEL_MIN_ELEMENTS = 1 << 16  # the same for an elementwise stage
 _VECTOR = 16
 _TILE_ROWS = 4  # rows of attention's register tiles
 
@@ -482,7 +483,7 @@ def _schedule_block(sch: s_tir.Schedule, block) -> None:
             return
         _schedule_reduction(sch, block, spatial, reduce_)
     else:
-        _schedule_elementwise(sch, spatial)
+        _schedule_elementwise(sch, spatial, parallel=True)
 
 
 def _schedule_reduction(sch: s_tir.Schedule, block, spatial: list, reduce_: list) -> None:
@@ -539,11 +540,15 @@ def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
     sch.vectorize(sch.get_loops(acc)[-1])
 
 
-def _schedule_elementwise(sch: s_tir.Schedule, spatial: list) -> None:
+def _schedule_elementwise(sch: s_tir.Schedule, spatial: list, parallel: bool = False) -> None:
     """The innermost (contiguous) axis vectorized in chunks of 16; a length that is not a multiple
     (197 or 257 tokens) is partitioned first into whole chunks and a scalar tail, where the loop
-    holds one block (TVM 0.27's loop_partition crashes on a loop of several)."""
+    holds one block (TVM 0.27's loop_partition crashes on a loop of several). With `parallel`, a
+    stage of at least _PARALLEL_MIN_ELEMENTS runs its outer axes in parallel (the softmax's and
+    LayerNorm's stages: serial, they capped the speedup of a second thread)."""
     n = _extent(sch, spatial[-1])
+    if parallel and len(spatial) > 1 and _rows(sch, spatial) >= _PARALLEL_MIN_ELEMENTS:
+        sch.parallel(sch.fuse(*spatial[:-1]))
     body = spatial[-1]
     if n % _VECTOR and n > _VECTOR and len(sch.get_child_blocks(body)) == 1:
         body, _ = sch.loop_partition(body, [n - n % _VECTOR, None])
