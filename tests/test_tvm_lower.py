@@ -16,11 +16,15 @@ from tvm_backends.schedules import schedule  # noqa: E402
 I32 = (-(1 << 31), (1 << 31) - 1)
 
 
+def host_target() -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+
+
 def build(mod: tvm.IRModule):
     """What ships: fused and scheduled for this host, on the Relax VM."""
     from tvm import relax
 
-    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    target = host_target()
     return relax.VirtualMachine(tvm.compile(schedule(mod, target), target), tvm.cpu())
 
 
@@ -42,7 +46,7 @@ def op_module(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict,
 
 
 def scheduled_kernels(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
-    mod = schedule(mod, tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}))
+    mod = schedule(mod, host_target())
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
@@ -101,7 +105,7 @@ def test_linear_tiles_of_16_by_4(n):
               "bias": rng.integers(-300, 300, n), **_requant(rng, n, 1e-3, 1e-1, 2, 0, 15)}
     attrs = {"in_zp": 7, "rounding": "half_up", "weight_bits": 4}
     check_op("linear", [(x, 0, 15)], attrs, consts)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    target = host_target()
     if tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target):
         kernels = scheduled_kernels(op_module("linear", [(x, 0, 15)], attrs, consts))
         assert any(name.endswith("_vnni") for name in kernels), list(kernels)
@@ -112,7 +116,7 @@ def test_linear_tiles_of_16_by_4(n):
 def test_linear_avx2_kernels(w_bits, k, rows, kind):
     """On AVX2 hosts without VNNI the GEMM is tensorized by the kind exact for its weights (|W - s|
     <= 16: 16 terms per int16 sum; <= 64: 4; else int16 operands), rows padded to whole tiles."""
-    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    target = host_target()
     if tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target) or \
             not tvm.target.codegen.llvm_cpu_has_features("avx2", target):
         pytest.skip("AVX2 without VNNI only")
@@ -262,15 +266,17 @@ def test_attention(bits, top, scale, tokens, per_octave):
     attrs = {"q_zp": qmax // 2, "k_zp": qmax // 2 + 1, "v_zp": 1, "sm_multiplier": sm.multiplier,
              "sm_shift": sm.shift, "bits": bits, "max_code": top, "codes_per_octave": per_octave}
     check_op("attention", [(t, 0, qmax) for t in (q, k, v)], attrs)
-    assert_products_by_columns(op_module("attention", [(t, 0, qmax) for t in (q, k, v)], attrs))
+    assert_products_scheduled(op_module("attention", [(t, 0, qmax) for t in (q, k, v)], attrs))
 
 
-def assert_products_by_columns(mod: tvm.IRModule) -> None:
-    """Both attention products took the column schedule (vector lanes over the output's last axis),
-    not the generic fallback."""
+def assert_products_scheduled(mod: tvm.IRModule) -> None:
+    """Both attention products took their schedule, not the generic fallback: the column schedule
+    (vector lanes over the output's last axis), or for the logits on a VNNI host vpdpbusd."""
     kernels = scheduled_kernels(mod)
+    vnni = tvm.target.codegen.llvm_cpu_has_features("avx512vnni", host_target())
     for name in ("attention_logits", "attention_values"):
-        assert "T.vectorized" in kernels[name].script(), name
+        script = kernels[name].script()
+        assert ("vpdpbusd" in script) if vnni and name == "attention_logits" else "T.vectorized" in script, name
 
 
 @pytest.mark.parametrize("shift_mask", [False, True])
@@ -290,7 +296,7 @@ def test_windowed_attention(shift_mask):
         mask[:, np.arange(window), np.arange(window)] = False
         consts["mask"] = mask.astype(np.int64)
     check_op("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts)
-    assert_products_by_columns(op_module("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts))
+    assert_products_scheduled(op_module("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts))
 
 
 def test_token_gathers_and_pooled_sum():

@@ -403,9 +403,7 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interv
         n, h, t, d = shape
         q, k, v = (Value(b.emit(R.reshape(x.expr, (n, h, t // attrs["window"], attrs["window"], d))), x.lo, x.hi)
                    for x in (q, k, v))
-    acc = acc_dtype(logit_bound)
-    logits = b.te("attention_logits", lambda ch, a, bt: _contract(a, bt, acc, True, zq, zk, "logits"),
-                  [q.expr, k.expr])
+    logits = _logits(b, q, k, zq, zk, logit_bound)
     weight_dtype = acc_dtype(value_bound)
     sm = IntSoftmaxLog2(attrs["sm_multiplier"], attrs["sm_shift"], attrs["bits"], attrs.get("codes_per_octave", 1))
     roles = (["weights"] if sm.per_octave > 1 else []) + [r for r in ("bias", "mask") if r in c]
@@ -424,6 +422,51 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interv
     if attrs.get("window"):
         values = R.reshape(values, shape)
     return b.value(values, out)
+
+
+LANES = 16  # keys per block of the u8 x s8 logits (x86 VNNI's 16 int32 lanes)
+
+
+def _logits(b: _Builder, q: Value, k: Value, zq: int, zk: int, bound: int) -> relax.Expr:
+    """(q - zq) (k - zk)^T over the head dimension. Where q and k each span at most 256 codes (and
+    activations are not signed, ARM's form), as linear does: a u8 x s8 product of qa = q - lo_q and
+    kb = k - lo_k - 128 (int8, its keys padded with zeros to a multiple of LANES, "k_s8"), which
+    x86 VNNI runs as vpdpbusd (tvm_backends.schedules), plus a row sum and a column sum:
+        sum (q - zq)(k - zk) = sum qa kb + (lo_k + 128 - zk) sum qa + (lo_q - zq) sum (k - zk).
+    Every term is bounded by the head dimension times 2^16 at most, so the sums are exact in int32
+    where the logits are."""
+    if b.signed_activations or q.hi - q.lo > 255 or k.hi - k.lo > 255:
+        acc = acc_dtype(bound)
+        return b.te("attention_logits", lambda ch, a, bt: _contract(a, bt, acc, True, zq, zk, "logits"),
+                    [q.expr, k.expr])
+    qo, ko, dim = q.lo, k.lo + 128, q.shape[-1]
+    k_mag = max(abs(k.lo - zk), abs(k.hi - zk))
+    acc = acc_dtype(max(bound, dim * (255 * 128 + 255 * abs(ko - zk) + abs(qo - zq) * k_mag)))
+
+    def kernel(ch: Channels, qt: te.Tensor, kt: te.Tensor) -> te.Tensor:
+        keys = kt.shape[-2]
+        padded = -(-int(keys) // LANES) * LANES
+        qa = qt if qo == 0 and q.dtype == "uint8" else elementwise(qt.shape, lambda i: qt[i].astype("int32") - qo,
+                                                                   "uint8", "q_u8")
+
+        def k_s8(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+            inside = kt[(*i[:-2], tirx.min(i[-2], keys - 1), i[-1])].astype("int32") - ko
+            return tirx.Select(i[-2] < keys, inside, tirx.const(0, "int32")).astype("int8")
+
+        kb = te.compute((*kt.shape[:-2], padded, dim), k_s8, name="k_s8", attrs={MATERIALIZE: 1})
+        core = _contract(qa, kb, "int32", True, name="logits_core")
+        d1, d2 = te.reduce_axis((0, dim), "d1"), te.reduce_axis((0, dim), "d2")
+        q_sum = te.compute(qt.shape[:-1], lambda *r: te.sum(qa[(*r, d1)].astype("int32"), axis=d1), name="q_sum")
+        k_sum = te.compute(kt.shape[:-1], lambda *r: te.sum(kt[(*r, d2)].astype("int32") - zk, axis=d2),
+                           name="k_sum")
+
+        def body(i: tuple) -> tirx.PrimExpr:
+            return (core[i].astype(acc) + q_sum[i[:-1]].astype(acc) * (ko - zk)
+                    + k_sum[(*i[:-2], i[-1])].astype(acc) * (qo - zq))
+
+        return elementwise((*qt.shape[:-1], keys), body, acc, "logits")
+
+    return b.te("attention_logits", kernel, [q.expr, k.expr])
 
 
 def exp2_tables(sm: IntSoftmaxLog2) -> tuple[np.ndarray, np.ndarray]:

@@ -54,19 +54,28 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target | dict | str) -> tvm.I
         mod = _tensorize_gemm(mod, kinds)
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
-            mod[gv] = _schedule_kernel(func)
+            mod[gv] = _schedule_kernel(func, kinds)
     return relax.transform.DeadCodeElimination()(mod)
 
 
-def _schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Elementwise stages inlined, then each block scheduled: attention's products by columns, the
-    rest by `_schedule_block`."""
+def _schedule_kernel(func: tirx.PrimFunc, kinds: list[_Gemm]) -> tirx.PrimFunc:
+    """Elementwise stages inlined, then each block scheduled: attention's u8 x s8 logits on the
+    dot-product instruction where the target has VNNI, attention's products otherwise by columns,
+    the rest by `_schedule_block`."""
     sch = s_tir.Schedule(func)
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         _inline(sch, block)
     names = [sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))]
     for name in names:
         block = sch.get_sblock(name)
+        if name == "logits_core" and _VNNI in kinds:
+            trial = sch.copy()
+            try:
+                _tensorize_logits(trial, trial.get_sblock(name), _VNNI)
+                sch = trial
+                continue
+            except (s_tir.ScheduleError, tvm.TVMError, ValueError):  # keep the column schedule
+                pass
         if name in _BY_COLUMNS and _iter_types(sch, block)[-1] != 0:
             trial = sch.copy()
             try:
@@ -501,9 +510,10 @@ def _schedule_reduction(sch: s_tir.Schedule, block, spatial: list, reduce_: list
 
 
 # attention's two products (tvm_backends.lower._attention): block name -> whether the second operand
-# is read transposed ("logits" = (q - zq)(k - zk)^T sums over the head dim, k as [.., tokens, dim];
-# "values" = weights (v - zv) sums over the tokens, v as [.., tokens, dim])
-_BY_COLUMNS = {"logits": True, "values": False}
+# is read transposed ("logits" = (q - zq)(k - zk)^T sums over the head dim, k as [.., tokens, dim],
+# or its u8 x s8 core "logits_core"; "values" = weights (v - zv) sums over the tokens, v as
+# [.., tokens, dim])
+_BY_COLUMNS = {"logits": True, "logits_core": True, "values": False}
 
 
 def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
@@ -538,6 +548,32 @@ def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
         sch.parallel(sch.fuse(*outer, io))
     sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(acc)[-1])
+
+
+def _tensorize_logits(sch: s_tir.Schedule, block, kind: _Gemm) -> None:
+    """Attention's u8 x s8 logits core (tvm_backends.lower._logits) as `kind`'s dot product: the
+    int8 keys (a stage of the kernel, padded to whole lanes) written packed [.., keys/lanes,
+    dim/group, lanes, group], a register tile of one query row x up to 4 blocks of `lanes` keys,
+    key blocks outermost so that their packed keys stay in L1 while the queries stream past, and the
+    (batch, head, key block) loop in parallel for big ones."""
+    loops = sch.get_loops(block)
+    *batch, i, j, d = loops
+    keys, dim = _extent(sch, j), _extent(sch, d)
+    if not keys or keys % kind.lanes or not dim or dim % kind.group:
+        raise ValueError(f"logits of {keys} keys x {dim} dims do not tile by {kind.lanes} x {kind.group}")
+    size = _rows(sch, loops)
+    sch.transform_layout(block, ("read", 1), lambda *ax: (*ax[:-2], *kind.layout(ax[-2], ax[-1])))
+    chains = next(c for c in kind.chains if (keys // kind.lanes) % c == 0)
+    jo, jc, ji = sch.split(j, [None, chains, kind.lanes])
+    do, di = sch.split(d, [None, kind.group])
+    sch.reorder(jo, i, do, jc, ji, di)
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, i)
+    if size >= _PARALLEL_MIN_MACS:
+        sch.parallel(sch.fuse(*batch, jo))
+    sch.decompose_reduction(block, do)
+    sch.unroll(jc)
+    sch.tensorize(ji, kind.intrin())
 
 
 def _schedule_elementwise(sch: s_tir.Schedule, spatial: list, parallel: bool = False) -> None:
