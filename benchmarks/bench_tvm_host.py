@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from tvm_backends.baseline import torch_timer
     from tvm_backends.bench import Protocol, call_timer, check_outputs, measure
     from tvm_backends.lower import lower
-    from tvm_backends.schedules import schedule
+    from tvm_backends.schedules import has_vnni, schedule
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"tvm-llvm-host": True, "tvm-llvm-host-default": False} if bits == "W4A4" else \
             {"tvm-llvm-host": True}
         for method, scheduled in variants.items():
-            lowered = lower(program, batch=1)
+            lowered = lower(program, batch=1, vnni=has_vnni(target))
             t0 = time.perf_counter()
             if scheduled:
                 executable = tvm.compile(schedule(lowered.mod, target), target)

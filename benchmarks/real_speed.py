@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwsim.accelerator.simulate import simulate
     from tvm_backends.bench import Measurement, Protocol, check_outputs, measure
     from tvm_backends.lower import lower
-    from tvm_backends.schedules import schedule
+    from tvm_backends.schedules import has_vnni, schedule
 
     configure = tvm.get_global_func("runtime.config_threadpool")
     cpus = [str(c) for c in sorted(os.sched_getaffinity(0))]
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             program, cached = rtn_program(model, calib, bits, f"{mfield['name']}_w{bits}a{bits}_{key}")
             quant_s = time.perf_counter() - t0
-            lowered = lower(program, batch=1)
+            lowered = lower(program, batch=1, vnni=has_vnni(target))
             t0 = time.perf_counter()
             vm = relax.VirtualMachine(tvm.compile(schedule(lowered.mod, target), target), tvm.cpu())
             compile_s = time.perf_counter() - t0

@@ -11,7 +11,7 @@ tvm = pytest.importorskip("tvm")
 from intprog import nonlinear, reference  # noqa: E402
 from intprog.arith import quantize_multiplier  # noqa: E402
 from tvm_backends.lower import container, ilog2_fixed, isqrt, lower, lower_graph  # noqa: E402
-from tvm_backends.schedules import schedule  # noqa: E402
+from tvm_backends.schedules import has_vnni, schedule  # noqa: E402
 
 I32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -36,13 +36,14 @@ def run_tvm(mod: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
 
 
 def op_module(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict, consts: dict | None = None,
-              signed_activations: bool = False) -> tvm.IRModule:
-    """The lowered module of one op; inputs are (values, lo, hi)."""
+              signed_activations: bool = False, vnni: bool = False) -> tvm.IRModule:
+    """The lowered module of one op; inputs are (values, lo, hi); `vnni`: lowered for a VNNI target
+    (scheduled for this host whatever it has: the algebra is checked everywhere)."""
     names = [f"x{i}" for i in range(len(inputs))]
     op = {"op": kind, "in": names, "out": "y", "attrs": attrs, "consts": {r: f"y.{r}" for r in consts or {}}}
     return lower_graph({n: (v.shape, lo, hi) for n, (v, lo, hi) in zip(names, inputs, strict=True)}, [op],
                        {f"y.{r}": np.asarray(v, dtype=np.int64) for r, v in (consts or {}).items()}, "y",
-                       signed_activations)
+                       signed_activations, vnni)
 
 
 def scheduled_kernels(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
@@ -51,10 +52,10 @@ def scheduled_kernels(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
 
 
 def check_op(kind: str, inputs: list[tuple[np.ndarray, int, int]], attrs: dict, consts: dict | None = None,
-             signed_activations: bool = False):
+             signed_activations: bool = False, vnni: bool = False):
     """One op through TVM and through the reference kernel; inputs are (values, lo, hi)."""
     consts = {role: np.asarray(v, dtype=np.int64) for role, v in (consts or {}).items()}
-    got = run_tvm(op_module(kind, inputs, attrs, consts, signed_activations), *(v for v, _, _ in inputs))
+    got = run_tvm(op_module(kind, inputs, attrs, consts, signed_activations, vnni), *(v for v, _, _ in inputs))
     want = reference.KERNELS[kind]([v.astype(np.int64) for v, _, _ in inputs], attrs, consts)
     np.testing.assert_array_equal(got, want)
     return want
@@ -265,18 +266,20 @@ def test_attention(bits, top, scale, tokens, per_octave):
     sm = nonlinear.IntSoftmaxLog2.build(scale / qmax, bits)
     attrs = {"q_zp": qmax // 2, "k_zp": qmax // 2 + 1, "v_zp": 1, "sm_multiplier": sm.multiplier,
              "sm_shift": sm.shift, "bits": bits, "max_code": top, "codes_per_octave": per_octave}
-    check_op("attention", [(t, 0, qmax) for t in (q, k, v)], attrs)
-    assert_products_scheduled(op_module("attention", [(t, 0, qmax) for t in (q, k, v)], attrs))
+    for vnni in (False, True):  # the weighted sum as one product, or as two of the weights' bytes
+        check_op("attention", [(t, 0, qmax) for t in (q, k, v)], attrs, vnni=vnni)
+    vnni = has_vnni(host_target())
+    assert_products_scheduled(op_module("attention", [(t, 0, qmax) for t in (q, k, v)], attrs, vnni=vnni), vnni)
 
 
-def assert_products_scheduled(mod: tvm.IRModule) -> None:
-    """Both attention products took their schedule, not the generic fallback: the column schedule
-    (vector lanes over the output's last axis), or for the logits on a VNNI host vpdpbusd."""
+def assert_products_scheduled(mod: tvm.IRModule, vnni: bool, values_dot: bool = True) -> None:
+    """Both attention products took their schedule, not the generic fallback: on a VNNI host
+    vpdpbusd (the weighted sum only where `values_dot`: a head dimension of whole 16-lane blocks),
+    elsewhere the column schedule (vector lanes over the output's last axis)."""
     kernels = scheduled_kernels(mod)
-    vnni = tvm.target.codegen.llvm_cpu_has_features("avx512vnni", host_target())
     for name in ("attention_logits", "attention_values"):
-        script = kernels[name].script()
-        assert ("vpdpbusd" in script) if vnni and name == "attention_logits" else "T.vectorized" in script, name
+        dot = vnni and (values_dot or name == "attention_logits")
+        assert ("vpdpbusd" if dot else "T.vectorized") in kernels[name].script(), name
 
 
 @pytest.mark.parametrize("shift_mask", [False, True])
@@ -295,8 +298,11 @@ def test_windowed_attention(shift_mask):
         mask[0] = ~np.eye(window, dtype=bool)
         mask[:, np.arange(window), np.arange(window)] = False
         consts["mask"] = mask.astype(np.int64)
-    check_op("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts)
-    assert_products_scheduled(op_module("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts))
+    for vnni in (False, True):
+        check_op("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts, vnni=vnni)
+    vnni = has_vnni(host_target())
+    assert_products_scheduled(op_module("attention", [(t, 0, 15) for t in (q, k, v)], attrs, consts, vnni=vnni),
+                              vnni, values_dot=False)  # head dimension 8
 
 
 def test_token_gathers_and_pooled_sum():

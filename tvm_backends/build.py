@@ -73,7 +73,7 @@ def compile_program(program_path: str | os.PathLike, target: str, out_dir: str |
     from core.records import versions
     from intprog.program import load
     from tvm_backends.lower import lower
-    from tvm_backends.schedules import schedule
+    from tvm_backends.schedules import has_vnni, schedule
 
     preset = get(target)
     check_toolchain(preset)  # before the slow part
@@ -82,7 +82,8 @@ def compile_program(program_path: str | os.PathLike, target: str, out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     signed = preset.device == "cpu" and "+dotprod" in resolve(preset).get("mattr", [])  # sdot: s8 x s8
-    lowered = lower(program, batch=batch, signed_activations=signed)
+    vnni = preset.device == "cpu" and has_vnni(resolve(preset))
+    lowered = lower(program, batch=batch, signed_activations=signed, vnni=vnni)
     lower_s = time.perf_counter() - t0
     facts = compile_module(lowered.mod, preset, out_dir / LIBRARY, cpu_schedule=schedule)
     facts["gemm_operands"] = "s8 x s8" if signed else "u8 x s8"

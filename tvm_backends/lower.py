@@ -205,9 +205,10 @@ class Channels:
 class _Builder:
     """Emits the Relax bindings of one program; each op function below mirrors one reference kernel."""
 
-    def __init__(self, bb: relax.BlockBuilder, signed_activations: bool = False):
+    def __init__(self, bb: relax.BlockBuilder, signed_activations: bool = False, vnni: bool = False):
         self.bb = bb
         self.signed_activations = signed_activations
+        self.vnni = vnni
 
     def emit(self, expr: relax.Expr) -> relax.Expr:
         return self.bb.emit(expr)
@@ -417,14 +418,14 @@ def _attention(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interv
     tables = [_c(t, "int32") for t in exp2_tables(sm)]
     weights = b.te("softmax_log2", softmax, [logits, *tables, *(
         _c(given_consts[r], container(int(given_consts[r].min()), int(given_consts[r].max()))) for r in roles)])
-    values = b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, weight_dtype, False, 0, zv, "values"),
-                  [weights, v.expr])
+    values = _values(b, weights, v, zv, top, weight_dtype, value_bound)
     if attrs.get("window"):
         values = R.reshape(values, shape)
     return b.value(values, out)
 
 
 LANES = 16  # keys per block of the u8 x s8 logits (x86 VNNI's 16 int32 lanes)
+GROUP = 4  # keys per term group of the u8 x s8 weighted sum (VNNI sums 4 products per lane)
 
 
 def _logits(b: _Builder, q: Value, k: Value, zq: int, zk: int, bound: int) -> relax.Expr:
@@ -467,6 +468,45 @@ def _logits(b: _Builder, q: Value, k: Value, zq: int, zk: int, bound: int) -> re
         return elementwise((*qt.shape[:-1], keys), body, acc, "logits")
 
     return b.te("attention_logits", kernel, [q.expr, k.expr])
+
+
+def _values(b: _Builder, weights: relax.Expr, v: Value, zv: int, top: int, dtype: str, bound: int) -> relax.Expr:
+    """sum_j w_j (v_j - zv) over the keys, the weights w in [0, 2^top]. On VNNI targets, where v
+    spans at most 256 codes and top < 16, as two u8 x s8 products: w's high and low bytes (keys
+    padded with zeros to a multiple of 4) times vb = v - lo_v - 128 (int8), then
+        sum w (v - zv) = 256 sum w_hi vb + sum w_lo vb + (lo_v + 128 - zv) sum w,
+    each product below keys 2^16 in magnitude (int32), the sum in the width its terms' bounds need."""
+    keys, dim = v.shape[-2], v.shape[-1]
+    if not b.vnni or v.hi - v.lo > 255 or top >= 16:
+        return b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, dtype, False, 0, zv, "values"),
+                    [weights, v.expr])
+    vo, padded = v.lo + 128, -(-keys // GROUP) * GROUP
+    acc = acc_dtype(max(bound, padded * (256 * 128 * 128 + 255 * 128) + keys * (abs(vo - zv) << top)))
+
+    def kernel(ch: Channels, wt: te.Tensor, vt: te.Tensor) -> te.Tensor:
+        def byte(shift: int) -> te.Tensor:
+            def body(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+                inside = (wt[(*i[:-1], tirx.min(i[-1], keys - 1))] >> shift) & 255
+                return tirx.Select(i[-1] < keys, inside, tirx.const(0, wt.dtype)).astype("uint8")
+            return te.compute((*wt.shape[:-1], padded), body, name=f"weight_byte{shift // 8}",
+                              attrs={MATERIALIZE: 1})
+
+        def v_s8(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+            inside = vt[(*i[:-2], tirx.min(i[-2], keys - 1), i[-1])].astype("int32") - vo
+            return tirx.Select(i[-2] < keys, inside, tirx.const(0, "int32")).astype("int8")
+
+        vb = te.compute((*vt.shape[:-2], padded, dim), v_s8, name="v_s8", attrs={MATERIALIZE: 1})
+        high = _contract(byte(8), vb, "int32", False, name="values_high")
+        low = _contract(byte(0), vb, "int32", False, name="values_low")
+        j = te.reduce_axis((0, keys), "j")
+        w_sum = te.compute(wt.shape[:-1], lambda *r: te.sum(wt[(*r, j)].astype(acc), axis=j), name="weight_sum")
+
+        def body(i: tuple) -> tirx.PrimExpr:
+            return high[i].astype(acc) * 256 + low[i].astype(acc) + w_sum[i[:-1]] * (vo - zv)
+
+        return elementwise(high.shape, body, dtype, "values")
+
+    return b.te("attention_values", kernel, [weights, v.expr])
 
 
 def exp2_tables(sm: IntSoftmaxLog2) -> tuple[np.ndarray, np.ndarray]:
@@ -578,14 +618,15 @@ KERNELS: dict[str, Kernel] = {
 
 
 def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[dict],
-                consts: dict[str, np.ndarray], output: str, signed_activations: bool = False) -> tvm.IRModule:
+                consts: dict[str, np.ndarray], output: str, signed_activations: bool = False,
+                vnni: bool = False) -> tvm.IRModule:
     """main(*inputs) -> output for ops in the program format; inputs map name -> (shape, lo, hi),
     each passed in the container of [lo, hi]; the output is int32 where its interval allows, else int64.
     Every value's interval is intprog's proof (`intprog.ops.infer`) from the inputs'."""
     proof = infer({name: (shape, (lo, hi)) for name, (shape, lo, hi) in inputs.items()}, ops, consts)[1]
     bb = relax.BlockBuilder()
     params = [relax.Var(name, relax.TensorType(shape, container(lo, hi))) for name, (shape, lo, hi) in inputs.items()]
-    b = _Builder(bb, signed_activations)
+    b = _Builder(bb, signed_activations, vnni)
     with bb.function("main", params):
         with bb.dataflow():
             values = {name: Value(p, lo, hi) for p, (name, (_, lo, hi)) in zip(params, inputs.items(), strict=True)}
@@ -599,12 +640,14 @@ def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[d
     return bb.get()
 
 
-def lower(program: Program, batch: int = 1, signed_activations: bool = False) -> Lowered:
+def lower(program: Program, batch: int = 1, signed_activations: bool = False, vnni: bool = False) -> Lowered:
     """The program as a Relax module: main(codes [batch, *input shape]) -> output integers.
-    `signed_activations`: s8 x s8 GEMMs (for ARM's sdot) instead of u8 x s8 (x86 VNNI)."""
+    `signed_activations`: s8 x s8 GEMMs (for ARM's sdot) instead of u8 x s8 (x86 VNNI). `vnni`: the
+    target has x86 VNNI (tvm_backends.schedules.has_vnni), so attention's weighted sum is lowered as
+    two u8 x s8 products (`_values`), which would cost twice the work elsewhere."""
     spec = program.input
     shape = (batch, *spec["shape"])
     mod = lower_graph({spec["name"]: (shape, spec["qmin"], spec["qmax"])}, program.ops, program.consts,
-                      program.output["name"], signed_activations)
+                      program.output["name"], signed_activations, vnni)
     ret = mod["main"].ret_ty
     return Lowered(mod, shape, container(spec["qmin"], spec["qmax"]), tuple(int(d) for d in ret.shape), str(ret.dtype))

@@ -68,16 +68,16 @@ def _schedule_kernel(func: tirx.PrimFunc, kinds: list[_Gemm]) -> tirx.PrimFunc:
     names = [sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))]
     for name in names:
         block = sch.get_sblock(name)
-        if name == "logits_core" and _VNNI in kinds:
-            trial = sch.copy()
+        if name in _DOT_PRODUCTS and _VNNI in kinds:
+            trial = s_tir.Schedule(sch.mod)  # not sch.copy(): TVM 0.27 fails to copy a schedule it tensorized
             try:
-                _tensorize_logits(trial, trial.get_sblock(name), _VNNI)
+                _tensorize_product(trial, trial.get_sblock(name), _VNNI, _DOT_PRODUCTS[name])
                 sch = trial
                 continue
-            except (s_tir.ScheduleError, tvm.TVMError, ValueError):  # keep the column schedule
+            except Exception:  # schedule primitives and tensorize raise several TVM error types
                 pass
         if name in _BY_COLUMNS and _iter_types(sch, block)[-1] != 0:
-            trial = sch.copy()
+            trial = s_tir.Schedule(sch.mod)
             try:
                 _schedule_by_columns(trial, trial.get_sblock(name), transposed=_BY_COLUMNS[name])
                 sch = trial
@@ -275,12 +275,17 @@ _AVX2_U8 = _Gemm("avx2u8", 8, 4, _avx2_u8_intrin, rows=3, chains=(4, 2, 1), max_
 _AVX2_I16 = _Gemm("avx2i16", 8, 2, _avx2_i16_intrin, rows=6, chains=(2, 1), a_dtype="int16")
 
 
+def has_vnni(target: tvm.target.Target | dict | str) -> bool:
+    """Whether an llvm target has x86 VNNI (vpdpbusd): `lower(..., vnni=...)` shapes attention for it."""
+    target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    return target.kind.name == "llvm" and bool(tvm.target.codegen.llvm_cpu_has_features("avx512vnni", target))
+
+
 def _gemm_kinds(target: tvm.target.Target) -> list[_Gemm]:
     """The tensorized GEMMs this target has, preferred first."""
-    has = tvm.target.codegen.llvm_cpu_has_features
-    if has("avx512vnni", target):
+    if has_vnni(target):
         return [_VNNI]
-    if has("avx2", target):
+    if tvm.target.codegen.llvm_cpu_has_features("avx2", target):
         return [_AVX2_U8_16, _AVX2_U8, _AVX2_I16]
     return []
 
@@ -513,7 +518,9 @@ def _schedule_reduction(sch: s_tir.Schedule, block, spatial: list, reduce_: list
 # is read transposed ("logits" = (q - zq)(k - zk)^T sums over the head dim, k as [.., tokens, dim],
 # or its u8 x s8 core "logits_core"; "values" = weights (v - zv) sums over the tokens, v as
 # [.., tokens, dim])
-_BY_COLUMNS = {"logits": True, "logits_core": True, "values": False}
+_BY_COLUMNS = {"logits": True, "logits_core": True, "values": False, "values_high": False, "values_low": False}
+# the u8 x s8 products tensorized on VNNI (tvm_backends.lower._logits, _values): name -> transposed
+_DOT_PRODUCTS = {"logits_core": True, "values_high": False, "values_low": False}
 
 
 def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
@@ -550,20 +557,23 @@ def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
     sch.vectorize(sch.get_loops(acc)[-1])
 
 
-def _tensorize_logits(sch: s_tir.Schedule, block, kind: _Gemm) -> None:
-    """Attention's u8 x s8 logits core (tvm_backends.lower._logits) as `kind`'s dot product: the
-    int8 keys (a stage of the kernel, padded to whole lanes) written packed [.., keys/lanes,
-    dim/group, lanes, group], a register tile of one query row x up to 4 blocks of `lanes` keys,
-    key blocks outermost so that their packed keys stay in L1 while the queries stream past, and the
-    (batch, head, key block) loop in parallel for big ones."""
+def _tensorize_product(sch: s_tir.Schedule, block, kind: _Gemm, transposed: bool) -> None:
+    """One of attention's u8 x s8 products (tvm_backends.lower._logits, _values) as `kind`'s dot
+    product: its int8 operand (a stage of the kernel: the keys, or v, padded to whole lanes or
+    groups) written packed [.., columns/lanes, terms/group, lanes, group] (read transposed: [..,
+    columns, terms], else [.., terms, columns]), a register tile of one row x up to 4 blocks of
+    `lanes` columns, column blocks outermost so that their packed operand stays in L1 while the rows
+    stream past, and the (batch, head, column block) loop in parallel for big ones."""
     loops = sch.get_loops(block)
     *batch, i, j, d = loops
-    keys, dim = _extent(sch, j), _extent(sch, d)
-    if not keys or keys % kind.lanes or not dim or dim % kind.group:
-        raise ValueError(f"logits of {keys} keys x {dim} dims do not tile by {kind.lanes} x {kind.group}")
+    cols, terms = _extent(sch, j), _extent(sch, d)
+    if not cols or cols % kind.lanes or not terms or terms % kind.group:
+        raise ValueError(f"a product of {cols} columns x {terms} terms does not tile by {kind.lanes} x {kind.group}")
     size = _rows(sch, loops)
-    sch.transform_layout(block, ("read", 1), lambda *ax: (*ax[:-2], *kind.layout(ax[-2], ax[-1])))
-    chains = next(c for c in kind.chains if (keys // kind.lanes) % c == 0)
+    if len(sch.get(block).reads[1].source.ty.shape) == len(batch) + 2:  # not packed yet by a sibling product
+        sch.transform_layout(block, ("read", 1), lambda *ax: (
+            *ax[:-2], *(kind.layout(ax[-2], ax[-1]) if transposed else kind.layout(ax[-1], ax[-2]))))
+    chains = next(c for c in kind.chains if (cols // kind.lanes) % c == 0)
     jo, jc, ji = sch.split(j, [None, chains, kind.lanes])
     do, di = sch.split(d, [None, kind.group])
     sch.reorder(jo, i, do, jc, ji, di)
