@@ -343,11 +343,12 @@ def test_containers_are_the_narrowest():
             container(0, 1 << 31)] == ["uint8", "int8", "int16", "int32", "int64"]
 
 
+@pytest.mark.parametrize("vnni", [False, True])  # lowered for a VNNI target too, on any host
 @pytest.mark.parametrize("model", ["vit_fmnist", "swin_fmnist"])
 @pytest.mark.parametrize("bits", [8, 4, 3])
-def test_zoo_matches_the_reference(zoo_program, bits, model):
+def test_zoo_matches_the_reference(zoo_program, bits, model, vnni):
     program, codes, _ = zoo_program(bits, model)
-    lowered = lower(program, batch=16)
+    lowered = lower(program, batch=16, vnni=vnni)
     assert (lowered.input_dtype, lowered.output_dtype, lowered.output_shape) == ("uint8", "int32", (16, 10))
     vm = build(lowered.mod)
     got = np.concatenate([vm["main"](tvm.runtime.tensor(codes[i:i + 16].astype("uint8"))).numpy()
