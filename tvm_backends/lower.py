@@ -429,14 +429,15 @@ GROUP = 4  # keys per term group of the u8 x s8 weighted sum (VNNI sums 4 produc
 
 
 def _logits(b: _Builder, q: Value, k: Value, zq: int, zk: int, bound: int) -> relax.Expr:
-    """(q - zq) (k - zk)^T over the head dimension. Where q and k each span at most 256 codes (and
-    activations are not signed, ARM's form), as linear does: a u8 x s8 product of qa = q - lo_q and
-    kb = k - lo_k - 128 (int8, its keys padded with zeros to a multiple of LANES, "k_s8"), which
-    x86 VNNI runs as vpdpbusd (tvm_backends.schedules), plus a row sum and a column sum:
+    """(q - zq) (k - zk)^T over the head dimension. On VNNI targets, where q and k each span at most
+    256 codes, as linear does: a u8 x s8 product of qa = q - lo_q and kb = k - lo_k - 128 (int8, its
+    keys padded with zeros to a multiple of LANES, "k_s8"), which runs as vpdpbusd
+    (tvm_backends.schedules), plus a row sum and a column sum:
         sum (q - zq)(k - zk) = sum qa kb + (lo_k + 128 - zk) sum qa + (lo_q - zq) sum (k - zk).
     Every term is bounded by the head dimension times 2^16 at most, so the sums are exact in int32
-    where the logits are."""
-    if b.signed_activations or q.hi - q.lo > 255 or k.hi - k.lo > 255:
+    where the logits are. Elsewhere one contraction (which CUDA's Matmul rule and the CPU column
+    schedule take as it is)."""
+    if not b.vnni or q.hi - q.lo > 255 or k.hi - k.lo > 255:
         acc = acc_dtype(bound)
         return b.te("attention_logits", lambda ch, a, bt: _contract(a, bt, acc, True, zq, zk, "logits"),
                     [q.expr, k.expr])
@@ -643,8 +644,9 @@ def lower_graph(inputs: dict[str, tuple[tuple[int, ...], int, int]], ops: list[d
 def lower(program: Program, batch: int = 1, signed_activations: bool = False, vnni: bool = False) -> Lowered:
     """The program as a Relax module: main(codes [batch, *input shape]) -> output integers.
     `signed_activations`: s8 x s8 GEMMs (for ARM's sdot) instead of u8 x s8 (x86 VNNI). `vnni`: the
-    target has x86 VNNI (tvm_backends.schedules.has_vnni), so attention's weighted sum is lowered as
-    two u8 x s8 products (`_values`), which would cost twice the work elsewhere."""
+    target has x86 VNNI (tvm_backends.schedules.has_vnni), so attention's two products are lowered
+    as u8 x s8 ones (`_logits`, `_values`; the weighted sum as two, which would cost twice the work
+    elsewhere)."""
     spec = program.input
     shape = (batch, *spec["shape"])
     mod = lower_graph({spec["name"]: (shape, spec["qmin"], spec["qmax"])}, program.ops, program.consts,
