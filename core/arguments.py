@@ -130,18 +130,6 @@ def data(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--batch-size", type=positive_int, default=256)
 
 
-def softmax_codes(sp: argparse.ArgumentParser) -> None:
-    """--softmax-codes P and its shorthand --sqrt2-softmax (P = 2): QuantConfig.softmax_codes."""
-    from intprog.nonlinear import PER_OCTAVE
-
-    sp.add_argument("--softmax-codes", type=int, choices=PER_OCTAVE, default=1, metavar="P",
-                    help="codes per octave of the log post-softmax quantizer: 1 log2 (default), 2 log-sqrt2, "
-                         "4, 8, 16 finer steps near 1 over 2^bits / P octaves; exported exactly (attention's "
-                         "codes_per_octave)")
-    sp.add_argument("--sqrt2-softmax", dest="softmax_codes", action="store_const", const=2,
-                    help="log-sqrt2 post-softmax codes, the same as --softmax-codes 2")
-
-
 def bits(text: str) -> tuple[int, int]:
     """'W4A4' -> (4, 4); mixed settings such as 'W4A8' too."""
     m = re.fullmatch(r"[wW](\d+)[aA](\d+)", text.strip())

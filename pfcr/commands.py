@@ -333,7 +333,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="post-softmax bits (default: the A bits)")
     sp.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (not exportable: the float path only)")
-    arguments.softmax_codes(sp)
+    softmax_codes_option(sp)
     sp.add_argument("--act-range", choices=("auto", "mse", "minmax"), default="auto",
                     help="activation ranges: clipping search by MSE, the whole min..max, or auto (minmax at "
                          ">= 6 bits, mse below; default)")
@@ -399,6 +399,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     arguments.data(sp)
     arguments.common(sp)
     sp.set_defaults(func=cmd_run)
+
+
+def softmax_codes_option(sp: argparse.ArgumentParser) -> None:
+    """--softmax-codes P and its shorthand --sqrt2-softmax (P = 2): QuantConfig.softmax_codes."""
+    from intprog.nonlinear import PER_OCTAVE
+
+    sp.add_argument("--softmax-codes", type=int, choices=PER_OCTAVE, default=1, metavar="P",
+                    help="codes per octave of the log post-softmax quantizer: 1 log2 (default), 2 log-sqrt2, "
+                         "4, 8, 16 finer steps near 1 over 2^bits / P octaves; exported exactly (attention's "
+                         "codes_per_octave)")
+    sp.add_argument("--sqrt2-softmax", dest="softmax_codes", action="store_const", const=2,
+                    help="log-sqrt2 post-softmax codes, the same as --softmax-codes 2")
 
 
 def main_stages(job: MainJob) -> list[Stage]:
