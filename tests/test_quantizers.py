@@ -169,3 +169,24 @@ def test_softmax_codes_are_refused_by_name(kwargs, message):
 
     with pytest.raises(SuiteError, match=message):
         QuantConfig(**kwargs)
+
+
+@pytest.mark.parametrize("old, codes", [(True, 2), (False, 1)])
+def test_quantized_files_from_before_softmax_codes_still_load(tmp_path, old, codes):
+    """A file written when the config had `sqrt2_softmax` (a bool) reads back as `softmax_codes`."""
+    import json
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QMODEL_FORMAT, read_qmodel_meta
+
+    quant = asdict(QuantConfig(8, 8))
+    del quant["softmax_codes"]
+    quant["sqrt2_softmax"] = old
+    path = tmp_path / "q.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"format": QMODEL_FORMAT, "quant": json.dumps(quant),
+                                                          "meta": json.dumps({})})
+    cfg, _ = read_qmodel_meta(path)
+    assert cfg.softmax_codes == codes and cfg.w_bits == 8
