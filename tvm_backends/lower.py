@@ -106,9 +106,10 @@ def _i64(value: int) -> tirx.PrimExpr:
 MATERIALIZE = "intprog.materialize"  # block annotation: a step of an iterative kernel, never inline it
 
 
-def stage(like: te.Tensor, fn: Callable[[tuple], tirx.PrimExpr], name: str) -> te.Tensor:
-    """An int64 tensor of like's shape, element i = fn(i): one step of an iterative kernel."""
-    return te.compute(like.shape, lambda *i: fn(i).astype("int64"), name=name, attrs={MATERIALIZE: 1})
+def stage(like: te.Tensor, fn: Callable[[tuple], tirx.PrimExpr], name: str, dtype: str = "int64") -> te.Tensor:
+    """A tensor of like's shape, element i = fn(i) (int64 unless the values are known to fit a
+    narrower `dtype`): one step of an iterative kernel."""
+    return te.compute(like.shape, lambda *i: fn(i).astype(dtype), name=name, attrs={MATERIALIZE: 1})
 
 
 def round_shift(x: tirx.PrimExpr, shift: tirx.PrimExpr, rounding: str) -> tirx.PrimExpr:
@@ -550,10 +551,12 @@ def _softmax_log2(x: te.Tensor, e_table: te.Tensor, log_table: te.Tensor, sm: In
         t = round_shift(-d * _i64(sm.multiplier), _i64(sm.shift - EXP_FRAC_BITS), Rounding.HALF_UP)
         return tirx.min(t, _i64(int(e_table.shape[0]) - 1))
 
-    index = stage(x, neg_t, "neg_t")
-    e = stage(x, lambda i: tirx.Select(masked(i), _i64(0), e_table[index[i]].astype("int64")), "exp2")
+    # -t is capped at the tables' last entry and 2^t is below 2^31: both int32, so that the lookups
+    # are 32-bit gathers and the stages half the memory traffic
+    index = stage(x, neg_t, "neg_t", "int32")
+    e = stage(x, lambda i: tirx.Select(masked(i), tirx.const(0, "int32"), e_table[index[i]]), "exp2", "int32")
     j2 = te.reduce_axis((0, width), "j2")
-    total = te.compute(rows, lambda *r: te.sum(e[(*r, j2)], axis=j2), name="row_total")
+    total = te.compute(rows, lambda *r: te.sum(e[(*r, j2)].astype("int64"), axis=j2), name="row_total")
     log_total = ilog2_fixed(total)
 
     def weight(i: tuple) -> tirx.PrimExpr:
