@@ -429,6 +429,18 @@ LANES = 16  # keys per block of the u8 x s8 logits (x86 VNNI's 16 int32 lanes)
 GROUP = 4  # keys per term group of the u8 x s8 weighted sum (VNNI sums 4 products per lane)
 
 
+def _padded_s8(t: te.Tensor, rows: int, off: int, name: str) -> te.Tensor:
+    """t - off as int8, t [.., n, d] with its n rows padded with zeros to `rows`: the int8 operand
+    of a u8 x s8 product (keys of the logits, v of the weighted sum), a stage of its own."""
+    n = t.shape[-2]
+
+    def body(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        inside = t[(*i[:-2], tirx.min(i[-2], n - 1), i[-1])].astype("int32") - off
+        return tirx.Select(i[-2] < n, inside, tirx.const(0, "int32")).astype("int8")
+
+    return te.compute((*t.shape[:-2], rows, t.shape[-1]), body, name=name, attrs={MATERIALIZE: 1})
+
+
 def _logits(b: _Builder, q: Value, k: Value, zq: int, zk: int, bound: int) -> relax.Expr:
     """(q - zq) (k - zk)^T over the head dimension. On VNNI targets, where q and k each span at most
     256 codes, as linear does: a u8 x s8 product of qa = q - lo_q and kb = k - lo_k - 128 (int8, its
@@ -448,15 +460,9 @@ def _logits(b: _Builder, q: Value, k: Value, zq: int, zk: int, bound: int) -> re
 
     def kernel(ch: Channels, qt: te.Tensor, kt: te.Tensor) -> te.Tensor:
         keys = kt.shape[-2]
-        padded = -(-int(keys) // LANES) * LANES
         qa = qt if qo == 0 and q.dtype == "uint8" else elementwise(qt.shape, lambda i: qt[i].astype("int32") - qo,
                                                                    "uint8", "q_u8")
-
-        def k_s8(*i: tirx.PrimExpr) -> tirx.PrimExpr:
-            inside = kt[(*i[:-2], tirx.min(i[-2], keys - 1), i[-1])].astype("int32") - ko
-            return tirx.Select(i[-2] < keys, inside, tirx.const(0, "int32")).astype("int8")
-
-        kb = te.compute((*kt.shape[:-2], padded, dim), k_s8, name="k_s8", attrs={MATERIALIZE: 1})
+        kb = _padded_s8(kt, -(-int(keys) // LANES) * LANES, ko, "k_s8")
         core = _contract(qa, kb, "int32", True, name="logits_core")
         d1, d2 = te.reduce_axis((0, dim), "d1"), te.reduce_axis((0, dim), "d2")
         q_sum = te.compute(qt.shape[:-1], lambda *r: te.sum(qa[(*r, d1)].astype("int32"), axis=d1), name="q_sum")
@@ -478,7 +484,7 @@ def _values(b: _Builder, weights: relax.Expr, v: Value, zv: int, top: int, dtype
     padded with zeros to a multiple of 4) times vb = v - lo_v - 128 (int8), then
         sum w (v - zv) = 256 sum w_hi vb + sum w_lo vb + (lo_v + 128 - zv) sum w,
     each product below keys 2^16 in magnitude (int32), the sum in the width its terms' bounds need."""
-    keys, dim = v.shape[-2], v.shape[-1]
+    keys = v.shape[-2]
     if not b.vnni or v.hi - v.lo > 255 or top >= 16:
         return b.te("attention_values", lambda ch, wt, vt: _contract(wt, vt, dtype, False, 0, zv, "values"),
                     [weights, v.expr])
@@ -493,11 +499,7 @@ def _values(b: _Builder, weights: relax.Expr, v: Value, zv: int, top: int, dtype
             return te.compute((*wt.shape[:-1], padded), body, name=f"weight_byte{shift // 8}",
                               attrs={MATERIALIZE: 1})
 
-        def v_s8(*i: tirx.PrimExpr) -> tirx.PrimExpr:
-            inside = vt[(*i[:-2], tirx.min(i[-2], keys - 1), i[-1])].astype("int32") - vo
-            return tirx.Select(i[-2] < keys, inside, tirx.const(0, "int32")).astype("int8")
-
-        vb = te.compute((*vt.shape[:-2], padded, dim), v_s8, name="v_s8", attrs={MATERIALIZE: 1})
+        vb = _padded_s8(vt, padded, vo, "v_s8")
         high = _contract(byte(8), vb, "int32", False, name="values_high")
         low = _contract(byte(0), vb, "int32", False, name="values_low")
         j = te.reduce_axis((0, keys), "j")

@@ -69,23 +69,32 @@ def _schedule_kernel(func: tirx.PrimFunc, kinds: list[_Gemm]) -> tirx.PrimFunc:
     for name in names:
         block = sch.get_sblock(name)
         if name in _DOT_PRODUCTS and _VNNI in kinds:
-            trial = s_tir.Schedule(sch.mod)  # not sch.copy(): TVM 0.27 fails to copy a schedule it tensorized
-            try:
-                _tensorize_product(trial, trial.get_sblock(name), _VNNI, _DOT_PRODUCTS[name])
+            # schedule primitives and tensorize raise several TVM error types
+            trial = _attempt(sch, name, lambda s, b, t=_BY_COLUMNS[name]: _tensorize_product(s, b, _VNNI, t),
+                             Exception)
+            if trial is not None:
                 sch = trial
                 continue
-            except Exception:  # schedule primitives and tensorize raise several TVM error types
-                pass
         if name in _BY_COLUMNS and _iter_types(sch, block)[-1] != 0:
-            trial = s_tir.Schedule(sch.mod)
-            try:
-                _schedule_by_columns(trial, trial.get_sblock(name), transposed=_BY_COLUMNS[name])
+            trial = _attempt(sch, name, lambda s, b, t=_BY_COLUMNS[name]: _schedule_by_columns(s, b, t),
+                             s_tir.ScheduleError)
+            if trial is not None:
                 sch = trial
                 continue
-            except s_tir.ScheduleError:  # keep the generic schedule
-                pass
         _schedule_block(sch, block)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _attempt(sch: s_tir.Schedule, name: str, apply: Callable, errors: type[Exception]) -> s_tir.Schedule | None:
+    """`apply(schedule, block)` on a fresh schedule of sch's module and its block `name` (not
+    sch.copy(): TVM 0.27 fails to copy a schedule it tensorized); None where it raised `errors`,
+    sch left as it was."""
+    trial = s_tir.Schedule(sch.mod)
+    try:
+        apply(trial, trial.get_sblock(name))
+    except errors:
+        return None
+    return trial
 
 
 @dataclass(frozen=True)
@@ -519,8 +528,8 @@ def _schedule_reduction(sch: s_tir.Schedule, block, spatial: list, reduce_: list
 # or its u8 x s8 core "logits_core"; "values" = weights (v - zv) sums over the tokens, v as
 # [.., tokens, dim])
 _BY_COLUMNS = {"logits": True, "logits_core": True, "values": False, "values_high": False, "values_low": False}
-# the u8 x s8 products tensorized on VNNI (tvm_backends.lower._logits, _values): name -> transposed
-_DOT_PRODUCTS = {"logits_core": True, "values_high": False, "values_low": False}
+# the u8 x s8 products tensorized on VNNI (tvm_backends.lower._logits, _values)
+_DOT_PRODUCTS = {"logits_core", "values_high", "values_low"}
 
 
 def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
@@ -531,9 +540,7 @@ def _schedule_by_columns(sch: s_tir.Schedule, block, transposed: bool) -> None:
     the ViT's 17 or 197 tokens), and k^T is a padded copy. With the reduction innermost instead,
     every output was a horizontal sum of only 16 or 32 products: 3x slower on the Swin's windows."""
     loops = sch.get_loops(block)
-    size = 1
-    for loop in loops:
-        size *= max(_extent(sch, loop), 1)
+    size = _rows(sch, loops)
     *_, i, j, _ = loops
     pad = [1] * (len(loops) - 3) + [_TILE_ROWS if _extent(sch, i) % _TILE_ROWS else 1,
                                     _VECTOR if _extent(sch, j) % _VECTOR else 1, 1]

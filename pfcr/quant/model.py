@@ -4,8 +4,7 @@ Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - weights of every Linear and of the patch-embedding conv, per output channel, at `w_bits`
   (`first_last_w_bits` overrides the patch embedding and the head);
 - inputs of every matmul at `a_bits`: qkv, q and k, v, proj (or `proj_a_bits`), fc1, fc2 (or
-  `fc2_a_bits`), head,
-  Swin's reduction;
+  `fc2_a_bits`), head, Swin's reduction;
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
 - post-softmax probabilities with a log2 quantizer at `attn_bits` (`softmax_codes` codes per octave);
 - post-LayerNorm inputs (qkv, fc1, reduction) channel-wise, later folded into the LayerNorm
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from core.errors import ModelError, SuiteError
-from intprog.nonlinear import PER_OCTAVE
+from intprog.nonlinear import check_per_octave
 from pfcr.families import family_of
 from pfcr.quant.modules import QuantAttention, QuantConv2d, QuantLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits
@@ -76,9 +75,10 @@ class QuantConfig:
         for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
-        if self.softmax_codes not in PER_OCTAVE:
-            raise SuiteError(f"softmax_codes={self.softmax_codes}: codes per octave of the log post-softmax "
-                             f"quantizer must be one of {', '.join(map(str, PER_OCTAVE))}")
+        try:
+            check_per_octave(self.softmax_codes)
+        except ValueError as err:
+            raise SuiteError(f"softmax_codes={self.softmax_codes}: the log post-softmax quantizer's {err}") from None
         octaves = (1 << self.softmax_bits) // self.softmax_codes
         if self.softmax_codes > 1 and octaves < MIN_SOFTMAX_OCTAVES:
             raise SuiteError(f"softmax_codes={self.softmax_codes} at {self.softmax_bits}-bit post-softmax codes spans "
