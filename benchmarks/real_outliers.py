@@ -49,7 +49,9 @@ KNOB_HELP = """knob parts (comma-separated, applied in this order):
                    its own static ranges in every token-shaped activation quantizer (per channel for the
                    post-LN inputs, per tensor otherwise), calibrated on the class-token rows after RepQ's
                    folding; the other tokens keep the rule's ranges (export: per-token-position
-                   requantization constants / the LayerNorm's output constants for token 0)
+                   requantization constants / the LayerNorm's output constants for token 0);
+                   cls-sep=pt: the same, per tensor everywhere; cls-sep=linear: the Linear inputs only
+                   (per tensor); cls-sep=attn: q, k, v only
   a8=KINDS         these activation kinds at 8 bits (mixed precision), KINDS joined by '+'
   fp=KINDS         these activation kinds left float (upper bound of a wider integer)
 activation kinds: qkv_in, q, k, v, softmax, proj_in, fc1_in, fc2_in, image; blocks: kind@i (e.g. fc2_in@11)"""
@@ -296,7 +298,7 @@ def calibrate_act(q, x, rule: str, weight=None) -> None:
     q.set_params(s, z)
 
 
-def calibrate(qm, images, rule: str = "mse", batch_size: int = 64, drop_cls: bool = False) -> None:
+def calibrate(qm, images, rule: str = "mse", batch_size: int = 64, drop_cls: str | None = None) -> None:
     """pfcr.quant.calibrate.calibrate with the clipping `rule` for the activation quantizers;
     `drop_cls`: the token-shaped quantizers see every token but the class token (cls-sep)."""
     import torch
@@ -316,7 +318,7 @@ def calibrate(qm, images, rule: str = "mse", batch_size: int = 64, drop_cls: boo
         if hasattr(mod, "a_quant") and hasattr(mod, "weight") and mod.weight.dim() == 2:
             owners[name + ".a_quant"] = mod.weight
     def rest(n, t):
-        ax = TOKEN_AXIS.get(kind_of(n)) if drop_cls else None
+        ax = TOKEN_AXIS.get(kind_of(n)) if drop_cls and kind_of(n) in cls_kinds(drop_cls) else None
         return t if ax is None else t.narrow(ax, 1, t.shape[ax] - 1)
 
     seen = float_inputs(qm, images, acts, rest, batch_size)
@@ -368,6 +370,13 @@ def set_softmax(qm, kind: str, bits: int) -> None:
 
 # ------------------------------------------------------------------------------ class-token ranges
 
+def cls_kinds(which: str) -> set[str]:
+    """The quantizer kinds cls-sep=WHICH splits: all (post-LN ones per channel), pt (all, per
+    tensor), linear (the Linear inputs), attn (q, k, v)."""
+    attn = {"q", "k", "v"}
+    return {"linear": set(TOKEN_AXIS) - attn, "attn": attn}.get(which, set(TOKEN_AXIS))
+
+
 # where the token axis is in each quantizer's input
 TOKEN_AXIS = {"qkv_in": 1, "proj_in": 1, "fc1_in": 1, "fc2_in": 1, "q": 2, "k": 3, "v": 2}
 
@@ -392,9 +401,10 @@ def _token_split_cls():
     return TokenSplit
 
 
-def split_class_token(qm, calib, batch_size: int = 16) -> int:
+def split_class_token(qm, calib, batch_size: int = 16, which: str = "all") -> int:
     """After calibration and RepQ folding: give token 0 its own quantizer in every token-shaped
-    activation quantizer, calibrated (pfcr's MSE search) on the float model's token-0 rows."""
+    activation quantizer (`which` = linear: the Linear inputs only, per tensor), calibrated (pfcr's
+    MSE search) on the float model's token-0 rows."""
     import torch
 
     from pfcr.quant.calibrate import float_inputs
@@ -406,9 +416,11 @@ def split_class_token(qm, calib, batch_size: int = 16) -> int:
         kind = kind_of(name)
         if kind not in TOKEN_AXIS or not isinstance(q, UniformQuantizer):
             continue
+        if kind not in cls_kinds(which):
+            continue
         owner, _, attr = name.rpartition(".")
         parent = qm.model.get_submodule(owner)
-        postln = kind in ("qkv_in", "fc1_in")
+        postln = kind in ("qkv_in", "fc1_in") and which == "all"  # pt: per tensor
         cls = UniformQuantizer(q.bits, q.symmetric, axis=-1 if postln else None)
         cls.qmin, cls.qmax = q.qmin, q.qmax
         ts = TokenSplit(q, cls, TOKEN_AXIS[kind])
@@ -451,7 +463,9 @@ def build(model, calib, w_bits: int, a_bits: int, parts: dict):
             raise SystemExit(f"a8={spec}: no quantizer matches")
         for n in hit:
             _set_bits(quantizers[n], 8)
-    calibrate(qm, calib, parts.get("clip", "mse"), drop_cls="cls-sep" in parts)
+    cls = parts.get("cls-sep")
+    cls = "all" if cls is True else cls
+    calibrate(qm, calib, parts.get("clip", "mse"), drop_cls=cls)
     set_softmax(qm, parts.get("softmax", "log2"), qm.cfg.softmax_bits)
     for spec in filter(None, str(parts.get("fp", "")).split("+")):
         hit = [n for n, _ in qm.quantizers() if _match(n, spec)]
@@ -461,7 +475,7 @@ def build(model, calib, w_bits: int, a_bits: int, parts: dict):
             dict(qm.quantizers())[n].enabled = False
     reparameterize(qm)
     if "cls-sep" in parts:
-        info["class_token_quantizers"] = split_class_token(qm, calib)
+        info["class_token_quantizers"] = split_class_token(qm, calib, which=cls)
     harden(qm)
     qm.eval()
     return qm, info
