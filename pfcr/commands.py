@@ -97,7 +97,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
                           softmax_codes=args.softmax_codes, integer_eval=not args.float_eval,
                           act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits,
-                          proj_a_bits=args.proj_a_bits),
+                          proj_a_bits=args.proj_a_bits, gelu_range=args.gelu_range),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -402,7 +402,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def softmax_codes_option(sp: argparse.ArgumentParser) -> None:
-    """--softmax-codes P and its shorthand --sqrt2-softmax (P = 2): QuantConfig.softmax_codes."""
+    """--softmax-codes P and its shorthand --sqrt2-softmax (P = 2): QuantConfig.softmax_codes; and
+    --gelu-range (QuantConfig.gelu_range): the program's nonlinear-kernel codes."""
     from intprog.nonlinear import PER_OCTAVE
 
     sp.add_argument("--softmax-codes", type=int, choices=PER_OCTAVE, default=1, metavar="P",
@@ -411,6 +412,9 @@ def softmax_codes_option(sp: argparse.ArgumentParser) -> None:
                          "codes_per_octave)")
     sp.add_argument("--sqrt2-softmax", dest="softmax_codes", action="store_const", const=2,
                     help="log-sqrt2 post-softmax codes, the same as --softmax-codes 2")
+    sp.add_argument("--gelu-range", choices=("block", "global"), default="block",
+                    help="the program's int8 codes between fc1 and the activation table: each block's own "
+                         "min..max (default), or one symmetric scale for all blocks (QuantConfig.gelu_range)")
 
 
 def main_stages(job: MainJob) -> list[Stage]:

@@ -3,7 +3,8 @@
 Beyond the fake-quant model's own quantizers, the integer program needs three scales that the
 fake-quant protocol leaves float; they are measured on calibration images:
 - the residual stream: int32 at scale max|x| / 2^20 (headroom 2^11 for the sum of branches);
-- the GELU input: int8, symmetric, scale max|fc1 output| / 127;
+- the GELU input: int8 over each block's fc1 output min..max (asymmetric; QuantConfig.gelu_range
+  "block"), or one symmetric scale max|fc1 output| / 127 for all blocks ("global", the rule before);
 - the logits: int32 at scale max|logits| / 2^20 (one scale for all classes, so argmax is exact).
 LayerNorm, softmax and GELU become the integer kernels of intprog/nonlinear.py; attention
 probabilities below 2^-15 are dropped in attention x V (documented approximations).
@@ -79,10 +80,12 @@ def _layernorm(p: Program, name: str, x: str, norm: nn.LayerNorm, s_stream: floa
 
 
 @torch.no_grad()
-def _ranges(qm: QuantModel, images: torch.Tensor) -> dict[str, float]:
+def _ranges(qm: QuantModel, images: torch.Tensor) -> dict:
     """max |x| of the fake-quant model on `images`: the residual stream, the fc1 outputs, the
-    logits, and (Swin) the patch embedding's conv output and the final norm's output."""
+    logits, and (Swin) the patch embedding's conv output and the final norm's output; and each
+    block's fc1 output min and max ("fc1_ranges", by id of the block)."""
     seen = {"fc1": 0.0, "embed": 0.0, "norm": 0.0}
+    fc1: dict[int, tuple[float, float]] = {}
     m = qm.model
 
     def watch(key: str):
@@ -90,7 +93,14 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict[str, float]:
             seen[key] = max(seen[key], out.abs().max().item())
         return hook
 
-    hooks = [blk.mlp.fc1.register_forward_hook(watch("fc1")) for blk in qm.family.blocks(m)]
+    def watch_block(blk: nn.Module):
+        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+            lo, hi = fc1.get(id(blk), (0.0, 0.0))
+            fc1[id(blk)] = (min(lo, out.min().item()), max(hi, out.max().item()))
+        return hook
+
+    hooks = [blk.mlp.fc1.register_forward_hook(h) for blk in qm.family.blocks(m)
+             for h in (watch("fc1"), watch_block(blk))]
     hooks += [m.patch_embed.proj.register_forward_hook(watch("embed")), m.norm.register_forward_hook(watch("norm"))]
     stream, x = 0.0, images
     try:
@@ -101,28 +111,42 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict[str, float]:
     finally:
         for h in hooks:
             h.remove()
-    return {**seen, "stream": stream, "logits": logits.abs().max().item()}
+    return {**seen, "stream": stream, "logits": logits.abs().max().item(), "fc1_ranges": fc1}
 
 
 class _Scales:
     """The scales the integer program adds to the fake-quant model's (see the module docstring),
     from the ranges of the model's float path on calibration images (`measure`) or as fixed in the
-    model (`QuantModel.fix_scales`, in the order of FIELDS)."""
+    model (`QuantModel.fix_scales`, in the order of FIELDS); `fc1`: each block's fc1 output (min,
+    max) by id of the block, or None for the global GELU scale."""
 
     FIELDS = ("res", "gelu", "logit", "embed", "norm")
 
-    def __init__(self, res: float, gelu: float, logit: float, embed: float, norm: float):
+    def __init__(self, res: float, gelu: float, logit: float, embed: float, norm: float,
+                 fc1: dict[int, tuple[float, float]] | None = None):
         self.res, self.gelu, self.logit, self.embed, self.norm = res, gelu, logit, embed, norm
+        self.fc1 = fc1
 
     @classmethod
     def measure(cls, qm: QuantModel, images: torch.Tensor) -> _Scales:
         r = _ranges(qm, images)
         return cls(res=r["stream"] / (1 << STREAM_BITS), gelu=r["fc1"] / 127, logit=r["logits"] / (1 << STREAM_BITS),
                    embed=r["embed"] / (1 << STREAM_BITS),
-                   norm=r["norm"] / (1 << 15))  # Swin's final norm, summed by the pool: int16-like codes
+                   norm=r["norm"] / (1 << 15),  # Swin's final norm, summed by the pool: int16-like codes
+                   fc1=r["fc1_ranges"] if qm.cfg.gelu_range == "block" else None)
 
     def values(self) -> list[float]:
         return [getattr(self, f) for f in self.FIELDS]
+
+    def gelu_input(self, blk: nn.Module) -> tuple[float, int, int, int]:
+        """(scale, zero point, qmin, qmax) of the int8 codes between `blk`'s fc1 and its activation
+        table: its own min..max (zero included), or the global symmetric scale."""
+        if self.fc1 is None:
+            return self.gelu, 0, -127, 127
+        lo, hi = self.fc1[id(blk)]
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max(hi - lo, 1e-12) / 255
+        return scale, int(np.clip(round(-128 - lo / scale), -128, 127)), -128, 127
 
 
 def _program(qm: QuantModel, shape: list[int], s: _Scales) -> tuple[Program, tuple]:
@@ -180,9 +204,10 @@ def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
     uses) is a table of the model's own module from fc1's int8 output to fc2's input codes."""
     fc1_in = _act(blk.mlp.fc1.a_quant)
     h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, fc1_in)
-    h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, s.gelu, 0, -127, 127)
+    gelu_in = s.gelu_input(blk)
+    h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, *gelu_in)
     fc2_in = _act(blk.mlp.fc2.a_quant)
-    table = build_lut(_elementwise(blk.mlp.act), s.gelu, 0, 8, *fc2_in)
+    table = build_lut(_elementwise(blk.mlp.act), *gelu_in[:2], 8, *fc2_in)
     h_ = p.add("lut", [h_], t + "gelu", {"in_bits": 8}, {"table": table})
     h_ = _linear(p, t + "fc2", h_, blk.mlp.fc2, fc2_in, s.res, 0, *_I32)
     return p.add("add", [x, h_], t + "stream")

@@ -146,6 +146,7 @@ def read_qmodel_meta(path: str | os.PathLike) -> tuple[QuantConfig, dict]:
     quant = json.loads(header["quant"])
     if "sqrt2_softmax" in quant:  # files written before softmax_codes generalized it
         quant["softmax_codes"] = 2 if quant.pop("sqrt2_softmax") else 1
+    quant.setdefault("gelu_range", "global")  # files written before the per-block GELU ranges
     return QuantConfig(**quant), json.loads(header["meta"])
 
 
@@ -156,7 +157,8 @@ def load_qmodel(path: str | os.PathLike, fp_model: nn.Module) -> QuantModel:
     cfg, _ = read_qmodel_meta(path)
     qm = QuantModel(fp_model, cfg)
     state = read_state_dict(path)
-    for key in ("program_scales", "program_input"):  # files saved before the scales were fixed
+    # files saved before the scales were fixed, or before the per-block GELU ranges (global scale)
+    for key in ("program_scales", "program_input", "program_fc1_ranges"):
         state.setdefault(key, torch.zeros_like(getattr(qm, key)))
     # Shapes that calibration and reparameterization changed (per-channel scales, a bias that a
     # reparameterized Linear gained) are adopted before the strict load.

@@ -271,6 +271,27 @@ def features_and_logits(model, x, batch: int = 16):
     return torch.cat(feats).double(), torch.cat(logits).double()
 
 
+def program_features_and_logits(qm, x, batch: int = 16):
+    """(pre-head features, logits) as the quantized model's integer program computes them (its
+    eval forward, pfcr.quant.replay): the residual stream after the last block is the program's, to
+    the bit, and goes through the model's float final norm (a deployed backbone hands its stream
+    on; the program's own norm quantizes it for the head); the logits are the program's."""
+    import torch
+
+    qm.eval()
+    if qm.replay() is None:
+        raise SuiteError("the quantized model is not evaluated by its integer program (a quantizer is off or the "
+                         "export refuses it: see the warning above), so its program's fidelity cannot be measured")
+    m, n = qm.model, len(qm.units)
+    feats, logits = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            h = qm.run_units(x[i:i + batch], 0, n - 1)
+            feats.append(m.forward_head(m.norm(h), pre_logits=True))
+            logits.append(qm.run_units(h, n - 1, n))
+    return torch.cat(feats).double(), torch.cat(logits).double()
+
+
 def knn(features, k: int):
     """Indices of each row's k nearest other rows by cosine similarity."""
     import torch
@@ -322,7 +343,7 @@ def quant_config(args: argparse.Namespace):
     w_bits, a_bits = args.bits
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
                        softmax_codes=args.softmax_codes, act_range=args.act_range, smooth=args.smooth,
-                       fc2_a_bits=args.fc2_a_bits, proj_a_bits=args.proj_a_bits)
+                       fc2_a_bits=args.fc2_a_bits, proj_a_bits=args.proj_a_bits, gelu_range=args.gelu_range)
 
 
 def quant_tags(args: argparse.Namespace) -> list[str]:
@@ -334,6 +355,7 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     tags += [f"smooth-{args.smooth:g}"] if args.smooth is not None else []
     tags += [f"fc2-a{args.fc2_a_bits}"] if args.fc2_a_bits is not None else []
     tags += [f"proj-a{args.proj_a_bits}"] if args.proj_a_bits is not None else []
+    tags += [f"gelu-{args.gelu_range}"] if args.gelu_range != "block" else []
     return tags
 
 
@@ -366,9 +388,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     qm, log = quantize(model, calib, cfg, progress if args.method != "rtn" else None)
     q_seconds, q_cpu = time.time() - t0, time.process_time() - c0  # CPU time: fair on a shared host
     t0 = time.time()
-    q, q_logits = features_and_logits(qm.model, x)
+    q, q_logits = program_features_and_logits(qm, x)
     eval_seconds = time.time() - t0
     metrics = fidelity_metrics(fp, q, fp_logits, q_logits)
+    float_path = fidelity_metrics(fp, features_and_logits(qm.model, x)[0])
+    metrics.update({"features": "program", **{f"float_path_{k}": float_path[k] for k in
+                                              ("feature_cosine_mean", "feature_cosine_p5")}})
     metrics.update({"seconds": round(q_seconds, 1), "cpu_seconds": round(q_cpu, 1),
                     "eval_seconds": round(eval_seconds, 1), "fp32_eval_seconds": round(fp_seconds, 1),
                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -389,8 +414,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
                                 "source_wheel_sha256": mcard["source"]["wheel_sha256"],
                                 "log": log if len(json.dumps(log)) < 200_000 else log[-50:]})
     out = write_record(record, args.results)
-    print(f"{out}\n  W{w_bits}A{a_bits} {args.method}: feature cosine mean {metrics['feature_cosine_mean']:.4f} "
-          f"p5 {metrics['feature_cosine_p5']:.4f}, rel error {metrics['feature_rel_error_mean']:.4f}, "
+    print(f"{out}\n  W{w_bits}A{a_bits} {args.method}, the program's features: cosine mean "
+          f"{metrics['feature_cosine_mean']:.4f} p5 {metrics['feature_cosine_p5']:.4f} (float path "
+          f"{metrics['float_path_feature_cosine_mean']:.4f}), rel error {metrics['feature_rel_error_mean']:.4f}, "
           f"5-NN overlap {metrics['knn5_overlap']:.3f}; quantize {q_seconds:.0f} s, eval {eval_seconds:.0f} s")
     if args.export:
         export_check(qm, calib, args, model_field, config)

@@ -82,16 +82,23 @@ def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def fidelity_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Label-free `quantize` records (a pretrained backbone without labelled data): fidelity of the
-    quantized model's pre-head features to FP32's on held-out images, seeds pooled."""
+    quantized model's pre-head features to FP32's on held-out images, seeds pooled, apart by what
+    computed the features: the integer program (`features` "program") or, in records made before it
+    was measured, the fake-quant float path ("float path")."""
+    groups = [((model, bits, method, tag, path), gp) for (model, bits, method, tag), g in
+              _quantize_groups(frame, labelled=False)
+              for path, gp in g.groupby(g.get("m.features", pd.Series(index=g.index, dtype=object))
+                                        .fillna("float path"), sort=False)]
     rows = [{
-        "model": model, "bits": bits, "method": method, "variant": tag, "seeds": len(g), "images": int(g["n"].iloc[0]),
+        "model": model, "bits": bits, "method": method, "variant": tag, "features": path, "seeds": len(g),
+        "images": int(g["n"].iloc[0]),
         "feature cosine": _pm(g["m.feature_cosine_mean"], 1, 4),
         "cosine p5": _pm(g["m.feature_cosine_p5"], 1, 4),
         "rel. error": _pm(g["m.feature_rel_error_mean"], 1, 3),
         "5-NN overlap": _pm(g["m.knn5_overlap"], 1, 3),
         "time s": f"{g['m.seconds'].mean():.0f}",
         "peak MB": f"{g['m.peak_rss_mb'].mean():.0f}",
-    } for (model, bits, method, tag), g in _quantize_groups(frame, labelled=False)
+    } for (model, bits, method, tag, path), g in groups
         if "m.feature_cosine_mean" in g and g["m.feature_cosine_mean"].notna().any()]
     return _sorted(rows)
 

@@ -101,7 +101,12 @@ def test_option_is_exported_exactly(name):
     a, b = integer - integer.mean(1, keepdims=True), fake - fake.mean(1, keepdims=True)
     cosine = float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
     assert cosine >= 0.999, f"{name}: program vs fake-quant logit cosine {cosine:.4f}"
-    assert (integer.argmax(1) == fake.argmax(1)).mean() >= 0.85
+    # top-1 must agree wherever the float path's decision is not a near tie (a random model's
+    # logits put a third of the images within 2.5 % of a logit std of the runner-up)
+    top2 = np.sort(fake, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.05 * fake.std()
+    assert clear.sum() >= len(fake) // 2, f"{name}: too few clear decisions to compare top-1"
+    assert (integer.argmax(1) == fake.argmax(1))[clear].all(), f"{name}: a clear top-1 decision changed"
     assert np.array_equal(np.round(replayed), codes), f"{name}: the quantized model's eval forward is not its program"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import ModelError
+from core.errors import ModelError, SuiteError
 from core.models import load_model
 from intprog import reference
 from pfcr.export import export_program
@@ -122,3 +122,51 @@ def test_fine_softmax_codes_export_exactly_and_run_on_the_accelerator(per_octave
     assert np.array_equal(_codes(qm, program, x[32:]), want)
     assert fidelity.measure(qm, program, x[32:], 0.99).logit_cosine > 0.99  # vs the float path
     np.testing.assert_array_equal(Accelerator(program, load_config("edge-npu")).run(codes), want)
+
+
+def _fc1_code_spans(program, x) -> list[tuple[int, int]]:
+    """(min, max) of each block's fc1 output codes (the activation table's input) on images x."""
+    seen: dict[str, np.ndarray] = {}
+    reference.execute(program, program.input_codes(x), on_value=lambda n, v: seen.__setitem__(n, v))
+    return [(int(seen[op["out"]].min()), int(seen[op["out"]].max())) for op in program.ops
+            if op["op"] == "linear" and op["out"].endswith("fc1")]
+
+
+def test_gelu_input_codes_span_each_blocks_own_range(quantized):
+    """gelu_range "block": the int8 codes between fc1 and its table cover each block's calibrated
+    min..max, where one symmetric scale for all blocks ("global") leaves most of them unused."""
+    fp, qm, _ = quantized
+    calib = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(0))[:32]  # the fixture's
+    spans = _fc1_code_spans(export_program(qm), calib)
+    assert spans and all(lo <= -128 + 12 and hi >= 127 - 12 for lo, hi in spans), spans  # the float path set them
+    glob, _ = quantize(fp, calib, QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, gelu_range="global"),
+                                                 init_size=32))
+    wide = _fc1_code_spans(export_program(glob), calib)
+    assert max(hi - lo for lo, hi in wide) <= 254 and min(hi - lo for lo, hi in wide) < 200, wide
+
+
+def test_quantized_files_from_before_block_gelu_ranges_export_as_they_did(quantized, tmp_path):
+    """A file without `program_fc1_ranges` and `gelu_range` (written before them) loads with the
+    global GELU scale it was made with, and exports the same program as then."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    fp, _, x = quantized
+    old, _ = quantize(fp, x[:16], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, gelu_range="global"),
+                                                 init_size=16))
+    path = save_qmodel(old, tmp_path / "q.safetensors", {"model": "zoo"})
+    with safe_open(str(path), framework="pt") as f:
+        header, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if k != "program_fc1_ranges"}
+    quant = json.loads(header["quant"])
+    del quant["gelu_range"]
+    save_file(state, str(path), metadata={**header, "quant": json.dumps(quant)})
+    loaded = load_qmodel(path, fp)
+    assert loaded.cfg.gelu_range == "global"
+    assert export_program(loaded).same_computation(export_program(old))
+
+
+def test_gelu_range_is_refused_by_name():
+    with pytest.raises(SuiteError, match=r"gelu_range='layer'.*'block' or 'global'"):
+        QuantConfig(gelu_range="layer")
