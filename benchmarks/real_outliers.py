@@ -51,7 +51,8 @@ KNOB_HELP = """knob parts (comma-separated, applied in this order):
                    folding; the other tokens keep the rule's ranges (export: per-token-position
                    requantization constants / the LayerNorm's output constants for token 0);
                    cls-sep=pt: the same, per tensor everywhere; cls-sep=linear: the Linear inputs only
-                   (per tensor); cls-sep=attn: q, k, v only
+                   (per tensor); cls-sep=attn: q, k, v only; cls-sep=ln: the post-LN inputs only (per
+                   channel); cls-sep=ln8: the post-LN inputs only, per tensor at 8 bits
   a8=KINDS         these activation kinds at 8 bits (mixed precision), KINDS joined by '+'
   fp=KINDS         these activation kinds left float (upper bound of a wider integer)
 activation kinds: qkv_in, q, k, v, softmax, proj_in, fc1_in, fc2_in, image; blocks: kind@i (e.g. fc2_in@11)"""
@@ -372,9 +373,10 @@ def set_softmax(qm, kind: str, bits: int) -> None:
 
 def cls_kinds(which: str) -> set[str]:
     """The quantizer kinds cls-sep=WHICH splits: all (post-LN ones per channel), pt (all, per
-    tensor), linear (the Linear inputs), attn (q, k, v)."""
-    attn = {"q", "k", "v"}
-    return {"linear": set(TOKEN_AXIS) - attn, "attn": attn}.get(which, set(TOKEN_AXIS))
+    tensor), linear (the Linear inputs), attn (q, k, v), ln (the post-LN inputs, per channel), ln8
+    (the post-LN inputs, per tensor at 8 bits)."""
+    attn, ln = {"q", "k", "v"}, {"qkv_in", "fc1_in"}
+    return {"linear": set(TOKEN_AXIS) - attn, "attn": attn, "ln": ln, "ln8": ln}.get(which, set(TOKEN_AXIS))
 
 
 # where the token axis is in each quantizer's input
@@ -420,9 +422,10 @@ def split_class_token(qm, calib, batch_size: int = 16, which: str = "all") -> in
             continue
         owner, _, attr = name.rpartition(".")
         parent = qm.model.get_submodule(owner)
-        postln = kind in ("qkv_in", "fc1_in") and which == "all"  # pt: per tensor
-        cls = UniformQuantizer(q.bits, q.symmetric, axis=-1 if postln else None)
-        cls.qmin, cls.qmax = q.qmin, q.qmax
+        postln = kind in ("qkv_in", "fc1_in") and which in ("all", "ln")  # pt: per tensor
+        cls = UniformQuantizer(8 if which == "ln8" else q.bits, q.symmetric, axis=-1 if postln else None)
+        if which != "ln8":
+            cls.qmin, cls.qmax = q.qmin, q.qmax
         ts = TokenSplit(q, cls, TOKEN_AXIS[kind])
         setattr(parent, attr, ts)
         split[name] = ts
