@@ -354,3 +354,28 @@ def test_zoo_matches_the_reference(zoo_program, bits, model, vnni):
     got = np.concatenate([vm["main"](tvm.runtime.tensor(codes[i:i + 16].astype("uint8"))).numpy()
                           for i in range(0, len(codes), 16)])
     np.testing.assert_array_equal(got, reference.run(program, codes))
+
+
+def test_cuda_kernel_launches_count_every_bound_nest_of_every_call():
+    """`cuda.schedules.kernel_launches`: the plain GPU binding makes each stage of a LayerNorm a kernel
+    of its own, so two LayerNorm calls (each function called once) launch as many kernels as the
+    unscheduled functions have stages (the second LayerNorm has its output cast fused in)."""
+    from tvm_backends import targets
+    from tvm_backends.build import resolve
+    from tvm_backends.cuda import schedules as cuda_schedules
+
+    c, qmax = 16, 15
+    ln = nonlinear.IntLayerNorm.build(np.ones(c), np.zeros(c), 1e-6, 1.0, 4.0 / qmax, 7, 0, qmax)
+    attrs = {"sqrt_c": ln.sqrt_c, "eps_term": ln.eps_term, "out_zp": ln.out_zp, "qmin": 0, "qmax": qmax}
+    consts = {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_fixed": ln.beta_fixed}
+    ops = [{"op": "layernorm", "in": [x], "out": y, "attrs": attrs, "consts": {r: f"{y}.{r}" for r in consts}}
+           for x, y in (("x", "h"), ("h", "y"))]
+    mod = lower_graph({"x": ((1, 3, c), -1000, 1000)}, ops,
+                      {f"{y}.{r}": np.asarray(v, np.int64) for y in ("h", "y") for r, v in consts.items()}, "y")
+    target = tvm.target.Target(resolve(targets.PRESETS["cuda-sm90"]))
+    with target:
+        scheduled = cuda_schedules.schedule(mod, target)
+    funcs = [tvm.s_tir.Schedule(f) for f in tvm.relax.get_pipeline("zero")(mod).functions.values()
+             if isinstance(f, tvm.tirx.PrimFunc)]
+    stages = [len(s.get_child_blocks(s.get_sblock("root"))) for s in funcs]
+    assert len(stages) == 2 and min(stages) > 5 and cuda_schedules.kernel_launches(scheduled) == sum(stages)

@@ -38,9 +38,11 @@ def compile_module(mod, preset: Preset, library: Path, cpu_schedule=None) -> dic
         nvrtc.enable_cuda_codegen()
     target = tvm.target.Target(resolve(preset))
     t0 = time.perf_counter()
+    launches = None
     with target:
         if preset.device == "cuda":
             mod = cuda_schedules.schedule(mod, target)
+            launches = cuda_schedules.kernel_launches(mod)
         elif cpu_schedule is not None:
             mod = cpu_schedule(mod, target)
         executable = tvm.compile(mod, target=target)
@@ -54,7 +56,8 @@ def compile_module(mod, preset: Preset, library: Path, cpu_schedule=None) -> dic
     facts = {"compile_seconds": round(compile_s, 3), "library_bytes": library.stat().st_size,
              "library_sha256": sha256_file(library), "elf": elf_facts(library)}
     if preset.device == "cuda":
-        facts.update(check_cuda_library(library, preset.cuda_arch), nvrtc=nvrtc.library().version)
+        facts.update(check_cuda_library(library, preset.cuda_arch), nvrtc=nvrtc.library().version,
+                     kernel_launches=launches)
     return facts
 
 
