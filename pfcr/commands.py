@@ -333,7 +333,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="post-softmax bits (default: the A bits)")
     sp.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (not exportable: the float path only)")
-    softmax_codes_option(sp)
+    program_code_options(sp)
     sp.add_argument("--act-range", choices=("auto", "mse", "minmax"), default="auto",
                     help="activation ranges: clipping search by MSE, the whole min..max, or auto (minmax at "
                          ">= 6 bits, mse below; default)")
@@ -401,9 +401,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_run)
 
 
-def softmax_codes_option(sp: argparse.ArgumentParser) -> None:
-    """--softmax-codes P and its shorthand --sqrt2-softmax (P = 2): QuantConfig.softmax_codes; and
-    --gelu-range (QuantConfig.gelu_range): the program's nonlinear-kernel codes."""
+def program_code_options(sp: argparse.ArgumentParser) -> None:
+    """The codes of the program's nonlinear kernels: --softmax-codes P and its shorthand
+    --sqrt2-softmax (P = 2), QuantConfig.softmax_codes; --gelu-range, QuantConfig.gelu_range."""
     from intprog.nonlinear import PER_OCTAVE
 
     sp.add_argument("--softmax-codes", type=int, choices=PER_OCTAVE, default=1, metavar="P",

@@ -84,7 +84,7 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict:
     """max |x| of the fake-quant model on `images`: the residual stream, the fc1 outputs, the
     logits, and (Swin) the patch embedding's conv output and the final norm's output; and each
     block's fc1 output min and max ("fc1_ranges", by id of the block)."""
-    seen = {"fc1": 0.0, "embed": 0.0, "norm": 0.0}
+    seen = {"embed": 0.0, "norm": 0.0}
     fc1: dict[int, tuple[float, float]] = {}
     m = qm.model
 
@@ -99,8 +99,7 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict:
             fc1[id(blk)] = (min(lo, out.min().item()), max(hi, out.max().item()))
         return hook
 
-    hooks = [blk.mlp.fc1.register_forward_hook(h) for blk in qm.family.blocks(m)
-             for h in (watch("fc1"), watch_block(blk))]
+    hooks = [blk.mlp.fc1.register_forward_hook(watch_block(blk)) for blk in qm.family.blocks(m)]
     hooks += [m.patch_embed.proj.register_forward_hook(watch("embed")), m.norm.register_forward_hook(watch("norm"))]
     stream, x = 0.0, images
     try:
@@ -111,7 +110,8 @@ def _ranges(qm: QuantModel, images: torch.Tensor) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return {**seen, "stream": stream, "logits": logits.abs().max().item(), "fc1_ranges": fc1}
+    return {**seen, "stream": stream, "logits": logits.abs().max().item(), "fc1_ranges": fc1,
+            "fc1": max((max(-lo, hi) for lo, hi in fc1.values()), default=0.0)}
 
 
 class _Scales:

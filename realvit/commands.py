@@ -73,11 +73,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def quant_options(sp: argparse.ArgumentParser) -> None:
     """The QuantConfig knobs `measure` and `ablate` share."""
-    from pfcr.commands import softmax_codes_option
+    from pfcr.commands import program_code_options
 
     sp.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
-    softmax_codes_option(sp)
+    program_code_options(sp)
     sp.add_argument("--act-range", default="auto", choices=("auto", "mse", "minmax"),
                     help="activation ranges: MSE clipping search, whole min..max, or auto (min..max at 6 bits and "
                     "more, else MSE; QuantConfig.act_range)")

@@ -20,10 +20,15 @@ from pfcr.quant.model import QuantConfig
 from pfcr.quantize import QuantizeConfig, load_qmodel, quantize, save_qmodel
 
 
+def _images() -> torch.Tensor:
+    """The fixture's images: the first 32 calibrate, the rest are held out."""
+    return torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
 @pytest.fixture(scope="module", params=["vit_fmnist", "swin_fmnist"])
 def quantized(request):
     fp = load_model(request.param).module.eval()
-    x = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x = _images()
     qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4), init_size=32))
     return fp, qm, x[32:]
 
@@ -136,7 +141,7 @@ def test_gelu_input_codes_span_each_blocks_own_range(quantized):
     """gelu_range "block": the int8 codes between fc1 and its table cover each block's calibrated
     min..max, where one symmetric scale for all blocks ("global") leaves most of them unused."""
     fp, qm, _ = quantized
-    calib = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(0))[:32]  # the fixture's
+    calib = _images()[:32]
     spans = _fc1_code_spans(export_program(qm), calib)
     assert spans and all(lo <= -128 + 12 and hi >= 127 - 12 for lo, hi in spans), spans  # the float path set them
     glob, _ = quantize(fp, calib, QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, gelu_range="global"),

@@ -166,7 +166,7 @@ class QuantModel(nn.Module):
         # zeros until `fix_scales`.
         self.register_buffer("program_scales", torch.zeros(5, dtype=torch.float64))
         self.register_buffer("program_input", torch.zeros(3, dtype=torch.int64))
-        # Each block's fc1 output min and max (cfg.gelu_range "block"); zeros: the global scale.
+        # Each block's fc1 output min and max (cfg.gelu_range "block"; zeros with "global").
         self.register_buffer("program_fc1_ranges", torch.zeros(len(self.family.blocks(m)), 2, dtype=torch.float64))
         self._float_only = False
         self._replay: tuple[tuple, object] | None = None  # (state key, Replay or the export's refusal)
@@ -215,7 +215,7 @@ class QuantModel(nn.Module):
         if not bool(self.program_scales.all()):
             return None
         fc1 = None
-        if bool(self.program_fc1_ranges.any()):
+        if self.cfg.gelu_range == "block":
             fc1 = {id(blk): tuple(r) for blk, r in zip(self.family.blocks(self.model),
                                                        self.program_fc1_ranges.tolist(), strict=True)}
         return _Scales(*self.program_scales.tolist(), fc1=fc1), self.program_input.tolist()
