@@ -29,16 +29,17 @@ def _requant(n: int, real: float, zp: int, qmin: int, qmax: int) -> dict:
     return {"multiplier": m, "shift": s, "out_zp": full * zp, "qmin": full * qmin, "qmax": full * qmax}
 
 
-def tiny_program(path: Path, seed: int = 0) -> Path:
-    """A two-layer integer program on 28x28 images (patchify 7, 4-bit linear, int32 head, class token):
-    the real op kinds at a size that compiles in seconds."""
+def tiny_program(path: Path, seed: int = 0, patch: int = 7) -> Path:
+    """A two-layer integer program on 28x28 images (patchify, 4-bit linear, int32 head, class token):
+    the real op kinds at a size that compiles in seconds. Patches of 7 give a 16 x 49 GEMM, which no
+    dot-product kernel tiles (K % 4); patches of 4 a 49 x 16 one, which they do (rows padded)."""
     rng = np.random.default_rng(seed)
     p = Program(input={"name": "image", "shape": [1, 28, 28], "scale": 1 / 255, "zero_point": 0, "qmin": 0,
                        "qmax": 255},
                 output={"name": "logits", "scale": 1e-3}, meta={"model": "tiny", "w_bits": 4, "a_bits": 4})
-    x = p.add("patchify", ["image"], "patches", {"patch": 7})
+    x = p.add("patchify", ["image"], "patches", {"patch": patch})
     x = p.add("linear", [x], "fc1", {"in_zp": 3, "rounding": "half_up", "weight_bits": 4},
-              {"weight": rng.integers(0, 16, (8, 49)).astype(np.uint8), "weight_zp": rng.integers(6, 10, 8),
+              {"weight": rng.integers(0, 16, (8, patch * patch)).astype(np.uint8), "weight_zp": rng.integers(6, 10, 8),
                "bias": rng.integers(-500, 500, 8), **_requant(8, 1 / 3000, 2, 0, 15)})
     x = p.add("linear", [x], "fc2", {"in_zp": 2, "rounding": "half_up", "weight_bits": 4},
               {"weight": rng.integers(-8, 8, (5, 8)).astype(np.int8), "weight_zp": np.zeros(5, np.int64),
@@ -221,12 +222,13 @@ def test_cross_compiled_library_is_aarch64(tmp_path):
         pytest.skip("gcc-aarch64-linux-gnu is not installed")
     from tvm_backends.build import compile_program
 
-    art = compile_program(tiny_program(tmp_path / "p.safetensors"), "pi5", tmp_path / "pi5")
+    art = compile_program(tiny_program(tmp_path / "p.safetensors", patch=4), "pi5", tmp_path / "pi5")
     head = art.library.read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     assert art.meta["target"]["tvm"]["mattr"] == ["+neon", "+dotprod"]
-    # the Pi 5's GEMMs are s8 x s8, which LLVM turns into the dot-product instruction
+    # the Pi 5's GEMMs are s8 x s8 on sdot: the 49 x 16 one register-tiled, the 5-column head generic
     assert art.meta["build"]["gemm_operands"] == "s8 x s8"
+    assert art.meta["build"]["gemm_kernels"] == {"sdot": 1, "generic": 1}
     code = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(art.library)], capture_output=True, text=True,
                           check=True).stdout
     assert "\tsdot\t" in code

@@ -179,14 +179,17 @@ def test_bench_loop_defaults_depend_on_where_it_runs():
 
 @pytest.mark.slow
 def test_emulated_pi_is_bit_exact_over_rpc(tmp_path, fake_fmnist, monkeypatch):
-    """aarch64 library on the emulated Pi 5 (qemu, RPC) == the reference; timings recorded as emulated only.
+    """aarch64 library on the emulated Pi 5 (qemu, RPC) == the reference, the register-tiled sdot GEMM
+    included; timings recorded as emulated only.
     The first run builds the emulated Pi's cache (about 2 minutes, needs Debian's mirror and PyPI)."""
     import shutil
 
     if any(shutil.which(t) is None for t in (*emulate.HOST_PACKAGES, "aarch64-linux-gnu-gcc")):
         pytest.skip("needs qemu-user-static, debootstrap and gcc-aarch64-linux-gnu")
-    prog = tiny_program(tmp_path / "tiny.intprog.safetensors")
-    art = compile_program(prog, "pi5", tmp_path / "pi5").path
+    prog = tiny_program(tmp_path / "tiny.intprog.safetensors", patch=4)  # one GEMM on sdot tiles, one generic
+    art = compile_program(prog, "pi5", tmp_path / "pi5")
+    assert art.meta["build"]["gemm_kernels"] == {"sdot": 1, "generic": 1}
+    art = art.path
     results = tmp_path / "results"
     assert main(["bench", str(art), "--emulated-pi", "--program", str(prog), "--check-images", "8",
                  "--results", str(results)]) == 0  # the emulated loop's defaults: 0 warm-up, 1 run

@@ -38,13 +38,16 @@ def compile_module(mod, preset: Preset, library: Path, cpu_schedule=None) -> dic
         nvrtc.enable_cuda_codegen()
     target = tvm.target.Target(resolve(preset))
     t0 = time.perf_counter()
-    launches = None
+    launches = gemms = None
     with target:
         if preset.device == "cuda":
             mod = cuda_schedules.schedule(mod, target)
             launches = cuda_schedules.kernel_launches(mod)
         elif cpu_schedule is not None:
+            from tvm_backends.schedules import gemm_kernels
+
             mod = cpu_schedule(mod, target)
+            gemms = gemm_kernels(mod)
         executable = tvm.compile(mod, target=target)
     compile_s = time.perf_counter() - t0
     partial = library.with_name(f".{library.stem}.partial.so")  # TVM picks the linker by the suffix
@@ -58,6 +61,8 @@ def compile_module(mod, preset: Preset, library: Path, cpu_schedule=None) -> dic
     if preset.device == "cuda":
         facts.update(check_cuda_library(library, preset.cuda_arch), nvrtc=nvrtc.library().version,
                      kernel_launches=launches)
+    if gemms is not None:
+        facts["gemm_kernels"] = gemms  # GEMM calls by kernel: the dot-product kind, or generic
     return facts
 
 

@@ -111,7 +111,7 @@ class _Gemm:
     rows: int
     chains: tuple[int, ...]
     max_weight: int | None = None
-    a_dtype: str = "uint8"  # the activation operand as the instruction reads it (widened once in a copy)
+    a_dtype: str = "uint8"  # the activation operand as the instruction reads it (int16: widened once in a copy)
     step: int | None = None  # terms per weight vector, if fewer than `group`
 
     def packed_shape(self, n: int, k: int) -> tuple[int, ...]:
@@ -140,7 +140,7 @@ class _Gemm:
 
 def _register_intrin(name: str, lanes: int, group: int, impl_body: Callable, a_dtype: str = "uint8",
                      step: int | None = None) -> str:
-    """Register c[lanes] (int32, local) += sum_k a[k] (uint8) * b[k // step, lanes, k % step] (int8),
+    """Register c[lanes] (int32, local) += sum_k a[k] (uint8, or `a_dtype`) * b[k // step, lanes, k % step] (int8),
     k < group, with `impl_body` (a, b, c -> the new int32xlanes value of c) as its implementation:
     the weights of `group` terms come as group / step slices of [lanes, step], each one vector.
     Written out here: importing tvm.s_tir.tensor_intrin registers every target's intrinsics, which
@@ -157,7 +157,7 @@ def _register_intrin(name: str, lanes: int, group: int, impl_body: Callable, a_d
         pass
 
     def widened(x):  # an activation copy widened by unsafe_set_dtype is read back through a cast to uint8
-        return x if a_dtype == "uint8" else T.cast(x, "uint8")
+        return x if a_dtype in ("uint8", "int8") else T.cast(x, "uint8")
 
     if sub > 1:
         @T.prim_func(s_tir=True)
@@ -277,7 +277,24 @@ def _avx2_i16_intrin() -> str:
     return _register_intrin("intprog_avx2_8x2_i16i8i32_local", 8, 2, body, "int16")
 
 
+def _sdot_intrin() -> str:
+    """s8 x s8 -> i32 dot product of 4 lanes by 4 on ARM's dot-product extension (sdot, Armv8.2
+    +dotprod: the Pi 5's Cortex-A76): 4 activation bytes broadcast to every lane, as vpdpbusd's."""
+    from tvm.script import tirx as T
+
+    def body(a, b, c):
+        a_i8x16 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int8x4"), dtype="int32"), 4),
+                                dtype="int8x16")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                                       c.vload([0], dtype="int32x4"), a_i8x16, b.vload([0, 0], dtype="int8x16"),
+                                       dtype="int32x4")
+
+    return _register_intrin("intprog_sdot_4x4_i8i8i32_local", 4, 4, body, "int8")
+
+
 _VNNI = _Gemm("vnni", 16, 4, _vnni_intrin, rows=1, chains=(4, 3, 2, 1))
+# 4 rows x 4 blocks of 4 columns: 16 accumulators, 4 weight and 4 activation vectors of the 32 NEON registers
+_SDOT = _Gemm("sdot", 4, 4, _sdot_intrin, rows=4, chains=(4, 2, 1), a_dtype="int8")
 # register tiles: 12 accumulators of the 16 AVX2 registers (kernel timings in docs/tvm.md)
 _AVX2_U8_16 = _Gemm("avx2u8x16", 8, 16, _avx2_u8_16_intrin, rows=3, chains=(4, 2, 1), max_weight=16, step=4)
 _AVX2_U8 = _Gemm("avx2u8", 8, 4, _avx2_u8_intrin, rows=3, chains=(4, 2, 1), max_weight=64)
@@ -296,25 +313,27 @@ def _gemm_kinds(target: tvm.target.Target) -> list[_Gemm]:
         return [_VNNI]
     if tvm.target.codegen.llvm_cpu_has_features("avx2", target):
         return [_AVX2_U8_16, _AVX2_U8, _AVX2_I16]
+    if tvm.target.codegen.llvm_cpu_has_features("dotprod", target):
+        return [_SDOT]
     return []
 
 
-def _dense_weight(func: tirx.PrimFunc) -> tuple[int, int, int] | None:
-    """(index of the weight parameter, N, K) of a kernel whose "dense" block is a u8 x s8 GEMM with
-    a constant-shaped [N, K] weight parameter; None for other kernels."""
+def _dense_weight(func: tirx.PrimFunc) -> tuple[int, int, int, str] | None:
+    """(index of the weight parameter, N, K, activation dtype) of a kernel whose "dense" block is a
+    u8 x s8 or s8 x s8 GEMM with a constant-shaped [N, K] weight parameter; None for other kernels."""
     sch = s_tir.Schedule(func)
     try:
         block = sch.get(sch.get_sblock("dense"))
     except Exception:  # no such block
         return None
     reads = [r.source for r in block.reads]
-    if len(reads) != 2 or str(reads[0].ty.dtype) != "uint8" or str(reads[1].ty.dtype) != "int8" \
+    if len(reads) != 2 or str(reads[0].ty.dtype) not in ("uint8", "int8") or str(reads[1].ty.dtype) != "int8" \
             or len(reads[1].ty.shape) != 2:
         return None
     for i, prm in enumerate(func.params):
         if prm.same_as(reads[1]):
             n, k = (int(d) for d in reads[1].ty.shape)
-            return i, n, k
+            return i, n, k, str(reads[0].ty.dtype)
     return None
 
 
@@ -350,10 +369,11 @@ def _tensorize_gemm(mod: tvm.IRModule, kinds: list[_Gemm]) -> tvm.IRModule:
         name = gv.name_hint
         if name not in dense or not calls.get(name) or any(w is None for w in calls[name]):
             continue
-        index, n, k = dense[name]
+        index, n, k, a_dtype = dense[name]
         wmax = max(int(np.abs(w.astype(np.int64)).max(initial=0)) for w in calls[name])
         for kind in kinds:
-            if n % kind.lanes or k % kind.group or (kind.max_weight is not None and wmax > kind.max_weight):
+            if n % kind.lanes or k % kind.group or (kind.max_weight is not None and wmax > kind.max_weight) \
+                    or (a_dtype == "int8") != (kind.a_dtype == "int8"):
                 continue
             new = _tensorized(func, kind, n, k)
             if new is not None and _weight_param(func, new, kind.packed_shape(n, k)) == index:
@@ -383,6 +403,45 @@ def _tensorize_gemm(mod: tvm.IRModule, kinds: list[_Gemm]) -> tvm.IRModule:
     return mod
 
 
+def tir_calls(mod: tvm.IRModule) -> dict[str, int]:
+    """How often `mod`'s main calls each TIR function (call_tir), by name."""
+    import collections
+
+    calls: collections.Counter[str] = collections.Counter()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) == "relax.call_tir":
+            calls[expr.args[0].name_hint] += 1
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return dict(calls)
+
+
+def gemm_kernels(mod: tvm.IRModule) -> dict[str, int]:
+    """A scheduled module's linear-layer GEMM calls by kernel: a tensorized kind's name (`_Gemm`), or
+    "generic" (the reduction innermost, one output at a time), so that a build says which of its
+    GEMMs run on the target's dot-product instruction."""
+    kinds = [g.name for g in (_VNNI, _SDOT, _AVX2_U8_16, _AVX2_U8, _AVX2_I16)]
+    calls, out = tir_calls(mod), {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        kind = next((k for k in kinds if gv.name_hint.endswith(f"_{k}")), None)
+        if kind is None and (_has_block(func, "dense") or _has_block(func, "dense_update")):  # as scheduled
+            kind = "generic"
+        if kind is not None:
+            out[kind] = out.get(kind, 0) + calls.get(gv.name_hint, 0)
+    return out
+
+
+def _has_block(func: tirx.PrimFunc, name: str) -> bool:
+    try:
+        s_tir.Schedule(func).get_sblock(name)
+    except Exception:  # no such block (TVM raises its own error types)
+        return False
+    return True
+
+
 def _bindings(func: relax.Function):
     for blk in func.body.blocks:
         yield from blk.bindings
@@ -399,7 +458,8 @@ def _tensorized(func: tirx.PrimFunc, kind: _Gemm, n: int, k: int) -> tirx.PrimFu
     """`func` with its dense block tensorized as `kind` (see `_tensorize_gemm`), or None."""
     sch = s_tir.Schedule(func)
     for blk in sch.get_child_blocks(sch.get_sblock("root")):
-        _inline(sch, blk)
+        if kind.a_dtype != "int8" or sch.get(blk).name_hint != "to_int8":  # s8 x s8: the int8 copy stays
+            _inline(sch, blk)
     try:
         block = sch.get_sblock("dense")
         *rows, nl, kl = sch.get_loops(block)
@@ -419,7 +479,7 @@ def _tensorized(func: tirx.PrimFunc, kind: _Gemm, n: int, k: int) -> tirx.PrimFu
 
             sch.transform_block_layout(block, tvm.tirx.IndexMap.from_func(flat, ndim=len(rows) + 2))
             *rows, nl, kl = sch.get_loops(block)
-        if kind.a_dtype != "uint8":  # the activations widened once, in a copy (the padded one if any)
+        if kind.a_dtype == "int16":  # the activations widened once, in a copy (the padded one if any)
             source = sch.get(block).reads[0].source
             copy = next((p for p in sch.get_producers(block) if sch.get(p).writes[0].source.same_as(source)), None)
             if copy is None or not sch.get(copy).name_hint.endswith("_pad"):

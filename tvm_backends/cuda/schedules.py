@@ -63,19 +63,10 @@ def kernel_launches(mod) -> int:
     scheduled function is a kernel of its own, times the calls of that function. At batch 1 a
     launch costs microseconds, so this is the latency floor the plain binding leaves: each of its
     LayerNorms and softmaxes is one kernel per stage (14 and 24; DeiT-Tiny: about 950 per image)."""
-    import collections
-
     import tvm
-    from tvm import relax
+
+    from tvm_backends.schedules import tir_calls
 
     nests = {gv.name_hint: func.script().count('thread="blockIdx.x"') for gv, func in mod.functions.items()
              if isinstance(func, tvm.tirx.PrimFunc)}
-    calls: collections.Counter[str] = collections.Counter()
-
-    def visit(expr) -> None:
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) == "relax.call_tir":
-            calls[expr.args[0].name_hint] += 1
-
-    relax.analysis.post_order_visit(mod["main"].body, visit)
-    return sum(nests.get(name, 0) * n for name, n in calls.items())
-
+    return sum(nests.get(name, 0) * n for name, n in tir_calls(mod).items())
