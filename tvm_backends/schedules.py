@@ -207,19 +207,25 @@ def _register_intrin(name: str, lanes: int, group: int, impl_body: Callable, a_d
     return name
 
 
-def _vnni_intrin() -> str:
-    """u8 x s8 -> i32 dot product of 16 lanes by 4 (vpdpbusd): TVM 0.27's VNNI_DOT_16x4_INTRIN with
-    the operands that this LLVM's llvm.x86.avx512.vpdpbusd.512 takes (<64 x i8>, not <16 x i32>)."""
+def _broadcast_dot(intrinsic: str, lanes: int, a_dtype: str) -> Callable:
+    """An intrinsic body: c[lanes] + one instruction's dot products of 4 activation bytes, broadcast
+    to every lane, with each lane's 4 weight bytes."""
     from tvm.script import tirx as T
 
     def body(a, b, c):
-        a_i8x64 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
-                                dtype="int8x64")
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                                       c.vload([0], dtype="int32x16"), a_i8x64, b.vload([0, 0], dtype="int8x64"),
-                                       dtype="int32x16")
+        a_bytes = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
+                                dtype=f"int8x{4 * lanes}")
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(intrinsic), c.vload([0], dtype=f"int32x{lanes}"),
+                                       a_bytes, b.vload([0, 0], dtype=f"int8x{4 * lanes}"), dtype=f"int32x{lanes}")
 
-    return _register_intrin("intprog_vnni_16x4_u8i8i32_local", 16, 4, body)
+    return body
+
+
+def _vnni_intrin() -> str:
+    """u8 x s8 -> i32 dot product of 16 lanes by 4 (vpdpbusd): TVM 0.27's VNNI_DOT_16x4_INTRIN with
+    the operands that this LLVM's llvm.x86.avx512.vpdpbusd.512 takes (<64 x i8>, not <16 x i32>)."""
+    return _register_intrin("intprog_vnni_16x4_u8i8i32_local", 16, 4,
+                            _broadcast_dot("llvm.x86.avx512.vpdpbusd.512", 16, "uint8"))
 
 
 def _avx2_u8_intrin() -> str:
@@ -279,17 +285,9 @@ def _avx2_i16_intrin() -> str:
 
 def _sdot_intrin() -> str:
     """s8 x s8 -> i32 dot product of 4 lanes by 4 on ARM's dot-product extension (sdot, Armv8.2
-    +dotprod: the Pi 5's Cortex-A76): 4 activation bytes broadcast to every lane, as vpdpbusd's."""
-    from tvm.script import tirx as T
-
-    def body(a, b, c):
-        a_i8x16 = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int8x4"), dtype="int32"), 4),
-                                dtype="int8x16")
-        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                                       c.vload([0], dtype="int32x4"), a_i8x16, b.vload([0, 0], dtype="int8x16"),
-                                       dtype="int32x4")
-
-    return _register_intrin("intprog_sdot_4x4_i8i8i32_local", 4, 4, body, "int8")
+    +dotprod: the Pi 5's Cortex-A76), the activation bytes broadcast as for vpdpbusd."""
+    return _register_intrin("intprog_sdot_4x4_i8i8i32_local", 4, 4,
+                            _broadcast_dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, "int8"), "int8")
 
 
 _VNNI = _Gemm("vnni", 16, 4, _vnni_intrin, rows=1, chains=(4, 3, 2, 1))
