@@ -138,7 +138,8 @@ def run_chain(bits: str, chain: Path, results: Path, emulated_pi: bool, log_path
         shown = "pfcr " + shlex.join(argv).replace(rel_results, "benchmarks/results/chain224")
         if name.startswith("export-min-cosine") and log.get(f"{bits}/export", {}).get("rc") == 0:
             print(f"[{bits}] {name}: not needed, the guard passed", flush=True)
-            log.pop(f"{bits}/{name}", None)
+            if log.pop(f"{bits}/{name}", None) is not None:
+                log_path.write_text(json.dumps(log, indent=1) + "\n")
             continue
         if (done / name).exists() and (output is None or (chain / output).exists()
                                          or (name == "export" and bits in FALLBACK_MIN_COSINE)):
@@ -199,9 +200,10 @@ def summary(results: Path) -> str:
         for target in ("host", "pi5", "pi4"):
             c = one("compile", lambda r, t=target: r["config"].get("tag") == t)
             if c:
+                kernels = ", ".join(f"{n} {k}" for k, n in c.get("gemm_kernels", {}).items())
                 rows.append([bits, f"TVM compile `{target}`", "-", "-",
-                             f"{c['library_bytes'] / 1e6:.1f} MB library, {c['gemm_operands']} GEMMs, "
-                             f"{c['seconds']:.0f} s"])
+                             f"{c['library_bytes'] / 1e6:.1f} MB library, {c['gemm_operands']} GEMMs"
+                             f"{f' ({kernels})' if kernels else ''}, {c['seconds']:.0f} s"])
         h = one("bench", lambda r: not r["metrics"].get("emulated"))
         if h:
             rows.append([bits, "TVM host (x86, 1 thread)", str(h["checked_images"]),
