@@ -346,6 +346,14 @@ def quant_config(args: argparse.Namespace):
                        fc2_a_bits=args.fc2_a_bits, proj_a_bits=args.proj_a_bits, gelu_range=args.gelu_range)
 
 
+def recon_config(args: argparse.Namespace):
+    """`measure`'s reconstruction knobs (block, pfcr); ReconConfig's defaults for what is not given."""
+    from pfcr.reconstruct.config import ReconConfig
+
+    return ReconConfig(iters=args.iters, batch_size=args.batch_size,
+                       **({"scale_lr": args.scale_lr} if args.scale_lr else {}))
+
+
 def quant_tags(args: argparse.Namespace) -> list[str]:
     """The variant's name parts for the options that differ from the defaults."""
     tags = ["uniform-softmax"] if args.uniform_softmax else []
@@ -364,7 +372,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     from core.records import make_record, write_record
     from pfcr.quantize import QuantizeConfig, quantize
-    from pfcr.reconstruct.config import ReconConfig
 
     _threads(args.threads)
     model, mcard = load_model()
@@ -377,7 +384,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     fp, fp_logits = fp32_features(model, x, mcard["checkpoint_sha256"], icard["sha256"])
     fp_seconds = time.time() - t0
     w_bits, a_bits = args.bits
-    recon = ReconConfig(iters=args.iters, batch_size=args.batch_size)
+    recon = recon_config(args)
     cfg = QuantizeConfig(method=args.method, quant=quant_config(args), recon=recon, init_size=len(calib),
                          seed=args.seed)
 
@@ -405,6 +412,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
     tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args)
+    tags += [f"scale-lr{args.scale_lr:g}"] if args.scale_lr else []
     tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}

@@ -253,3 +253,16 @@ def test_main_job_runs_the_real_track_only_with_real(tmp_path):
         args = parser().parse_args(argv)
         assert args.results == str(tmp_path)
     assert [parser().parse_args(a).bits for a in added if a[1] == "measure"] == [[8, 8], [4, 4]]
+
+
+def test_measure_takes_the_step_size_learning_rate(capsys):
+    from cli.main import parser
+    from pfcr.reconstruct.config import ReconConfig
+
+    base = ["real", "measure", "--bits", "4", "4", "--method", "block"]
+    assert real_vit.recon_config(parser().parse_args(base)).scale_lr == ReconConfig.scale_lr
+    args = parser().parse_args([*base, "--scale-lr", "1e-3", "--iters", "20"])
+    assert real_vit.recon_config(args) == ReconConfig(iters=20, batch_size=8, scale_lr=1e-3)
+    with pytest.raises(SystemExit):
+        parser().parse_args([*base, "--scale-lr", "0"])
+    assert "--scale-lr" in capsys.readouterr().err
