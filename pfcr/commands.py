@@ -99,7 +99,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                           act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits,
                           proj_a_bits=args.proj_a_bits, gelu_range=args.gelu_range),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
-                          scale_lr=args.scale_lr, drop_prob=args.drop_prob),
+                          scale_lr=args.scale_lr, drop_prob=args.drop_prob, loss=args.recon_loss),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
         init_size=min(128, args.calib_size))
     torch.manual_seed(args.seed)
@@ -366,6 +366,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--scale-lr", type=arguments.positive_float, default=ReconConfig.scale_lr,
                     help="Adam lr of activation steps")
     sp.add_argument("--drop-prob", type=arguments.probability, default=ReconConfig.drop_prob, help="QDrop probability")
+    recon_loss_option(sp)
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sp.add_argument("--out", default=None, help="quantized model file (.safetensors; default <results>/quantized/"
                     "<model>_<method>_w<W>a<A>_seed<S>.safetensors)")
@@ -399,6 +400,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     arguments.data(sp)
     arguments.common(sp)
     sp.set_defaults(func=cmd_run)
+
+
+def recon_loss_option(sp: argparse.ArgumentParser) -> None:
+    """--recon-loss, ReconConfig.loss (`pfcr quantize`, `pfcr real measure`)."""
+    from pfcr.reconstruct.config import LOSSES
+
+    sp.add_argument("--recon-loss", default="mse", choices=LOSSES,
+                    help="reconstruction loss: plain squared error, or each token's relative to its FP32 mean "
+                    "square (what the next LayerNorm sees; ReconConfig.loss)")
 
 
 def program_code_options(sp: argparse.ArgumentParser) -> None:

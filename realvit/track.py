@@ -350,7 +350,7 @@ def recon_config(args: argparse.Namespace):
     """`measure`'s reconstruction knobs (block, pfcr); ReconConfig's defaults for what is not given."""
     from pfcr.reconstruct.config import ReconConfig
 
-    return ReconConfig(iters=args.iters, batch_size=args.batch_size,
+    return ReconConfig(iters=args.iters, batch_size=args.batch_size, loss=args.recon_loss,
                        **({"scale_lr": args.scale_lr} if args.scale_lr else {}))
 
 
@@ -413,6 +413,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
     tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args)
     tags += [f"scale-lr{args.scale_lr:g}"] if args.scale_lr else []
+    tags += [f"loss-{args.recon_loss}"] if args.recon_loss != "mse" else []
     tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}

@@ -13,7 +13,7 @@ from pfcr.quant.calibrate import calibrate, reparameterize
 from pfcr.quant.model import QuantConfig, QuantModel, build_units
 from pfcr.quantize import QuantizeConfig, load_qmodel, quantize, save_qmodel
 from pfcr.reconstruct.granules import schedule
-from pfcr.reconstruct.loop import ReconConfig, Streams, reconstruct
+from pfcr.reconstruct.loop import ReconConfig, Streams, granule_loss, reconstruct
 from tests.test_models import TINY
 
 
@@ -119,6 +119,20 @@ def test_reconstruction_lowers_the_granule_loss():
                       torch.Generator().manual_seed(0))
     assert out["granule"] == "stem"
     assert out["loss_after"] < 0.8 * out["loss_before"]
+
+
+def test_token_loss_weighs_each_token_by_its_own_magnitude():
+    """"token": a token's error counts relative to its FP32 mean square, so a massive token (x100)
+    with the same relative error weighs like the others; plain MSE lets it dominate."""
+    target = torch.ones(2, 3, 4)
+    target[:, 0] *= 100
+    out = target * 1.1
+    assert granule_loss(out, target, "token").item() == pytest.approx(3 * 4 * 0.01, rel=1e-5)
+    assert granule_loss(out, target).item() == pytest.approx((1e4 + 2) * 4 * 0.01, rel=1e-5)
+    logits = torch.ones(2, 5)  # no token axis: plain squared error
+    assert granule_loss(logits * 2, logits, "token").item() == granule_loss(logits * 2, logits).item()
+    with pytest.raises(ValueError, match=r"ReconConfig\.loss"):
+        ReconConfig(loss="l1")
 
 
 @pytest.mark.parametrize("method", ["rtn", "block", "pfcr"])

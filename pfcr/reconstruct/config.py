@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+LOSSES = ("mse", "token")
+
 
 @dataclass(frozen=True)
 class ReconConfig:
@@ -18,6 +20,11 @@ class ReconConfig:
     drop_prob: float = 0.5
     learn_rounding: bool = True
     learn_scales: bool = True
+    loss: str = "mse"  # "token": each token's error relative to its FP32 mean square (loop.granule_loss)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"ReconConfig.loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

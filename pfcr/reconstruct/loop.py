@@ -23,9 +23,17 @@ from pfcr.reconstruct.granules import Granule
 LOSS_REPORT_SIZE = 256  # images on which each granule's loss before/after is reported
 
 
-def granule_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over each sample's features, averaged over the batch (BRECQ/QDrop)."""
-    return (out - target).pow(2).flatten(1).sum(1).mean()
+def granule_loss(out: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Squared error summed over each sample's features, averaged over the batch (BRECQ/QDrop).
+
+    "token": each token's squared error divided by the FP32 token's mean square, which is what the
+    next LayerNorm sees of it: tokens with massive activations (a ViT's class token in its middle
+    blocks) no longer outweigh the rest by their magnitude. Outputs without tokens take "mse".
+    """
+    err = (out - target).pow(2)
+    if kind == "token" and out.dim() == 3:
+        err = err / target.pow(2).mean(-1, keepdim=True).clamp_min(1e-12)
+    return err.flatten(1).sum(1).mean()
 
 
 class Streams:
@@ -100,7 +108,7 @@ def reconstruct(qmodel: QuantModel, streams: Streams, g: Granule, cfg: ReconConf
         """Hard-rounded loss on the first LOSS_REPORT_SIZE calibration images (a fixed subset)."""
         qmodel.eval()
         xs, ts = x_in[:LOSS_REPORT_SIZE], target[:LOSS_REPORT_SIZE]
-        total = sum(granule_loss(run(xb), tb).item() * len(xb)
+        total = sum(granule_loss(run(xb), tb, cfg.loss).item() * len(xb)
                     for xb, tb in zip(xs.split(128), ts.split(128), strict=True))
         return total / len(xs)
 
@@ -122,7 +130,7 @@ def reconstruct(qmodel: QuantModel, streams: Streams, g: Granule, cfg: ReconConf
     try:
         for t in range(cfg.iters):
             idx = torch.randint(0, len(x_in), (min(cfg.batch_size, len(x_in)),), generator=generator)
-            loss = granule_loss(run(x_in[idx]), target[idx])
+            loss = granule_loss(run(x_in[idx]), target[idx], cfg.loss)
             if adaround and t >= warm:
                 frac = (t - warm) / max(1, cfg.iters - warm)
                 beta = cfg.beta[0] + (cfg.beta[1] - cfg.beta[0]) * frac
