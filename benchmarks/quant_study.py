@@ -5,6 +5,7 @@ study resumes where it stopped.
 
     python benchmarks/quant_study.py                       # main grid
     python benchmarks/quant_study.py --ablation            # PFCR ablation at W3A3
+    python benchmarks/quant_study.py --ablation --names scale-lr-4e-5 scale-lr-1e-3 --seeds 0 1 2
     python benchmarks/quant_study.py --summary             # tables from the records only
 """
 
@@ -34,6 +35,9 @@ ABLATION = {
     "coarsest-2": ["--coarsest", "2"],
     "no-finest": ["--no-finest"],
     "round-lr-1e-3": ["--round-lr", "1e-3"],
+    # the activation step sizes' learning rate: QDrop's 4e-5 (for 20 000 iterations) against 1e-3
+    "scale-lr-4e-5": ["--scale-lr", "4e-5"],
+    "scale-lr-1e-3": ["--scale-lr", "1e-3"],
     # Block reconstruction given about the reconstruction time PFCR takes (6x the iterations):
     # does PFCR win by its schedule or by its compute?
     "block-6x-iters": ["--method", "block", "--iters-scale", "6"],
@@ -47,7 +51,7 @@ def runs(args: argparse.Namespace) -> list[tuple[str, list[str], dict]]:
     if args.limit:
         common += ["--limit", str(args.limit)]
     if args.ablation:
-        grid = itertools.product(args.models, ["W3A3"], ABLATION.items(), args.seeds)
+        grid = itertools.product(args.models, ["W3A3"], [(n, ABLATION[n]) for n in args.names], args.seeds)
         for model, bits, (name, extra), seed in grid:
             tag = f"ablation-{name}"
             extra = list(extra)
@@ -92,6 +96,8 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--limit", type=int, default=None, help="test images (default: all 10000)")
     p.add_argument("--ablation", action="store_true")
+    p.add_argument("--names", nargs="+", default=list(ABLATION), choices=list(ABLATION),
+                   help="with --ablation: which of its runs")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "study")

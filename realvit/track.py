@@ -372,6 +372,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     from core.records import make_record, write_record
     from pfcr.quantize import QuantizeConfig, quantize
+    from pfcr.reconstruct.config import QDROP_SCALE_LR
 
     _threads(args.threads)
     model, mcard = load_model()
@@ -412,8 +413,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
     tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args)
-    tags += [f"scale-lr{args.scale_lr:g}"] if args.scale_lr else []
-    tags += [f"loss-{args.recon_loss}"] if args.recon_loss != "mse" else []
+    if args.method != "rtn":  # reconstruction's knobs; QDrop's step-size lr, every record's before, untagged
+        tags += [f"scale-lr{recon.scale_lr:g}"] if recon.scale_lr != QDROP_SCALE_LR else []
+        tags += [f"loss-{recon.loss}"] if recon.loss != "mse" else []
     tags += [args.tag] if args.tag else []
     tag = "-".join(tags) or None
     config = {**cfg.to_dict(), "w_bits": w_bits, "a_bits": a_bits, "tag": tag, "threads": torch.get_num_threads()}

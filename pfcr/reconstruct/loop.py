@@ -3,9 +3,10 @@
 Inputs are the quantized model's own activations at the granule's start (so errors of the
 prefix are compensated), targets the float model's activations at its end. Trained: AdaRound
 rounding variables (Adam, regularizer 0.01 with beta 20 -> 2 after a 20% warm-up) and activation
-step sizes (Adam, lr 4e-5, cosine), with QDrop dropping activation quantization at probability
-0.5: the QDrop/APHQ-ViT conventions, kept as knobs. The rounding lr is 1e-2 rather than their
-1e-3, which assumes 20000 iterations per granule (measured: docs/pfcr.md).
+step sizes (Adam, cosine), with QDrop dropping activation quantization at probability 0.5: the
+QDrop/APHQ-ViT conventions, kept as knobs. The rounding lr is 1e-2 rather than their 1e-3 and the
+step sizes' 1e-3 rather than their 4e-5: theirs assume 20000 iterations per granule (measured:
+docs/pfcr.md).
 """
 
 from __future__ import annotations
