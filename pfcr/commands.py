@@ -363,10 +363,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--recon-batch-size", type=arguments.positive_int, default=32)
     sp.add_argument("--round-lr", type=arguments.positive_float, default=ReconConfig.round_lr,
                     help="Adam lr of AdaRound variables")
-    sp.add_argument("--scale-lr", type=arguments.positive_float, default=ReconConfig.scale_lr,
-                    help="Adam lr of activation steps")
     sp.add_argument("--drop-prob", type=arguments.probability, default=ReconConfig.drop_prob, help="QDrop probability")
-    recon_loss_option(sp)
+    recon_options(sp)
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sp.add_argument("--out", default=None, help="quantized model file (.safetensors; default <results>/quantized/"
                     "<model>_<method>_w<W>a<A>_seed<S>.safetensors)")
@@ -402,10 +400,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_run)
 
 
-def recon_loss_option(sp: argparse.ArgumentParser) -> None:
-    """--recon-loss, ReconConfig.loss (`pfcr quantize`, `pfcr real measure`)."""
-    from pfcr.reconstruct.config import LOSSES
+def recon_options(sp: argparse.ArgumentParser) -> None:
+    """--scale-lr and --recon-loss, ReconConfig.scale_lr and .loss (`pfcr quantize`, `pfcr real measure`)."""
+    from pfcr.reconstruct.config import LOSSES, ReconConfig
 
+    sp.add_argument("--scale-lr", type=arguments.positive_float, default=ReconConfig.scale_lr,
+                    help="Adam lr of the activation step sizes")
     sp.add_argument("--recon-loss", default="mse", choices=LOSSES,
                     help="reconstruction loss: plain squared error, or each token's relative to its FP32 mean "
                     "square (what the next LayerNorm sees; ReconConfig.loss)")

@@ -26,7 +26,7 @@ def _run(step: str):
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from pfcr.commands import recon_loss_option
+    from pfcr.commands import recon_options
     from realvit import photos
 
     real = sub.add_parser("real", help="a real pretrained ViT (DINOv2 ViT-S/14, 224x224): fetch, convert, "
@@ -57,9 +57,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     me.add_argument("--eval", type=arguments.nonnegative_int, default=0, help="first N evaluation crops (0: all)")
     me.add_argument("--iters", type=arguments.positive_int, default=50, help="block/pfcr: iterations per granule")
     me.add_argument("--batch-size", type=arguments.positive_int, default=8, help="block/pfcr: reconstruction batch")
-    me.add_argument("--scale-lr", type=arguments.positive_float, default=None,
-                    help="block/pfcr: Adam lr of the activation step sizes (default ReconConfig.scale_lr)")
-    recon_loss_option(me)
+    recon_options(me)  # block/pfcr
     quant_options(me)
     me.add_argument("--tag", default=None, help="extra tag in the record's name")
     me.add_argument("--export", action="store_true", help="also export the integer program and run its guard "

@@ -347,11 +347,10 @@ def quant_config(args: argparse.Namespace):
 
 
 def recon_config(args: argparse.Namespace):
-    """`measure`'s reconstruction knobs (block, pfcr); ReconConfig's defaults for what is not given."""
+    """`measure`'s reconstruction knobs (block, pfcr); ReconConfig's defaults for the others."""
     from pfcr.reconstruct.config import ReconConfig
 
-    return ReconConfig(iters=args.iters, batch_size=args.batch_size, loss=args.recon_loss,
-                       **({"scale_lr": args.scale_lr} if args.scale_lr else {}))
+    return ReconConfig(iters=args.iters, batch_size=args.batch_size, scale_lr=args.scale_lr, loss=args.recon_loss)
 
 
 def quant_tags(args: argparse.Namespace) -> list[str]:

@@ -297,6 +297,7 @@ _SDOT = _Gemm("sdot", 4, 4, _sdot_intrin, rows=4, chains=(4, 2, 1), a_dtype="int
 _AVX2_U8_16 = _Gemm("avx2u8x16", 8, 16, _avx2_u8_16_intrin, rows=3, chains=(4, 2, 1), max_weight=16, step=4)
 _AVX2_U8 = _Gemm("avx2u8", 8, 4, _avx2_u8_intrin, rows=3, chains=(4, 2, 1), max_weight=64)
 _AVX2_I16 = _Gemm("avx2i16", 8, 2, _avx2_i16_intrin, rows=6, chains=(2, 1), a_dtype="int16")
+_GEMMS = (_VNNI, _SDOT, _AVX2_U8_16, _AVX2_U8, _AVX2_I16)
 
 
 def has_vnni(target: tvm.target.Target | dict | str) -> bool:
@@ -419,7 +420,7 @@ def gemm_kernels(mod: tvm.IRModule) -> dict[str, int]:
     """A scheduled module's linear-layer GEMM calls by kernel: a tensorized kind's name (`_Gemm`), or
     "generic" (the reduction innermost, one output at a time), so that a build says which of its
     GEMMs run on the target's dot-product instruction."""
-    kinds = [g.name for g in (_VNNI, _SDOT, _AVX2_U8_16, _AVX2_U8, _AVX2_I16)]
+    kinds = [g.name for g in _GEMMS]
     calls, out = tir_calls(mod), {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
