@@ -52,7 +52,13 @@ KNOB_HELP = """knob parts (comma-separated, applied in this order):
                    requantization constants / the LayerNorm's output constants for token 0);
                    cls-sep=pt: the same, per tensor everywhere; cls-sep=linear: the Linear inputs only
                    (per tensor); cls-sep=attn: q, k, v only; cls-sep=ln: the post-LN inputs only (per
-                   channel); cls-sep=ln8: the post-LN inputs only, per tensor at 8 bits
+                   channel); cls-sep=ln8: the post-LN inputs only, per tensor at 8 bits;
+                   cls-sep=rows8 / rowsfp: the Linear inputs and q (the quantizers read row by row)
+                   at 8 bits per tensor / left float; cls-sep=allfp: every token-shaped quantizer
+                   left float for token 0 (the others still calibrated without it); cls-sep=all8 /
+                   allminmax: as cls-sep, token 0's codes at 8 bits / its ranges not clipped;
+                   cls-sep=wideN / plusE[fF]: token 0 keeps the others' step with its codes widened
+                   to N bits / by E bits (and F more fraction bits after the LayerNorms)
   a8=KINDS         these activation kinds at 8 bits (mixed precision), KINDS joined by '+'
   fp=KINDS         these activation kinds left float (upper bound of a wider integer)
 activation kinds: qkv_in, q, k, v, softmax, proj_in, fc1_in, fc2_in, image; blocks: kind@i (e.g. fc2_in@11)"""
@@ -374,9 +380,34 @@ def set_softmax(qm, kind: str, bits: int) -> None:
 def cls_kinds(which: str) -> set[str]:
     """The quantizer kinds cls-sep=WHICH splits: all (post-LN ones per channel), pt (all, per
     tensor), linear (the Linear inputs), attn (q, k, v), ln (the post-LN inputs, per channel), ln8
-    (the post-LN inputs, per tensor at 8 bits)."""
+    (the post-LN inputs, per tensor at 8 bits), rows8 / rowsfp (the quantizers whose consumers work
+    row by row, the Linear inputs and q: at 8 bits per tensor / left float); every kind otherwise
+    (allfp, wideN, plusE[fF] too)."""
     attn, ln = {"q", "k", "v"}, {"qkv_in", "fc1_in"}
-    return {"linear": set(TOKEN_AXIS) - attn, "attn": attn, "ln": ln, "ln8": ln}.get(which, set(TOKEN_AXIS))
+    rows = set(TOKEN_AXIS) - {"k", "v"}
+    return {"linear": set(TOKEN_AXIS) - attn, "attn": attn, "ln": ln, "ln8": ln, "rows8": rows,
+            "rowsfp": rows}.get(which, set(TOKEN_AXIS))
+
+
+def _wider_codes(q, kind: str, which: str):
+    """Token 0's quantizer for cls-sep=wideN / plusE[fF]: the others' step and zero point, its codes
+    extended to N bits (wideN) or by E bits (plusE) around the zero point, and (fF, the post-LN
+    inputs only) 2^F finer steps: what an integer program could give token 0 without a second weight
+    copy (a wider clamp, and F more fraction bits in its row of the next GEMM)."""
+    import torch
+
+    from pfcr.quant.quantizers import UniformQuantizer
+
+    n, _, frac = which.removeprefix("wide").removeprefix("plus").partition("f")
+    extra = int(n) if which.startswith("plus") else max(int(n) - q.bits, 0)
+    f = int(frac or 0) if kind in ("qkv_in", "fc1_in") else 0
+    cls = UniformQuantizer(q.bits, q.symmetric)
+    cls.zero_point = q.zero_point
+    cls.scale = q.scale if not f else torch.nn.Parameter(q.scale.detach() / (1 << f))
+    z, k = int(q.zero_point), 1 << extra
+    cls.qmin, cls.qmax = z + (q.qmin - z) * k, z + (q.qmax - z + 1) * k - 1
+    cls.calibrated.fill_(True)
+    return cls
 
 
 # where the token axis is in each quantizer's input
@@ -413,7 +444,7 @@ def split_class_token(qm, calib, batch_size: int = 16, which: str = "all") -> in
     from pfcr.quant.quantizers import UniformQuantizer
 
     TokenSplit = _token_split_cls()
-    split = {}
+    split, wide = {}, 0
     for name, q in list(qm.quantizers()):
         kind = kind_of(name)
         if kind not in TOKEN_AXIS or not isinstance(q, UniformQuantizer):
@@ -422,10 +453,16 @@ def split_class_token(qm, calib, batch_size: int = 16, which: str = "all") -> in
             continue
         owner, _, attr = name.rpartition(".")
         parent = qm.model.get_submodule(owner)
-        postln = kind in ("qkv_in", "fc1_in") and which in ("all", "ln")  # pt: per tensor
-        cls = UniformQuantizer(8 if which == "ln8" else q.bits, q.symmetric, axis=-1 if postln else None)
-        if which != "ln8":
+        if which.startswith(("wide", "plus")):  # token 0 on the others' grid: nothing to calibrate
+            setattr(parent, attr, TokenSplit(q, _wider_codes(q, kind, which), TOKEN_AXIS[kind]))
+            wide += 1
+            continue
+        postln = kind in ("qkv_in", "fc1_in") and which in ("all", "all8", "allminmax", "ln")  # pt: per tensor
+        eight = which in ("ln8", "rows8", "all8")
+        cls = UniformQuantizer(8 if eight else q.bits, q.symmetric, axis=-1 if postln else None)
+        if not eight:
             cls.qmin, cls.qmax = q.qmin, q.qmax
+        cls.enabled = which not in ("rowsfp", "allfp")
         ts = TokenSplit(q, cls, TOKEN_AXIS[kind])
         setattr(parent, attr, ts)
         split[name] = ts
@@ -433,10 +470,12 @@ def split_class_token(qm, calib, batch_size: int = 16, which: str = "all") -> in
         ax = split[n].axis
         return t.narrow(ax, 0, 1).movedim(ax, -2).reshape(-1, t.shape[-1] if ax != t.dim() - 1 else t.shape[-2])
 
+    if not split:
+        return wide
     rows = float_inputs(qm, calib, split, cls_rows, batch_size)
     with torch.no_grad():
         for n, ts in split.items():
-            ts.cls.calibrate(rows[n])
+            ts.cls.calibrate(rows[n], "minmax" if which == "allminmax" else "mse")
     return len(split)
 
 
