@@ -386,7 +386,7 @@ def cls_kinds(which: str) -> set[str]:
     attn, ln = {"q", "k", "v"}, {"qkv_in", "fc1_in"}
     rows = set(TOKEN_AXIS) - {"k", "v"}
     return {"linear": set(TOKEN_AXIS) - attn, "attn": attn, "ln": ln, "ln8": ln, "rows8": rows,
-            "rowsfp": rows}.get(which, set(TOKEN_AXIS))
+            "rowsfp": rows, "clip4": ln | attn}.get(which, set(TOKEN_AXIS))
 
 
 def _wider_codes(q, kind: str, which: str):
@@ -457,7 +457,7 @@ def split_class_token(qm, calib, batch_size: int = 16, which: str = "all") -> in
             setattr(parent, attr, TokenSplit(q, _wider_codes(q, kind, which), TOKEN_AXIS[kind]))
             wide += 1
             continue
-        postln = kind in ("qkv_in", "fc1_in") and which in ("all", "all8", "allminmax", "ln")  # pt: per tensor
+        postln = kind in ("qkv_in", "fc1_in") and which in ("all", "all8", "allminmax", "clip", "clip4", "ln")
         eight = which in ("ln8", "rows8", "all8")
         cls = UniformQuantizer(8 if eight else q.bits, q.symmetric, axis=-1 if postln else None)
         if not eight:
@@ -476,7 +476,34 @@ def split_class_token(qm, calib, batch_size: int = 16, which: str = "all") -> in
     with torch.no_grad():
         for n, ts in split.items():
             ts.cls.calibrate(rows[n], "minmax" if which == "allminmax" else "mse")
+            if which in ("clip", "clip4"):  # keep its clipping range, on the others' grid (their step)
+                ts.cls = _clamp_on_grid(ts.main, ts.cls, which == "clip4")
     return len(split)
+
+
+def _clamp_on_grid(main, own, window: bool = False):
+    """Token 0's quantizer for cls-sep=clip: `own`'s range (its clipping, per channel where it is),
+    as code bounds on `main`'s grid (main's step and zero point: as fine as the other tokens');
+    `window` (clip4): the bounds cut so that every token's codes span at most 256 (one int8 operand
+    for the GEMMs and attention products)."""
+    import types
+
+    import torch
+
+    from pfcr.quant.quantizers import UniformQuantizer, round_ste
+
+    s0, z0 = own.scale.detach().reshape(-1), own.zero_point.reshape(-1)
+    s, z = main.scale.detach().reshape(-1), main.zero_point.reshape(-1)
+    lo, hi = torch.round(s0 * (own.qmin - z0) / s) + z, torch.round(s0 * (own.qmax - z0) / s) + z
+    if window:
+        lo, hi = lo.clamp(min=main.qmax - 255), hi.clamp(max=main.qmin + 255)
+
+    def forward(self, x):  # per-channel bounds: UniformQuantizer's LSQ scale takes an integer qmax
+        return (torch.clamp(round_ste(x / s) + z, lo, hi) - z) * s
+
+    cls = UniformQuantizer(main.bits, main.symmetric)
+    cls.forward = types.MethodType(forward, cls)
+    return cls
 
 
 # ----------------------------------------------------------------------------------------- building

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 Interval = tuple[int, int]
 Shape = tuple[int, ...]  # batch first
 Consts = dict[str, np.ndarray]  # role -> constant, as an op's kernel sees them
+# Token 0's own clamp bounds per output channel (class-token clipping, QuantConfig.cls_clip): the
+# output's token 0 (axis -2) is clamped to [qmin0, qmax0] instead of [qmin, qmax]
+TOKEN0 = ("qmin0", "qmax0")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,16 @@ def _same(ins: list[Interval], shapes: list[Shape], a: dict, c: Consts) -> Inter
 
 
 def _clamped(ins: list[Interval], shapes: list[Shape], a: dict, c: Consts) -> Interval:
-    return span(c["qmin"])[0], span(c["qmax"])[1]
+    """[qmin, qmax], widened by token 0's own bounds where the op has them (`qmin0`, `qmax0`)."""
+    lo, hi = span(c["qmin"])[0], span(c["qmax"])[1]
+    if "qmin0" in c:
+        lo, hi = min(lo, span(c["qmin0"])[0]), max(hi, span(c["qmax0"])[1])
+    return lo, hi
+
+
+def _normalized(ins: list[Interval], shapes: list[Shape], a: dict, c: Consts) -> Interval:
+    return _clamped(ins, shapes, a, {"qmin": np.array([a["qmin"]]), "qmax": np.array([a["qmax"]]),
+                                     **{r: c[r] for r in TOKEN0 if r in c}})
 
 
 def _patchify_shape(s: list[Shape], a: dict, c: Consts) -> Shape:
@@ -115,14 +127,14 @@ _REQUANT = ("multiplier", "shift", "out_zp", "qmin", "qmax")
 OPS: dict[str, OpSpec] = {
     "patchify": OpSpec(1, (), "layout", _patchify_shape, _same),
     "linear": OpSpec(1, ("weight", "weight_zp", "bias", *_REQUANT), "array",
-                     lambda s, a, c: (*s[0][:-1], c["weight"].shape[0]), _clamped),
+                     lambda s, a, c: (*s[0][:-1], c["weight"].shape[0]), _clamped, optional=TOKEN0),
     "prepend": OpSpec(1, ("token",), "layout", lambda s, a, c: (s[0][0], s[0][1] + 1, s[0][2]),
                       lambda r, s, a, c: (min(r[0][0], span(c["token"])[0]), max(r[0][1], span(c["token"])[1]))),
     "add_const": OpSpec(1, ("value",), "vector", _same_shape,
                         lambda r, s, a, c: (r[0][0] + span(c["value"])[0], r[0][1] + span(c["value"])[1])),
     "add": OpSpec(2, (), "vector", _same_shape, lambda r, s, a, c: (r[0][0] + r[1][0], r[0][1] + r[1][1])),
-    "layernorm": OpSpec(1, ("multiplier", "shift", "sign", "beta_fixed"), "layernorm", _same_shape,
-                        lambda r, s, a, c: (a["qmin"], a["qmax"])),
+    "layernorm": OpSpec(1, ("multiplier", "shift", "sign", "beta_fixed"), "layernorm", _same_shape, _normalized,
+                        optional=TOKEN0),
     "split_heads": OpSpec(1, (), "layout", _split_heads_shape, _same),
     "attention": OpSpec(3, (), "array", _same_shape, _attention, optional=("bias", "mask")),
     "merge_heads": OpSpec(1, (), "layout", _merge_heads_shape, _same),

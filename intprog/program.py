@@ -268,9 +268,9 @@ _OPTIONAL_ATTRS: dict[str, dict[str, tuple[int | None, int | None]]] = {
     "attention": {"window": (0, None), "logit_shift": (0, 30), "codes_per_octave": (1, 16)},
 }
 _SHIFT_MAX = {"linear": 62, "requantize": 62, "layernorm": 62 - 15}  # layernorm shifts by S + 15 (NORM_FRAC_BITS)
-_PER_CHANNEL = {"linear": ("weight_zp", "bias", "multiplier", "shift", "out_zp", "qmin", "qmax"),
+_PER_CHANNEL = {"linear": ("weight_zp", "bias", "multiplier", "shift", "out_zp", "qmin", "qmax", "qmin0", "qmax0"),
                 "requantize": ("multiplier", "shift", "out_zp", "qmin", "qmax"),
-                "layernorm": ("multiplier", "shift", "sign", "beta_fixed")}
+                "layernorm": ("multiplier", "shift", "sign", "beta_fixed", "qmin0", "qmax0")}
 
 
 def _check_attrs(kind: str, attrs: dict, label: str, where: str) -> None:
@@ -324,6 +324,10 @@ def _check_consts(kind: str, c: dict[str, np.ndarray], attrs: dict, shapes: list
             raise bad("constant 'qmin' is above 'qmax'")
     if kind == "layernorm" and attrs["qmin"] > attrs["qmax"]:
         raise bad(f"attribute 'qmin' {attrs['qmin']} is above 'qmax' {attrs['qmax']}")
+    if ("qmin0" in c) != ("qmax0" in c):
+        raise bad("token 0's bounds need both constants 'qmin0' and 'qmax0'")
+    if "qmin0" in c and c["qmin0"].size == c["qmax0"].size and np.any(c["qmin0"] > c["qmax0"]):
+        raise bad("constant 'qmin0' is above 'qmax0'")
     last = shapes[0][-1] if shapes and shapes[0] else None
     if kind == "linear":
         w = c["weight"]

@@ -108,10 +108,23 @@ def linear_acc(x: np.ndarray, zp: int, c: dict[str, np.ndarray]) -> np.ndarray:
     return matmul_exact((x - zp).reshape(-1, k), w["int64"].T).reshape(*x.shape[:-1], -1) + c["bias"]
 
 
+def token_bounds(c: dict[str, np.ndarray], qmin, qmax, shape: tuple[int, ...]) -> tuple:
+    """The clamp bounds of an op's output of `shape` [.., T, N]: qmin and qmax, or, where the op
+    has token 0's own bounds (`qmin0`, `qmax0`: class-token clipping), [T, N] arrays whose row 0
+    holds them."""
+    if "qmin0" not in c:
+        return qmin, qmax
+    rows = shape[-2:]
+    lo, hi = np.broadcast_to(qmin, rows).copy(), np.broadcast_to(qmax, rows).copy()
+    lo[0], hi[0] = c["qmin0"], c["qmax0"]
+    return lo, hi
+
+
 def _linear(xs, attrs, c):
     """(x - in_zp) @ (W - W_zp)^T + bias (`linear_acc`), requantized per output channel."""
     acc = linear_acc(xs[0], attrs["in_zp"], c)
-    return requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"], attrs["rounding"])
+    qmin, qmax = token_bounds(c, c["qmin"], c["qmax"], acc.shape)
+    return requantize(acc, c["multiplier"], c["shift"], c["out_zp"], qmin, qmax, attrs["rounding"])
 
 
 def linear_weights(weight: np.ndarray, weight_zp: np.ndarray) -> dict:
@@ -134,8 +147,9 @@ def _requantize(xs, attrs, c):
 
 
 def _layernorm(xs, attrs, c):
+    qmin, qmax = token_bounds(c, attrs["qmin"], attrs["qmax"], xs[0].shape)
     ln = IntLayerNorm(c["multiplier"], c["shift"], c["sign"], c["beta_fixed"], attrs["sqrt_c"], attrs["eps_term"],
-                      attrs["out_zp"], attrs["qmin"], attrs["qmax"])
+                      attrs["out_zp"], qmin, qmax)
     return ln(xs[0])
 
 

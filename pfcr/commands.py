@@ -97,7 +97,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
                           softmax_codes=args.softmax_codes, integer_eval=not args.float_eval,
                           act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits,
-                          proj_a_bits=args.proj_a_bits, gelu_range=args.gelu_range),
+                          proj_a_bits=args.proj_a_bits, gelu_range=args.gelu_range, cls_clip=args.cls_clip),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob, loss=args.recon_loss),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -413,7 +413,8 @@ def recon_options(sp: argparse.ArgumentParser) -> None:
 
 def program_code_options(sp: argparse.ArgumentParser) -> None:
     """The codes of the program's nonlinear kernels: --softmax-codes P and its shorthand
-    --sqrt2-softmax (P = 2), QuantConfig.softmax_codes; --gelu-range, QuantConfig.gelu_range."""
+    --sqrt2-softmax (P = 2), QuantConfig.softmax_codes; --gelu-range, QuantConfig.gelu_range;
+    --cls-clip, QuantConfig.cls_clip."""
     from intprog.nonlinear import PER_OCTAVE
 
     sp.add_argument("--softmax-codes", type=int, choices=PER_OCTAVE, default=1, metavar="P",
@@ -425,6 +426,10 @@ def program_code_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--gelu-range", choices=("block", "global"), default="block",
                     help="the program's int8 codes between fc1 and the activation table: each block's own "
                          "min..max (default), or one symmetric scale for all blocks (QuantConfig.gelu_range)")
+    sp.add_argument("--cls-clip", action="store_true",
+                    help="ViT/DeiT with a class token: the LayerNorm outputs and q, k, v take their ranges "
+                         "without the class token, which is clamped on the same grid to its own MSE-clipped "
+                         "range (per channel after the LayerNorms; QuantConfig.cls_clip); exported exactly")
 
 
 def main_stages(job: MainJob) -> list[Stage]:

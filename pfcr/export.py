@@ -53,9 +53,19 @@ def _requant_consts(real: np.ndarray, out_zp, qmin, qmax, n: int) -> dict[str, n
             "qmin": full * np.asarray(qmin, dtype=np.int64), "qmax": full * np.asarray(qmax, dtype=np.int64)}
 
 
+def _token0(q: nn.Module, n: int) -> dict[str, np.ndarray]:
+    """A class-token clipping quantizer's bounds for token 0 as an op's `qmin0`/`qmax0` over `n`
+    channels (QuantConfig.cls_clip); none for any other quantizer."""
+    if not getattr(q, "clips_token0", False):
+        return {}
+    return {role: np.broadcast_to(_np(b).astype(np.int64), (n,)).copy()
+            for role, b in (("qmin0", q.token0_min), ("qmax0", q.token0_max))}
+
+
 def _linear(p: Program, name: str, x: str, layer: nn.Module, in_q: tuple, out_scale, out_zp, qmin, qmax,
-            pre_scale: np.ndarray | float = 1.0) -> str:
-    """A QuantLinear/QuantConv2d as an integer linear op; outputs requantized to (out_scale, out_zp)."""
+            pre_scale: np.ndarray | float = 1.0, token0: dict[str, np.ndarray] | None = None) -> str:
+    """A QuantLinear/QuantConv2d as an integer linear op; outputs requantized to (out_scale, out_zp)
+    (token 0 clamped to `token0`'s bounds where given)."""
     s_in, z_in, _, _ = in_q
     wq = layer.w_quant
     w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
@@ -67,16 +77,18 @@ def _linear(p: Program, name: str, x: str, layer: nn.Module, in_q: tuple, out_sc
     consts = {"weight": w_int.astype(np.uint8 if wq.qmin >= 0 else np.int8),
               "weight_zp": _np(wq.zero_point).astype(np.int64).reshape(-1),
               "bias": np.round(bias / acc_scale).astype(np.int64),
-              **_requant_consts(acc_scale * pre_scale / out_scale, out_zp, qmin, qmax, n)}
+              **_requant_consts(acc_scale * pre_scale / out_scale, out_zp, qmin, qmax, n), **(token0 or {})}
     return p.add("linear", [x], name, {"in_zp": z_in, "rounding": ROUNDING, "weight_bits": wq.bits}, consts)
 
 
-def _layernorm(p: Program, name: str, x: str, norm: nn.LayerNorm, s_stream: float, out_q: tuple) -> str:
+def _layernorm(p: Program, name: str, x: str, norm: nn.LayerNorm, s_stream: float, out_q: tuple,
+               token0: dict[str, np.ndarray] | None = None) -> str:
     s_out, z_out, qmin, qmax = out_q
     ln = IntLayerNorm.build(_np(norm.weight), _np(norm.bias), norm.eps, s_stream, s_out, z_out, qmin, qmax)
     return p.add("layernorm", [x], name,
                  {"sqrt_c": ln.sqrt_c, "eps_term": ln.eps_term, "out_zp": z_out, "qmin": qmin, "qmax": qmax},
-                 {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_fixed": ln.beta_fixed})
+                 {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_fixed": ln.beta_fixed,
+                  **(token0 or {})})
 
 
 @torch.no_grad()
@@ -174,7 +186,10 @@ def _attention(p: Program, t: str, h_: str, a: nn.Module, s_res: float, window: 
     per = [(qq, a.scale), (kq, 1.0), (vq, 1.0)]
     out_scale = np.concatenate([np.full(dim, q[0] / f) for q, f in per])
     zp, lo, hi = (np.concatenate([np.full(dim, q[j]) for q, _ in per]) for j in (1, 2, 3))
-    qkv = _linear(p, t + "qkv", h_, a.qkv, qkv_in, out_scale, zp, lo, hi)
+    clips = [_token0(q, dim) for q in (a.matmul_qk.a_quant, a.matmul_qk.b_quant, a.matmul_av.b_quant)]
+    token0 = {role: np.concatenate([c.get(role, np.full(dim, q[j])) for c, (q, _) in zip(clips, per, strict=True)])
+              for role, j in (("qmin0", 2), ("qmax0", 3))} if any(clips) else None
+    qkv = _linear(p, t + "qkv", h_, a.qkv, qkv_in, out_scale, zp, lo, hi, token0=token0)
     heads = [p.add("split_heads", [qkv], t + n, {"start": j * dim, "dim": dim, "heads": a.num_heads})
              for j, n in enumerate(("q", "k", "v"))]
     # Swin's bias gets 2^BIAS_BITS finer steps than q.k (at 3-4 bits one q.k step is coarse).
@@ -203,7 +218,7 @@ def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
     """x + fc2(act(fc1(norm2(x)))): the activation (GELU, or whatever elementwise function the model
     uses) is a table of the model's own module from fc1's int8 output to fc2's input codes."""
     fc1_in = _act(blk.mlp.fc1.a_quant)
-    h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, fc1_in)
+    h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, fc1_in, _token0(blk.mlp.fc1.a_quant, blk.norm2.weight.numel()))
     gelu_in = s.gelu_input(blk)
     h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, *gelu_in)
     fc2_in = _act(blk.mlp.fc2.a_quant)

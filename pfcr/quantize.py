@@ -29,7 +29,7 @@ from torch import nn
 
 from core.errors import CheckpointError, SuiteError
 from core.files import atomic_path
-from pfcr.quant.calibrate import calibrate, reparameterize
+from pfcr.quant.calibrate import calibrate, calibrate_class_token, reparameterize
 from pfcr.quant.model import QuantConfig, QuantModel
 from pfcr.quant.quantizers import UniformQuantizer
 from pfcr.quant.smooth import smoothed
@@ -91,6 +91,13 @@ def harden(qm: QuantModel) -> None:
             layer.w_quant.alpha = None
 
 
+def _fold(qm: QuantModel, images: torch.Tensor) -> None:
+    """RepQ's fold of the post-LN scales, then (cls_clip) the class token's bounds on the folded grids."""
+    reparameterize(qm)
+    if qm.cfg.cls_clip:
+        calibrate_class_token(qm, images)
+
+
 def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
              progress: Progress | None = None) -> tuple[QuantModel, list[dict]]:
     """Quantize `fp_model` with calibration images [N, C, H, W]; returns the model and a per-granule log."""
@@ -106,13 +113,13 @@ def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
         streams = Streams(qm, fp_model, images)
         stage1 = replace(cfg.recon, learn_rounding=False)
         log += _run_schedule(qm, streams, cfg, stage1, "pos1-activations", gen, progress)
-        reparameterize(qm)
+        _fold(qm, images[: cfg.init_size])
         qm.set_quant(weights=True)
         qm.fix_scales(images[: cfg.init_size])  # from here on, eval mode runs the integer program
         streams.changed(0)
         log += _run_schedule(qm, streams, cfg, cfg.recon, "pos2-weights", gen, progress)
     else:
-        reparameterize(qm)
+        _fold(qm, images[: cfg.init_size])
         qm.fix_scales(images[: cfg.init_size])
         if cfg.method != "rtn":
             streams = Streams(qm, fp_model, images)
@@ -160,6 +167,9 @@ def load_qmodel(path: str | os.PathLike, fp_model: nn.Module) -> QuantModel:
     # files saved before the scales were fixed, or before the per-block GELU ranges (global scale)
     for key in ("program_scales", "program_input", "program_fc1_ranges"):
         state.setdefault(key, torch.zeros_like(getattr(qm, key)))
+    for key in qm.state_dict():  # files saved before class-token clipping: no token-0 bounds
+        if key.endswith((".token0_min", ".token0_max")):
+            state.setdefault(key, torch.zeros(0))
     # Shapes that calibration and reparameterization changed (per-channel scales, a bias that a
     # reparameterized Linear gained) are adopted before the strict load.
     for key, tensor in state.items():

@@ -118,3 +118,54 @@ def test_option_is_refused_by_name(name):
     with pytest.raises(ModelError, match="cannot be exported") as err:
         _quantize_export(model, torch.randn(8, 3, size, size))
     assert words in str(err.value)
+
+
+def test_class_token_clipping_is_exported_exactly():
+    """QuantConfig.cls_clip at W4A4 on a ViT whose class token is massive: the other tokens' ranges
+    leave it out, token 0 gets its own bounds on the same grid, and the program carries them
+    (qmin0/qmax0 on the LayerNorms and the qkv GEMMs): its eval forward is its program, bit for
+    bit, the accelerator model and TVM compute the same integers, and the program follows the float
+    path."""
+    from hwsim.accelerator.config import load_config
+    from hwsim.accelerator.execute import Accelerator
+
+    model = _model(VIT, {})
+    with torch.no_grad():
+        model.cls_token.mul_(30)
+    x = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    qm, _ = quantize(model, x[:24], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, cls_clip=True), init_size=24))
+    clipping = [q for _, q in qm.quantizers() if getattr(q, "clips_token0", False)]
+    assert len(clipping) == 5 * 2  # qkv and fc1 inputs, q, k, v in each of the 2 blocks
+    program = export_program(qm)
+    carrying = [op["op"] for op in program.ops if "qmin0" in op["consts"]]
+    assert carrying == ["layernorm", "linear", "layernorm"] * 2
+    wider = [program.consts[op["consts"]["qmax0"]].max() > program.consts[op["consts"]["qmax"]].max()
+             if op["op"] == "linear" else program.consts[op["consts"]["qmax0"]].max() > op["attrs"]["qmax"]
+             for op in program.ops if "qmin0" in op["consts"]]
+    assert any(wider), "no class-token bound leaves the other tokens' range: the test would not see one"
+    codes = program.input_codes(x[24:])
+    out = reference.run(program, codes)
+    with torch.no_grad():
+        replayed = qm(x[24:]).double().numpy() / program.output["scale"]
+        with qm.float_path():
+            fake = qm(x[24:]).double().numpy()
+    assert np.array_equal(np.round(replayed), out)
+    integer = out.astype(np.float64) * program.output["scale"]
+    a, b = integer - integer.mean(1, keepdims=True), fake - fake.mean(1, keepdims=True)
+    assert float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99
+    np.testing.assert_array_equal(Accelerator(program, load_config("edge-npu")).run(codes), out)
+    tvm = pytest.importorskip("tvm")
+    from tests.test_tvm_lower import build
+    from tvm_backends.lower import lower
+
+    for vnni in (False, True):  # the VNNI form's u8 x s8 products take token 0's codes in their window
+        vm = build(lower(program, batch=len(codes), vnni=vnni).mod)
+        np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(codes.astype("uint8"))).numpy(), out)
+
+
+def test_class_token_clipping_needs_a_class_token():
+    from pfcr.quant.model import QuantModel
+
+    for spec, kw in ((SWIN, {}), (VIT, {"class_token": False, "global_pool": "avg"})):
+        with pytest.raises(ModelError, match="has no class token.*--cls-clip"):
+            QuantModel(_model(spec, kw), QuantConfig(4, 4, cls_clip=True))

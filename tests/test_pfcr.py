@@ -135,14 +135,16 @@ def test_token_loss_weighs_each_token_by_its_own_magnitude():
         ReconConfig(loss="l1")
 
 
-@pytest.mark.parametrize("method", ["rtn", "block", "pfcr"])
-def test_quantize_save_reload_exact(tmp_path, method):
-    fp, x = _fp("swin" if method == "pfcr" else "vit"), _images(16)
-    cfg = QuantizeConfig(method=method, quant=QuantConfig(4, 4), recon=ReconConfig(iters=3, batch_size=8),
-                         coarsest=2, init_size=16)
+@pytest.mark.parametrize("method, model, cls_clip", [("rtn", "vit", False), ("block", "vit", False),
+                                                     ("pfcr", "swin", False), ("pfcr", "vit", True)])
+def test_quantize_save_reload_exact(tmp_path, method, model, cls_clip):
+    fp, x = _fp(model), _images(16)
+    cfg = QuantizeConfig(method=method, quant=QuantConfig(4, 4, cls_clip=cls_clip),
+                         recon=ReconConfig(iters=3, batch_size=8), coarsest=2, init_size=16)
     qm, log = quantize(fp, x, cfg)
     assert (len(log) == 0) == (method == "rtn")
     assert all(q.alpha is None for _, q in qm.quantizers() if hasattr(q, "alpha"))  # hardened
+    assert any(getattr(q, "clips_token0", False) for _, q in qm.quantizers()) == cls_clip
     path = save_qmodel(qm, tmp_path / "q.safetensors", {"model": "tiny"})
     again = load_qmodel(path, fp)
     assert torch.equal(again(x), qm(x))

@@ -186,6 +186,33 @@ def test_layernorm(bits, scale):
         assert (out == 0).any() and (out == qmax).any()
 
 
+@pytest.mark.parametrize("signed_activations", [False, True], ids=["u8s8", "s8s8"])
+def test_token0_bounds_of_linear_and_layernorm(signed_activations):
+    """Class-token clipping: token 0 (axis -2) clamped to its own per-channel bounds, wider and
+    narrower than the others', in the GEMM's epilogue and the LayerNorm's."""
+    rng = np.random.default_rng(5)
+    n, k = 16, 32
+    x = rng.integers(0, 16, (2, 5, k))
+    x[:, 0] = rng.integers(-40, 100, (2, k))  # token 0's codes leave the others' 0..15
+    req = _requant(rng, n, 1e-3, 1e-1, 7, 0, 15)
+    bounds = {"qmin0": rng.integers(-60, 8, n), "qmax0": rng.integers(8, 120, n)}
+    consts = {"weight": rng.integers(0, 16, (n, k)), "weight_zp": rng.integers(0, 16, n),
+              "bias": rng.integers(-300, 300, n), **req, **bounds}
+    out = check_op("linear", [(x, -40, 99)], {"in_zp": 7, "rounding": "half_up", "weight_bits": 4}, consts,
+                   signed_activations)
+    assert out[:, 1:].min() >= 0 and out[:, 1:].max() <= 15
+    assert (out[:, 0] < 0).any() and (out[:, 0] > 15).any() and (out[:, 0] == bounds["qmax0"]).any()
+    c = 24
+    stream = np.round(rng.normal(0, 1 << 19, (2, 5, c))).astype(np.int64)
+    ln = nonlinear.IntLayerNorm.build(rng.normal(0, 1, c), rng.normal(0, 0.2, c), 1e-6, 1.0 / (1 << 18), 0.05, 7,
+                                      0, 15)
+    attrs = {"sqrt_c": ln.sqrt_c, "eps_term": ln.eps_term, "out_zp": 7, "qmin": 0, "qmax": 15}
+    consts = {"multiplier": ln.multiplier, "shift": ln.shift, "sign": ln.sign, "beta_fixed": ln.beta_fixed,
+              "qmin0": rng.integers(-30, 3, c), "qmax0": rng.integers(12, 60, c)}
+    out = check_op("layernorm", [(stream, -(1 << 22), 1 << 22)], attrs, consts)
+    assert out[:, 1:].min() >= 0 and out[:, 1:].max() <= 15 and (out[:, 0] < 0).any() and (out[:, 0] > 15).any()
+
+
 def _kernel(fn, values: np.ndarray) -> np.ndarray:
     """An elementwise TE kernel (isqrt, ilog2) on an int64 vector through TVM."""
     from tvm import relax

@@ -36,7 +36,7 @@ from intprog.nonlinear import (
     _exp2_table,
     code_weights,
 )
-from intprog.ops import Interval, attention_bounds, dot_bound, infer, span
+from intprog.ops import TOKEN0, Interval, attention_bounds, dot_bound, infer, span
 from intprog.program import Program
 
 _I32 = 1 << 31
@@ -204,6 +204,14 @@ class Channels:
     def __call__(self, name: str, c: tirx.PrimExpr) -> tirx.PrimExpr:
         return _i64(self.uniform[name]) if name in self.uniform else self.tensors[name][c]
 
+    def bounds(self, i: tuple, qmin: tirx.PrimExpr, qmax: tirx.PrimExpr) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+        """The clamp of output element i: (qmin, qmax), or token 0's own (qmin0, qmax0) on the
+        output's token 0 (axis -2) where the op has them (intprog.reference.token_bounds)."""
+        if "qmin0" not in self.uniform and "qmin0" not in self.varying:
+            return qmin, qmax
+        first, n = i[-2] == 0, i[-1]
+        return tirx.Select(first, self("qmin0", n), qmin), tirx.Select(first, self("qmax0", n), qmax)
+
 
 class _Builder:
     """Emits the Relax bindings of one program; each op function below mirrors one reference kernel."""
@@ -296,7 +304,7 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval)
     acc = acc_dtype(dot_bound(w.shape[1], (x.lo - off, x.hi - off), span(w8)))
     weight = _c(w8, "int8" if narrow else acc)
     chans = Channels({"bias": c["bias"] - (attrs["in_zp"] - off) * w.sum(axis=1), "correction": correction,
-                      **{r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax")}})
+                      **{r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax", *TOKEN0) if r in c}})
 
     def kernel(ch: Channels, a: te.Tensor, wt: te.Tensor) -> te.Tensor:
         if signed:
@@ -312,8 +320,8 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval)
             total = dot[i].astype("int64") + ch("bias", n)
             if correction.any():
                 total += ch("correction", n) * a_sum[i[:-1]]
-            return requantize(total, ch("multiplier", n), ch("shift", n), ch("out_zp", n), ch("qmin", n),
-                              ch("qmax", n), attrs["rounding"])
+            return requantize(total, ch("multiplier", n), ch("shift", n), ch("out_zp", n),
+                              *ch.bounds(i, ch("qmin", n), ch("qmax", n)), attrs["rounding"])
         return elementwise(dot.shape, body, container(*out), "requantize")
 
     return Value(b.te("linear", kernel, [x.expr, weight], chans), *out)
@@ -351,8 +359,7 @@ def _add(b: _Builder, x: Value, y: Value | np.ndarray, out: Interval) -> Value:
 def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval) -> Value:
     """intprog.nonlinear.IntLayerNorm.__call__ in int64, as one kernel (two row sums, isqrt per row)."""
     chans = Channels({"multiplier": c["sign"] * c["multiplier"], "shift": c["shift"] + NORM_FRAC_BITS,
-                      "beta": c["beta_fixed"]})
-    qmin, qmax = attrs["qmin"], attrs["qmax"]
+                      "beta": c["beta_fixed"], **{r: c[r] for r in TOKEN0 if r in c}})
 
     def kernel(ch: Channels, x: te.Tensor) -> te.Tensor:
         rows, width = x.shape[:-1], x.shape[-1]
@@ -376,6 +383,7 @@ def _layernorm(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interv
             norm = (floor_div_small(num, den, inverse[i[:-1]]) if attrs["sqrt_c"] < 1 << 48
                     else tirx.floordiv(num, den))
             y = round_shift(norm * ch("multiplier", n) + ch("beta", n), ch("shift", n), Rounding.HALF_UP)
+            qmin, qmax = ch.bounds(i, _i64(attrs["qmin"]), _i64(attrs["qmax"]))
             return tirx.min(tirx.max(y + attrs["out_zp"], qmin), qmax)
         return elementwise(x.shape, body, container(*out), "layernorm")
 

@@ -27,7 +27,7 @@ from hwsim.accelerator.workload import Layer, describe, storage_widths
 from intprog.arith import matmul_exact
 from intprog.ops import value_ranges
 from intprog.program import Program
-from intprog.reference import KERNELS, attention, execute, linear_acc, linear_weights
+from intprog.reference import KERNELS, attention, execute, linear_acc, linear_weights, token_bounds
 
 
 @dataclass
@@ -98,8 +98,8 @@ class Accelerator:
         return out
 
     def _requant(self, acc: np.ndarray, c: dict) -> np.ndarray:
-        return ap_requantize(acc, c["multiplier"], c["shift"], c["out_zp"], c["qmin"], c["qmax"],
-                             self.config.rounding)
+        qmin, qmax = token_bounds(c, c["qmin"], c["qmax"], acc.shape)
+        return ap_requantize(acc, c["multiplier"], c["shift"], c["out_zp"], qmin, qmax, self.config.rounding)
 
     def _linear(self, xs, attrs, c, name):
         """The array's GEMM in the configured accumulator; where no partial sum can leave it (the

@@ -62,6 +62,12 @@ class Family(ABC):
         until RepQ-ViT's reparameterization folds the scales into the LayerNorm."""
         return [pair for b in self.blocks(model) for pair in ((b.norm1, b.attn.qkv), (b.norm2, b.mlp.fc1))]
 
+    def class_token_quantizers(self, model: nn.Module) -> list[tuple[nn.Module, int]]:
+        """(activation quantizer, its input's token axis) that clip the class token on their own
+        grid (QuantConfig.cls_clip): those whose integer producer can clamp one token apart. A
+        family without a class token has none to clip."""
+        raise ModelError(f"{type(model).__name__} has no class token: quantize it without cls_clip (--cls-clip)")
+
     @abstractmethod
     def head(self, model: nn.Module) -> nn.Module:
         """The classifier's Linear (its weights take the first/last-layer bit width)."""

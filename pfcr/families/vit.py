@@ -23,7 +23,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from pfcr.export import _I32, ROUNDING, _act, _attention, _layernorm, _linear, _mlp, _np, _requant_consts
+from pfcr.export import (
+    _I32,
+    ROUNDING,
+    _act,
+    _attention,
+    _layernorm,
+    _linear,
+    _mlp,
+    _np,
+    _requant_consts,
+    _token0,
+)
 from pfcr.families import Family, register
 from pfcr.families.units import AttnUnit, MlpUnit, Tail, Unit
 from pfcr.quant.modules import QuantAttention, QuantLinear
@@ -140,6 +151,18 @@ class Vit(Family):
             units += [AttnUnit(blk, (0, bi)), MlpUnit(blk, (0, bi))]
         return [*units, Tail(model, model.head)]
 
+    def class_token_quantizers(self, model: nn.Module) -> list[tuple[nn.Module, int]]:
+        """The LayerNorm outputs (qkv and fc1 inputs) and q, k, v: the LayerNorm and the qkv GEMM
+        clamp token 0 apart (k enters q.k^T transposed, its tokens last)."""
+        if getattr(model, "cls_token", None) is None:
+            return super().class_token_quantizers(model)
+        out: list[tuple[nn.Module, int]] = []
+        for blk in model.blocks:
+            a = blk.attn
+            out += [(a.qkv.a_quant, -2), (a.matmul_qk.a_quant, -2), (a.matmul_qk.b_quant, -1),
+                    (a.matmul_av.b_quant, -2), (blk.mlp.fc1.a_quant, -2)]
+        return out
+
     def head(self, model: nn.Module) -> nn.Module:
         return model.head
 
@@ -166,7 +189,8 @@ class Vit(Family):
         p.units.append(x)
         for i, blk in enumerate(m.blocks):
             t = f"b{i}."
-            h_ = _layernorm(p, t + "ln1", x, blk.norm1, s.res, _act(blk.attn.qkv.a_quant))
+            qkv_in = blk.attn.qkv.a_quant
+            h_ = _layernorm(p, t + "ln1", x, blk.norm1, s.res, _act(qkv_in), _token0(qkv_in, blk.norm1.weight.numel()))
             x = p.add("add", [x, _attention(p, t, h_, blk.attn, s.res)], t + "stream_attn")
             p.units.append(x)
             x = _mlp(p, t, x, blk, s)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from core.errors import SuiteError
 from pfcr.quant.model import QuantModel
 from pfcr.quant.quantizers import AdaRoundQuantizer, UniformQuantizer
 
@@ -43,9 +44,40 @@ def calibrate(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) ->
     (as RepQ-ViT does; by the config's range rule), weights on the weights themselves (MSE)."""
     acts = {name: q for name, q in qmodel.quantizers() if isinstance(q, UniformQuantizer)
             and not isinstance(q, AdaRoundQuantizer)}
-    for name, x in float_inputs(qmodel, images, acts, batch_size=batch_size).items():
+
+    def others(name: str, x: torch.Tensor) -> torch.Tensor:  # a class-token quantizer: every token but 0
+        ax = acts[name].token_axis
+        return x if ax is None else x.narrow(ax, 1, x.shape[ax] - 1)
+
+    for name, x in float_inputs(qmodel, images, acts, others, batch_size).items():
         acts[name].calibrate(x, qmodel.cfg.range_rule(acts[name].bits))
     calibrate_weights(qmodel)
+
+
+@torch.no_grad()
+def calibrate_class_token(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 64) -> int:
+    """QuantConfig.cls_clip, after `reparameterize`: each class-token quantizer's bounds for token 0
+    on its own grid, the range an MSE search picks on the float model's token-0 rows (per channel
+    after the LayerNorms, as their quantizers were before the fold), cut so that every token's
+    codes span at most 256. Returns how many quantizers clip."""
+    qs = {name: q for name, q in qmodel.quantizers() if isinstance(q, UniformQuantizer) and q.token_axis is not None}
+    postln = {id(linear.a_quant) for _, linear in qmodel.family.postln_pairs(qmodel.model)}
+
+    def token0(name: str, x: torch.Tensor) -> torch.Tensor:
+        first = x.narrow(qs[name].token_axis, 0, 1)
+        return first.reshape(-1, first.shape[-1])
+
+    for name, rows in float_inputs(qmodel, images, qs, token0, batch_size).items():
+        q = qs[name]
+        if q.scale.numel() != 1:
+            raise SuiteError(f"{name}: the class token's bounds need a per-tensor grid (reparameterize first)")
+        own = UniformQuantizer(q.bits, q.symmetric, axis=-1 if id(q) in postln else None)
+        own.calibrate(rows, "mse")  # its clipping is the point (QuantConfig.cls_clip)
+        s, z = q.scale.detach(), q.zero_point
+        lo = torch.round(own.scale.detach() * (own.qmin - own.zero_point) / s) + z
+        hi = torch.round(own.scale.detach() * (own.qmax - own.zero_point) / s) + z
+        q.token0_min, q.token0_max = lo.clamp(min=q.qmax - 255), hi.clamp(max=q.qmin + 255)
+    return len(qs)
 
 
 @torch.no_grad()

@@ -55,6 +55,10 @@ class UniformQuantizer(nn.Module):
 
     x_int = clamp(round(x / s) + z, qmin, qmax); x_hat = (x_int - z) * s. The step size s is a
     parameter (LSQ); the zero point z is an integer buffer fixed at calibration.
+
+    Class-token clipping (`token_axis` set, `token0_min`/`token0_max` calibrated): token 0 along
+    `token_axis` is clamped to its own code bounds on the same grid (per last-axis channel, or one
+    pair) instead of [qmin, qmax], the other tokens as usual (QuantConfig.cls_clip).
     """
 
     def __init__(self, bits: int, symmetric: bool = False, axis: int | None = None, signed: bool | None = None):
@@ -70,10 +74,25 @@ class UniformQuantizer(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
         self.enabled = True
         self.drop_prob = 0.0
+        self.token_axis: int | None = None
+        self.register_buffer("token0_min", torch.zeros(0))
+        self.register_buffer("token0_max", torch.zeros(0))
 
     def extra_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
         return f"bits={self.bits}, {kind}, axis={self.axis}"
+
+    @property
+    def clips_token0(self) -> bool:
+        return self.token_axis is not None and self.token0_min.numel() > 0
+
+    def _clamp(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes clamped to [qmin, qmax], token 0 to its own bounds where it has them."""
+        if not self.clips_token0:
+            return torch.clamp(codes, self.qmin, self.qmax)
+        ax, n = self.token_axis, codes.shape[self.token_axis]
+        first = torch.clamp(codes.narrow(ax, 0, 1), self.token0_min, self.token0_max)
+        return torch.cat([first, torch.clamp(codes.narrow(ax, 1, n - 1), self.qmin, self.qmax)], ax)
 
     def _shape(self, x: torch.Tensor) -> list[int]:
         if self.axis is None:
@@ -134,7 +153,7 @@ class UniformQuantizer(nn.Module):
     def integer(self, x: torch.Tensor) -> torch.Tensor:
         """The integer codes of x (float tensor holding integers)."""
         s, z = self.scale.reshape(self._shape(x)), self.zero_point.reshape(self._shape(x))
-        return torch.clamp(torch.round(x / s) + z, self.qmin, self.qmax)
+        return self._clamp(torch.round(x / s) + z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not bool(self.calibrated):
@@ -142,7 +161,7 @@ class UniformQuantizer(nn.Module):
         shape = self._shape(x)
         s = _lsq_grad_scale(self.scale, x.numel() // self.scale.numel(), self.qmax).reshape(shape)
         z = self.zero_point.reshape(shape)
-        xq = (torch.clamp(round_ste(x / s) + z, self.qmin, self.qmax) - z) * s
+        xq = (self._clamp(round_ste(x / s) + z) - z) * s
         if self.training and self.drop_prob > 0:
             return torch.where(torch.rand_like(x) < self.drop_prob, x, xq)
         return xq
