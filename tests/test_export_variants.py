@@ -167,5 +167,5 @@ def test_class_token_clipping_needs_a_class_token():
     from pfcr.quant.model import QuantModel
 
     for spec, kw in ((SWIN, {}), (VIT, {"class_token": False, "global_pool": "avg"})):
-        with pytest.raises(ModelError, match="has no class token.*--cls-clip"):
+        with pytest.raises(ModelError, match=r"has no class token.*--cls-clip"):
             QuantModel(_model(spec, kw), QuantConfig(4, 4, cls_clip=True))
