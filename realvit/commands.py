@@ -93,8 +93,9 @@ def quant_options(sp: argparse.ArgumentParser) -> None:
 
 def main_stages(job: MainJob) -> list[Stage]:
     """With `pfcr main --real`: the model and photos, W8A8 round-to-nearest with 16 log softmax
-    codes per octave and W4A4 (8-bit fc2 and proj inputs) block reconstruction on a short schedule
-    after the exact outlier migration (the best exportable settings of docs/real-model.md), each
+    codes per octave and W4A4 (8-bit fc2 and proj inputs, class-token clipping) block reconstruction
+    on a short schedule after the exact outlier migration (the best exportable settings of
+    docs/real-model.md), each
     measured on 64 evaluation crops and exported through the fidelity guard."""
     if not job.real:
         return []
@@ -107,8 +108,8 @@ def main_stages(job: MainJob) -> list[Stage]:
         ("real model: W8A8 round-to-nearest, 16 log softmax codes per octave, fidelity and export guard",
          ["real", "measure", "--bits", "8", "8", "--method", "rtn", "--softmax-codes", "16", "--tag", "main",
           *short]),
-        ("real model: W4A4 with 8-bit fc2 and proj inputs, smoothing + block reconstruction (10 iterations "
-         "per block), fidelity and export guard",
+        ("real model: W4A4 with 8-bit fc2 and proj inputs, class-token clipping, smoothing + block "
+         "reconstruction (10 iterations per block), fidelity and export guard",
          ["real", "measure", "--bits", "4", "4", "--method", "block", "--iters", "10", "--smooth", "0.5",
-          "--fc2-a-bits", "8", "--proj-a-bits", "8", "--tag", "main", *short]),
+          "--fc2-a-bits", "8", "--proj-a-bits", "8", "--cls-clip", "--tag", "main", *short]),
     ]
