@@ -58,7 +58,10 @@ KNOB_HELP = """knob parts (comma-separated, applied in this order):
                    left float for token 0 (the others still calibrated without it); cls-sep=all8 /
                    allminmax: as cls-sep, token 0's codes at 8 bits / its ranges not clipped;
                    cls-sep=wideN / plusE[fF]: token 0 keeps the others' step with its codes widened
-                   to N bits / by E bits (and F more fraction bits after the LayerNorms)
+                   to N bits / by E bits (and F more fraction bits after the LayerNorms);
+                   cls-sep=clip: token 0's own (clipping) range, as bounds on the others' grid;
+                   cls-sep=clip4: the same, the post-LN inputs and q, k, v only, within 256 codes of
+                   the others' (what QuantConfig.cls_clip, --cls-clip, builds)
   a8=KINDS         these activation kinds at 8 bits (mixed precision), KINDS joined by '+'
   fp=KINDS         these activation kinds left float (upper bound of a wider integer)
 activation kinds: qkv_in, q, k, v, softmax, proj_in, fc1_in, fc2_in, image; blocks: kind@i (e.g. fc2_in@11)"""

@@ -429,7 +429,8 @@ def program_code_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cls-clip", action="store_true",
                     help="ViT/DeiT with a class token: the LayerNorm outputs and q, k, v take their ranges "
                          "without the class token, which is clamped on the same grid to its own MSE-clipped "
-                         "range (per channel after the LayerNorms; QuantConfig.cls_clip); exported exactly")
+                         "range (per channel after the LayerNorms; QuantConfig.cls_clip); exported exactly. For "
+                         "4-bit activations: at 6 and 8 bits the int8 window leaves it too little room")
 
 
 def main_stages(job: MainJob) -> list[Stage]:
