@@ -161,6 +161,12 @@ def test_class_token_clipping_is_exported_exactly():
     for vnni in (False, True):  # the VNNI form's u8 x s8 products take token 0's codes in their window
         vm = build(lower(program, batch=len(codes), vnni=vnni).mod)
         np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(codes.astype("uint8"))).numpy(), out)
+    # token 0's codes below 0 take the LayerNorm outputs out of uint8: every GEMM but the head's
+    # still runs on VNNI, its activations copied once as x - lo
+    from tvm_backends.schedules import gemm_kernels, schedule
+
+    vnni_cpu = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
+    assert gemm_kernels(schedule(lower(program, vnni=True).mod, vnni_cpu)) == {"vnni": 9, "generic": 1}
 
 
 def test_class_token_clipping_needs_a_class_token():

@@ -284,9 +284,10 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval)
     """(x - in_zp) @ (W - W_zp)^T + bias, requantized per output channel, as one kernel.
 
     With x spanning at most 256 codes, the GEMM multiplies x - off (off = lo: uint8 operands, or
-    lo + 128: int8 operands, cast in the kernel) by int8 weights W - s, s = W_zp where W - W_zp fits
-    int8 (4/3-bit and symmetric weights) and s = min W + 128 where it does not (asymmetric 8-bit
-    weights span 256 codes). Exactly:
+    lo + 128: int8 operands, cast in the kernel; uint8 operands from any other container or offset,
+    e.g. a class token's codes below 0, are copied once as x - lo, "to_uint8") by int8 weights W - s,
+    s = W_zp where W - W_zp fits int8 (4/3-bit and symmetric weights) and s = min W + 128 where it
+    does not (asymmetric 8-bit weights span 256 codes). Exactly:
         sum (x - in_zp)(W - W_zp) = sum (x - off)(W - s) + (s - W_zp) sum (x - off) + (off - in_zp) sum (W - W_zp),
     the last term folded into the bias, the middle one a row sum of the activations times a constant.
     """
@@ -299,7 +300,8 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval)
     correction = s - c["weight_zp"]
     signed = narrow and b.signed_activations
     off = x.lo + 128 * signed if narrow else attrs["in_zp"]
-    a_off = 0 if signed else off
+    unsigned_copy = narrow and not signed and (x.dtype != "uint8" or off != 0)
+    a_off = 0 if signed or unsigned_copy else off
     w8 = raw - s[:, None]
     acc = acc_dtype(dot_bound(w.shape[1], (x.lo - off, x.hi - off), span(w8)))
     weight = _c(w8, "int8" if narrow else acc)
@@ -307,8 +309,9 @@ def _linear(b: _Builder, xs: list[Value], attrs: dict, c: Consts, out: Interval)
                       **{r: c[r] for r in ("multiplier", "shift", "out_zp", "qmin", "qmax", *TOKEN0) if r in c}})
 
     def kernel(ch: Channels, a: te.Tensor, wt: te.Tensor) -> te.Tensor:
-        if signed:
-            a = elementwise(a.shape, lambda i: a[i].astype("int32") - off, "int8", "to_int8")
+        if signed or unsigned_copy:
+            a = elementwise(a.shape, lambda i: a[i].astype("int32") - off, "int8" if signed else "uint8",
+                            "to_int8" if signed else "to_uint8")
         dot = _contract(a, wt, acc, True, a_off=a_off, name="dense")
         if correction.any():
             k = te.reduce_axis((0, a.shape[-1]), "k")

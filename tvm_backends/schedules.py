@@ -457,7 +457,7 @@ def _tensorized(func: tirx.PrimFunc, kind: _Gemm, n: int, k: int) -> tirx.PrimFu
     """`func` with its dense block tensorized as `kind` (see `_tensorize_gemm`), or None."""
     sch = s_tir.Schedule(func)
     for blk in sch.get_child_blocks(sch.get_sblock("root")):
-        if kind.a_dtype != "int8" or sch.get(blk).name_hint != "to_int8":  # s8 x s8: the int8 copy stays
+        if sch.get(blk).name_hint not in ("to_int8", "to_uint8"):  # the activations' 8-bit copy stays
             _inline(sch, blk)
     try:
         block = sch.get_sblock("dense")
