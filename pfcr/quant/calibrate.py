@@ -76,8 +76,19 @@ def calibrate_class_token(qmodel: QuantModel, images: torch.Tensor, batch_size: 
         s, z = q.scale.detach(), q.zero_point
         lo = torch.round(own.scale.detach() * (own.qmin - own.zero_point) / s) + z
         hi = torch.round(own.scale.detach() * (own.qmax - own.zero_point) / s) + z
-        q.token0_min, q.token0_max = lo.clamp(min=q.qmax - 255), hi.clamp(max=q.qmin + 255)
+        q.token0_min, q.token0_max = _int8_window(lo, hi, q.qmin, q.qmax)
     return len(qs)
+
+
+def _int8_window(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token 0's per-channel bounds [lo, hi] cut so that, with every other token's [qmin, qmax],
+    all codes of the tensor span at most 256: what it reaches below qmin and above qmax (over all
+    channels) shares the room left, in proportion."""
+    below, above = max(qmin - int(lo.min()), 0), max(int(hi.max()) - qmax, 0)
+    room = 255 - (qmax - qmin)
+    if below + above > room:
+        below, above = below * room // (below + above), room - below * room // (below + above)
+    return lo.clamp(qmin - below, qmax + above), hi.clamp(qmin - below, qmax + above)
 
 
 @torch.no_grad()
