@@ -86,17 +86,15 @@ def _same(ins: list[Interval], shapes: list[Shape], a: dict, c: Consts) -> Inter
     return ins[0]
 
 
-def _clamped(ins: list[Interval], shapes: list[Shape], a: dict, c: Consts) -> Interval:
-    """[qmin, qmax], widened by token 0's own bounds where the op has them (`qmin0`, `qmax0`)."""
-    lo, hi = span(c["qmin"])[0], span(c["qmax"])[1]
+def _with_token0(lo: int, hi: int, c: Consts) -> Interval:
+    """A clamp's [lo, hi], widened by token 0's own bounds where the op has them (`qmin0`, `qmax0`)."""
     if "qmin0" in c:
         lo, hi = min(lo, span(c["qmin0"])[0]), max(hi, span(c["qmax0"])[1])
     return lo, hi
 
 
-def _normalized(ins: list[Interval], shapes: list[Shape], a: dict, c: Consts) -> Interval:
-    return _clamped(ins, shapes, a, {"qmin": np.array([a["qmin"]]), "qmax": np.array([a["qmax"]]),
-                                     **{r: c[r] for r in TOKEN0 if r in c}})
+def _clamped(ins: list[Interval], shapes: list[Shape], a: dict, c: Consts) -> Interval:
+    return _with_token0(span(c["qmin"])[0], span(c["qmax"])[1], c)
 
 
 def _patchify_shape(s: list[Shape], a: dict, c: Consts) -> Shape:
@@ -133,8 +131,8 @@ OPS: dict[str, OpSpec] = {
     "add_const": OpSpec(1, ("value",), "vector", _same_shape,
                         lambda r, s, a, c: (r[0][0] + span(c["value"])[0], r[0][1] + span(c["value"])[1])),
     "add": OpSpec(2, (), "vector", _same_shape, lambda r, s, a, c: (r[0][0] + r[1][0], r[0][1] + r[1][1])),
-    "layernorm": OpSpec(1, ("multiplier", "shift", "sign", "beta_fixed"), "layernorm", _same_shape, _normalized,
-                        optional=TOKEN0),
+    "layernorm": OpSpec(1, ("multiplier", "shift", "sign", "beta_fixed"), "layernorm", _same_shape,
+                        lambda r, s, a, c: _with_token0(a["qmin"], a["qmax"], c), optional=TOKEN0),
     "split_heads": OpSpec(1, (), "layout", _split_heads_shape, _same),
     "attention": OpSpec(3, (), "array", _same_shape, _attention, optional=("bias", "mask")),
     "merge_heads": OpSpec(1, (), "layout", _merge_heads_shape, _same),

@@ -132,15 +132,14 @@ def requantize(acc: tirx.PrimExpr, m, s, zp, qmin, qmax, rounding: str) -> tirx.
     return tirx.min(tirx.max(round_shift(acc * m, s, rounding) + zp, qmin), qmax)
 
 
-def floor_div_small(n: tirx.PrimExpr, d: tirx.PrimExpr, reciprocal: tirx.PrimExpr | None = None) -> tirx.PrimExpr:
+def floor_div_small(n: tirx.PrimExpr, d: tirx.PrimExpr, reciprocal: tirx.PrimExpr) -> tirx.PrimExpr:
     """floor(n / d) for int64 n and d > 0 whose quotient is below 2^49 in magnitude, without an
-    int64 division (there is no vector one): the float64 quotient fl(fl(n) / fl(d)), or fl(fl(n)
-    fl(1 / d)) with d's `reciprocal` (float64 1 / d, computed once per divisor: a multiply instead
-    of a division per element), is within |n / d| 4 2^-53 < 1 of n / d, so its floor is
-    floor(n / d) or one off either way, which one test each way of q d against n (exact in int64:
-    |q d| <= |n| + 2 d) puts right. LayerNorm's quotient (2 c sqrt(C) + r) / 2r is at most
-    sqrt(C) + 1/2, as |c| <= r = isqrt(sum c^2)."""
-    estimate = n.astype("float64") * reciprocal if reciprocal is not None else n.astype("float64") / d.astype("float64")
+    int64 division (there is no vector one): fl(fl(n) fl(1 / d)), with d's `reciprocal` (float64
+    1 / d, computed once per divisor: a multiply per element), is within |n / d| 4 2^-53 < 1 of
+    n / d, so its floor is floor(n / d) or one off either way, which one test each way of q d
+    against n (exact in int64: |q d| <= |n| + 2 d) puts right. LayerNorm's quotient
+    (2 c sqrt(C) + r) / 2r is at most sqrt(C) + 1/2, as |c| <= r = isqrt(sum c^2)."""
+    estimate = n.astype("float64") * reciprocal
     q = tirx.floor(estimate).astype("int64")
     q = tirx.Select(q * d > n, q - 1, q)
     return tirx.Select((q + 1) * d <= n, q + 1, q)
