@@ -51,9 +51,7 @@ def chain_dir() -> Path:
 
 def prepare(chain: Path) -> None:
     """The checkpoint with the fixed head and the image folder, unless both are there."""
-    import numpy as np
-    from PIL import Image
-
+    from realvit import photos
     from realvit import track as real_vit
 
     chain.mkdir(parents=True, exist_ok=True)
@@ -70,14 +68,9 @@ def prepare(chain: Path) -> None:
         tmp.replace(ckpt)
         print(f"{ckpt}: {len(sd)} tensors (backbone + fixed random head)")
     folder = chain / DATA
-    if not (folder / ".complete").exists():
+    if not folder.is_dir():  # written whole or not at all (photos.write_folder)
         data, _ = real_vit.load_images()
-        for split, key in (("train", "calib"), ("val", "eval")):
-            out = folder / split / "photos"
-            out.mkdir(parents=True, exist_ok=True)
-            for i, img in enumerate(data[key]):
-                Image.fromarray(np.asarray(img, dtype=np.uint8)).save(out / f"{i:03d}.png")
-        (folder / ".complete").write_text("train: 128 calibration crops, val: 128 evaluation crops\n")
+        photos.write_folder(data, folder)
         print(f"{folder}: train/ and val/ of {len(data['calib'])} and {len(data['eval'])} PNG crops")
 
 

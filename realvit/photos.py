@@ -157,3 +157,31 @@ def to_tensor(images: np.ndarray):
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def write_folder(data: dict[str, np.ndarray], folder: Path, label: str = "photos") -> Path:
+    """The set as an ImageNet-layout folder that every `pfcr ... --data` takes: train/ (the
+    calibration crops) and val/ (the evaluation crops), one class subfolder `label`, PNG.
+
+    Built beside `folder` and moved into place whole, so an interrupted write leaves no half folder;
+    an existing folder is replaced."""
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        for split, key in (("train", "calib"), ("val", "eval")):
+            out = tmp / split / label
+            out.mkdir(parents=True)
+            for i, img in enumerate(data[key]):
+                Image.fromarray(np.asarray(img, dtype=np.uint8)).save(out / f"{i:03d}.png")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -223,6 +223,9 @@ def cmd_images(args: argparse.Namespace) -> int:
     _write_json(results_dir(args.results) / "images-card.json", card)
     print(f"{p['images']}: calibration {card['calib']['images']} crops of {len(card['calib']['sources'])} photos, "
           f"evaluation {card['eval']['images']} crops of {len(card['eval']['sources'])} photos (none shared)")
+    if args.folder:
+        print(f"{photos.write_folder(s, Path(args.folder))}: the same crops as PNG, train/ (calibration) and val/ "
+              "(evaluation), for any command's --data")
     return 0
 
 

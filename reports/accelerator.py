@@ -18,13 +18,14 @@ WIDTH_TAG = re.compile(r"accwidth-(ap_sat|ap_wrap)-(\d+)$")
 
 def _runs(sim: pd.DataFrame) -> pd.DataFrame:
     runs = sim[~sim["tag"].fillna("").str.startswith("accwidth-")]
-    cols = ["accelerator", "bits", "tag", "images", "top1 %", "bit-exact", "overflows", "cycles/image",
+    cols = ["accelerator", "model", "bits", "tag", "images", "top1 %", "bit-exact", "overflows", "cycles/image",
             "latency ms", "energy uJ", "util %", "stall %", "DRAM KiB", "peak on-chip KiB", "sim GMAC/s",
             "sim GMAC/CPU-s", "record"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame({
-        "accelerator": runs["method"].str.removeprefix("accel-"), "bits": runs["bits"].fillna("-"),
+        "accelerator": runs["method"].str.removeprefix("accel-"), "model": runs["model"],
+        "bits": runs["bits"].fillna("-"),
         "tag": runs["tag"], "images": runs["m.images"].astype("Int64"), "top1 %": (100 * runs["m.top1"]).round(2),
         "bit-exact": runs.get("m.bit_exact"), "overflows": runs["m.overflows"].astype("Int64"),
         "cycles/image": runs["m.cycles"].astype("Int64"), "latency ms": runs["m.latency_ms"].round(3),
@@ -35,7 +36,7 @@ def _runs(sim: pd.DataFrame) -> pd.DataFrame:
         "sim GMAC/s": (runs["m.sim_macs_per_second"] / 1e9).round(2),
         "sim GMAC/CPU-s": (runs["m.macs"] * runs["m.images"] / runs["m.sim_cpu_seconds"] / 1e9).round(2),
         "record": runs["record"]})
-    return out.sort_values(["accelerator", "bits", "tag"]).reset_index(drop=True)
+    return out.sort_values(["accelerator", "model", "bits", "tag"]).reset_index(drop=True)
 
 
 # A layer's role, from its name without the block prefix (ViT 'b3.', Swin 's0.b1.' or 's1.'), in the

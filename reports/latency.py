@@ -29,17 +29,26 @@ def _bench(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["kind"] == "bench") & (frame["method"] == METHOD)] if not frame.empty else frame
 
 
+def _threads(path: str) -> str:
+    """The thread count a bench record asked for (records before `config.threads` kept it in their
+    environment); '-' for the runtime's default."""
+    rec = load.record(path)
+    n = rec["config"].get("threads", rec.get("environment", {}).get("threads_arg"))
+    return str(n) if n else "-"
+
+
 def _latency_rows(frame: pd.DataFrame) -> pd.DataFrame:
     b = _bench(frame)
     if not b.empty:
         b = b[~_col(b, "m.emulated").fillna(False).astype(bool) & _col(b, "m.p50_ms").notna()]
-    cols = ["target", "model", "bits", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "FP32",
+    cols = ["target", "model", "bits", "threads", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "FP32",
             "FP32 p50 ms", "FP32 / int p50", "bit-exact", "checked", "complete", "record"]
     if b.empty:
         return pd.DataFrame(columns=cols)
     fp32 = b["record"].map(lambda p: load.record(p)["config"].get("fp32", "none"))
     out = pd.DataFrame({
-        "target": b["tag"], "model": b["model"], "bits": _bits(b), "runs": b["m.runs"].astype("Int64"),
+        "target": b["tag"], "model": b["model"], "bits": _bits(b), "threads": b["record"].map(_threads),
+        "runs": b["m.runs"].astype("Int64"),
         **{f"{k} ms": b[f"m.{k}_ms"].round(3) for k in ("p50", "p90", "p99", "mean", "std")},
         "FP32": fp32, "FP32 p50 ms": _col(b, "m.fp32_p50_ms").round(3),
         "FP32 / int p50": _col(b, "m.speedup_vs_fp32_p50"), "bit-exact": _col(b, "m.bit_exact"),
@@ -74,20 +83,23 @@ def _compiles(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _host_comparison(frame: pd.DataFrame) -> pd.DataFrame:
-    """benchmarks/bench_tvm_host.py: each TVM build beside PyTorch FP32 eager and onnxruntime's int8
-    model, all timed interleaved in one process on this host."""
+    """benchmarks/bench_tvm_host.py and real_speed.py: each TVM build beside PyTorch FP32 eager and
+    onnxruntime's int8 model, all timed interleaved in one process on the host the record names (its
+    vector ISA, where the record has the roofline estimate); at 1 thread, and at 2 where measured."""
     b = frame[(frame["kind"] == "bench") & frame["method"].astype(str).str.startswith("tvm-llvm")] \
         if not frame.empty else frame
-    cols = ["model", "bits", "build", "p50 ms", "p90 ms", "p99 ms", "FP32 p50 ms", "onnxruntime int8 p50 ms",
-            "FP32 / int p50", "onnxruntime / int p50", "bit-exact", "record"]
+    cols = ["model", "bits", "build", "ISA", "p50 ms", "p90 ms", "p99 ms", "FP32 p50 ms", "onnxruntime int8 p50 ms",
+            "FP32 / int p50", "onnxruntime / int p50", "2 threads p50 ms", "1 / 2 threads", "bit-exact", "record"]
     if b.empty:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame({
         "model": b["model"], "bits": _bits(b),
         "build": b["method"].map(lambda m: "unscheduled" if m.endswith("-default") else "scheduled"),
+        "ISA": b["record"].map(lambda p: load.record(p).get("roofline", {}).get("isa", "-")),
         **{f"{k} ms": b[f"m.tvm_{k}_ms"].round(3) for k in ("p50", "p90", "p99")},
         "FP32 p50 ms": b["m.fp32_p50_ms"].round(3), "onnxruntime int8 p50 ms": b["m.ort_int8_p50_ms"].round(3),
         "FP32 / int p50": b["m.speedup_vs_fp32_p50"], "onnxruntime / int p50": b["m.speedup_vs_ort_int8_p50"],
+        "2 threads p50 ms": _col(b, "m.tvm_p50_ms_t2").round(3), "1 / 2 threads": _col(b, "m.threads_scaling_p50"),
         "bit-exact": b["m.bit_exact"], "record": b["record"]})
     return out.sort_values(["model", "build", "bits"]).reset_index(drop=True)
 
@@ -134,8 +146,9 @@ def sections(frame: pd.DataFrame, out: Path) -> list[Section]:
     compiles = Section("tvm_compile", "TVM builds (`pfcr compile`): CUDA kernels compiled ahead of time into "
                        "the library (cubins, no CUDA source)", _compiles(frame),
                        command="run `pfcr compile PROGRAM --target TARGET` or `pfcr main`")
-    host = Section("tvm_host", "TVM on this host beside PyTorch FP32 eager and onnxruntime int8 (QDQ export of "
-                   "the FP32 model), batch 1, one thread, interleaved in one process "
-                   "(`python benchmarks/bench_tvm_host.py --model M`); ratios above 1: the integer build is faster",
-                   _host_comparison(frame), command="run `python benchmarks/bench_tvm_host.py --model M`")
+    host = Section("tvm_host", "TVM on the recording host beside PyTorch FP32 eager and onnxruntime int8 (QDQ "
+                   "export of the FP32 model), batch 1, one thread (and two, for the 224x224 models), interleaved "
+                   "in one process; ratios above 1: the integer build (or 2 threads) is faster",
+                   _host_comparison(frame), command="run `python benchmarks/bench_tvm_host.py --model M` (the zoo) "
+                   "or `python benchmarks/real_speed.py` (224x224)")
     return [latency, host, checks, compiles]

@@ -64,9 +64,13 @@ def _sorted(rows: list[dict]) -> pd.DataFrame:
 
 
 def quant_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """`quantize` records with accuracy, one row per (model, bits, method, variant tag), seeds pooled."""
+    """`quantize` records with accuracy, one row per (model, bits, method, variant tag), seeds pooled.
+    A model with random weights (no checkpoint: `random` in its variant, e.g. the main job's real-size
+    latency model) has no accuracy to show and is left out."""
     rows = []
     for (model, bits, method, tag), g in _quantize_groups(frame, labelled=True):
+        if "random" in str(tag).split("-"):
+            continue
         rows.append({
             "model": model, "bits": bits, "method": method, "variant": tag, "seeds": len(g),
             "FP32 top1 %": _num(100 * g["m.fp_top1"].mean(), ".2f"),

@@ -124,7 +124,8 @@ def test_main_job_runs_and_resumes(tmp_path, capsys):
     first = capsys.readouterr().out
     assert "quantize vit_fmnist W3A3 with PFCR" in first and "Post-training quantization" in first
     for kind in ("quantize", "export", "run"):  # ViT W4A4 and W3A3, Swin W4A4
-        assert len(list((tmp_path / "res").glob(f"{kind}_*.json"))) == 3, kind
+        assert len(list((tmp_path / "res").glob(f"{kind}_*_fmnist_*.json"))) == 3, kind
+    assert len(list((tmp_path / "res").glob("bench_deit_tiny_patch16_224_*.json"))) == 2  # real size, 1 and 2 threads
     assert (tmp_path / "rep" / "report.html").exists()
     kinds = {p.name.split("_")[0] for p in (tmp_path / "res").rglob("*.json")}
     assert {"eval", "quantize", "export", "run", "compile", "bench", "simulate", "sensor"} <= kinds

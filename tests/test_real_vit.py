@@ -145,6 +145,22 @@ def test_image_set_splits_share_no_photo():
     assert not np.array_equal(s["eval"], other["eval"])
 
 
+def test_image_folder_holds_the_set_for_any_data_option(tmp_path):
+    """write_folder: train/ = calibration, val/ = evaluation, one class folder of lossless PNGs (the
+    layout every --data takes); a second write replaces the folder whole."""
+    from PIL import Image
+
+    s = photos.build(_fake_photos(), calib=3, evaluation=5, seed=0, size=32)
+    folder = photos.write_folder(s, tmp_path / "photos224")
+    for split, key in (("train", "calib"), ("val", "eval")):
+        files = sorted((folder / split / "photos").iterdir())
+        assert len(files) == len(s[key])
+        assert all(np.array_equal(np.asarray(Image.open(f)), img) for f, img in zip(files, s[key], strict=True))
+    again = photos.write_folder(photos.build(_fake_photos(), calib=2, evaluation=2, seed=1, size=32), folder)
+    assert sorted(p.name for p in (again / "val" / "photos").iterdir()) == ["000.png", "001.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["photos224"]  # no temporary folder left
+
+
 def test_split_sources_is_disjoint_and_covers():
     names = [f"p{i}" for i in range(19)]
     for seed in range(5):
@@ -247,8 +263,9 @@ def test_main_job_runs_the_real_track_only_with_real(tmp_path):
     plain = stages(tmp_path, full=False, limit=None)
     real = stages(tmp_path, full=False, limit=None, real=True)
     added = [argv for title, argv in real if (title, argv) not in plain]
-    assert not any(argv[0] == "real" for _, argv in plain)
-    assert [argv[:2] for argv in added] == [["real", s] for s in ("fetch", "convert", "images", "measure", "measure")]
+    # without --real: only the photo folder (offline) for the real-size DeiT-Tiny chain
+    assert [argv[:2] for _, argv in plain if argv[0] == "real"] == [["real", "images"]]
+    assert [argv[:2] for argv in added] == [["real", s] for s in ("fetch", "convert", "measure", "measure")]
     for argv in added:  # every stage's command line parses, and writes into the job's results
         args = parser().parse_args(argv)
         assert args.results == str(tmp_path)

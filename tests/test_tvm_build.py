@@ -141,6 +141,21 @@ def test_host_bench_is_bit_exact_and_follows_the_protocol(host_artifact, fake_fm
     assert len(r["latency"]["runs_ms"]) == m["runs"] and not r["emulated"] and r["device"] == {"where": "local"}
 
 
+def test_bench_threads_are_recorded_and_tagged_apart(host_artifact, tmp_path):
+    """--threads N > 1 is the record's config and tag (beside the 1-thread record, not over it), and
+    torch's thread count is back after the measurement (the main job runs its stages in one process)."""
+    import torch
+
+    prog, art = host_artifact
+    before = torch.get_num_threads()
+    for n in (1, 2):
+        assert _bench(art, tmp_path, "--program", str(prog), "--check-images", "2", "--threads", str(n)) == 0
+    records = {r["config"]["tag"]: r for r in map(json.loads, map(Path.read_text, tmp_path.glob("bench_*.json")))}
+    assert set(records) == {"host", "host-t2"}
+    assert records["host"]["config"]["threads"] == 1 and records["host-t2"]["config"]["threads"] == 2
+    assert records["host-t2"]["metrics"]["bit_exact"] and torch.get_num_threads() == before
+
+
 def test_bench_notices_outputs_that_differ(host_artifact, fake_fmnist, tmp_path, monkeypatch, capsys):
     """The check can fail: a runner that flips one output element is caught."""
     from tvm_backends import rpc

@@ -8,8 +8,10 @@ that goes away loses at most the chunk in flight: the finished runs are kept and
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +19,35 @@ import numpy as np
 from tvm_backends.rpc import RemoteLost
 
 Timer = Callable[[int], list[float]]  # timer(k) times k single runs, returns their seconds
+
+
+@contextlib.contextmanager
+def local_threads(n: int | None) -> Iterator[None]:
+    """TVM's thread pool and torch's (the FP32 baseline's) at `n` threads in this process for the
+    block, then back. TVM reads TVM_NUM_THREADS only when its pool starts, so in a process that ran
+    TVM before (the main job runs its stages in one) only runtime.config_threadpool resizes it; the
+    threads share every core this process may use. Nothing changes for n None."""
+    if not n:
+        yield
+        return
+    import torch
+    import tvm
+
+    configure = tvm.get_global_func("runtime.config_threadpool")
+    cpus = [str(c) for c in sorted(os.sched_getaffinity(0))]
+    env, torch_threads = os.environ.get("TVM_NUM_THREADS"), torch.get_num_threads()
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    configure(-3, n, cpus)  # -3: kSpecifyThreadShareAllCore
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        configure(-3, int(env) if env else len(cpus), cpus)
+        if env is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = env
 
 
 @dataclass(frozen=True)
@@ -117,9 +148,10 @@ def _timing(m: Measurement) -> dict:
 
 def bench_record(art, checks: dict, latency: Measurement, fp32_method: str, fp32: Measurement | None,
                  protocol: Protocol, *, data: dict, device: dict, env: dict, seed: int, tag: str,
-                 emulated: bool = False) -> dict:
+                 emulated: bool = False, threads: int | None = None) -> dict:
     """The `bench` record of one artifact on one device: checks and latency in `metrics`, every run
-    time in `latency` (and `fp32`). Emulated timings go to `emulated_timing` only, never to metrics."""
+    time in `latency` (and `fp32`). Emulated timings go to `emulated_timing` only, never to metrics.
+    `threads`: the thread count asked for (TVM's and the FP32 baseline's; None: the runtime's default)."""
     from core.records import make_record
 
     meta, stats = art.meta, latency.stats()
@@ -136,7 +168,8 @@ def bench_record(art, checks: dict, latency: Measurement, fp32_method: str, fp32
             metrics.update({f"fp32_{k}": f[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")},
                            speedup_vs_fp32_p50=round(f["p50_ms"] / stats["p50_ms"], 3))
     config = {"method": "tvm", "w_bits": meta["model"].get("w_bits"), "a_bits": meta["model"].get("a_bits"),
-              "tag": tag, "batch": meta["batch"], "fp32": fp32_method, "protocol": protocol.describe()}
+              "tag": tag, "batch": meta["batch"], "threads": threads, "fp32": fp32_method,
+              "protocol": protocol.describe()}
     return make_record("bench", model=model_field(meta), data=data, config=config, metrics=metrics, seed=seed,
                        extra={**extra, "artifact": str(art.path), "target": meta["target"], "emulated": emulated,
                               "device": device, "environment": env, "program_sha256": meta["program"]["sha256"],

@@ -18,9 +18,10 @@ from core.registry import MainJob, Stage
 EMULATED_TAG = "emulated"
 
 
-def _tag(preset: str, batch: int, user: str | None, emulated: bool = False) -> str:
-    parts = [preset] + ([f"b{batch}"] if batch != 1 else []) + ([EMULATED_TAG] if emulated else []) + \
-        ([user] if user else [])
+def _tag(preset: str, batch: int, user: str | None, emulated: bool = False, threads: int | None = None) -> str:
+    """The record's tag: the target, then what sets this run apart (batch, threads beyond 1, emulated)."""
+    parts = [preset] + ([f"b{batch}"] if batch != 1 else []) + ([f"t{threads}"] if threads and threads > 1 else []) \
+        + ([EMULATED_TAG] if emulated else []) + ([user] if user else [])
     return "-".join(parts)
 
 
@@ -111,8 +112,6 @@ def _fp32_timer(args, art, remote, emulated: bool, log):
 
         from core.models import load_program_model
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
         module = load_program_model(art.meta["model"]).module.eval()
         log("FP32 baseline: torch eager on this CPU")
         return "torch-eager", torch_timer(module, torch.zeros(shape))
@@ -145,14 +144,12 @@ def _bench(args: argparse.Namespace) -> int:
     from core.records import results_dir, write_record
     from intprog.program import load
     from tvm_backends.artifact import Artifact
-    from tvm_backends.bench import Protocol, bench_record, check_outputs, measure
+    from tvm_backends.bench import Protocol, bench_record, check_outputs, local_threads, measure
     from tvm_backends.emulate import running
     from tvm_backends.rpc import RemoteError, Runner, connect
 
     if args.emulated_pi and (args.rpc or args.tracker):
         raise SuiteError("--emulated-pi starts its own RPC server; leave out --rpc/--tracker")
-    if args.threads:
-        os.environ["TVM_NUM_THREADS"] = str(args.threads)
     if args.data != arguments.FMNIST and not (args.program and args.check_images):
         raise SuiteError(f"--data {args.data} feeds the bit-exact check, which needs --program (the program the "
                          "artifact was compiled from) and --check-images N >= 1; add them, or leave --data out")
@@ -190,8 +187,10 @@ def _bench(args: argparse.Namespace) -> int:
                   f"{check['bit_exact']} ({check['mismatched_images']} differ)")
         fp32_method, fp32_timer = _fp32_timer(args, art, remote, emulated, print)
         x = _latency_input(meta, codes, args.seed)
-        latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
-        fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
+        local_cpu = remote.session is None and art.preset.device == "cpu"
+        with local_threads(args.threads if local_cpu else None):
+            latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
+            fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
     stopped = latency.stopped or (fp32.stopped if fp32 is not None else "")
     complete = not stopped
     if not complete and not latency.runs_s and not checks:
@@ -202,8 +201,9 @@ def _bench(args: argparse.Namespace) -> int:
     device = remote.describe()
     record = bench_record(art, checks, latency, fp32_method, fp32, protocol, data=data, device=device,
                           env={"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "threads_arg": args.threads},
-                          seed=args.seed, tag=_tag(meta["target"]["preset"], meta["batch"], args.tag, emulated),
-                          emulated=emulated)
+                          seed=args.seed, tag=_tag(meta["target"]["preset"], meta["batch"], args.tag, emulated,
+                                                   None if emulated else args.threads),
+                          emulated=emulated, threads=args.threads)
     metrics, stats = record["metrics"], latency.stats()
     path = write_record(record, args.results, complete=complete)
     what = "emulated (not latency)" if emulated else "latency"
