@@ -488,18 +488,18 @@ def _clamp_on_grid(main, own, window: bool = False):
     """Token 0's quantizer for cls-sep=clip: `own`'s range (its clipping, per channel where it is),
     as code bounds on `main`'s grid (main's step and zero point: as fine as the other tokens');
     `window` (clip4): the bounds cut so that every token's codes span at most 256 (one int8 operand
-    for the GEMMs and attention products)."""
+    for the GEMMs and attention products), the rule of QuantConfig.cls_clip."""
     import types
 
     import torch
 
+    from pfcr.quant.calibrate import bounds_on_grid, int8_window
     from pfcr.quant.quantizers import UniformQuantizer, round_ste
 
-    s0, z0 = own.scale.detach().reshape(-1), own.zero_point.reshape(-1)
     s, z = main.scale.detach().reshape(-1), main.zero_point.reshape(-1)
-    lo, hi = torch.round(s0 * (own.qmin - z0) / s) + z, torch.round(s0 * (own.qmax - z0) / s) + z
+    lo, hi = (b.reshape(-1) for b in bounds_on_grid(own, s, z))
     if window:
-        lo, hi = lo.clamp(min=main.qmax - 255), hi.clamp(max=main.qmin + 255)
+        lo, hi = int8_window(lo, hi, main.qmin, main.qmax)
 
     def forward(self, x):  # per-channel bounds: UniformQuantizer's LSQ scale takes an integer qmax
         return (torch.clamp(round_ste(x / s) + z, lo, hi) - z) * s

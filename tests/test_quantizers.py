@@ -196,11 +196,11 @@ def test_class_token_window_keeps_every_code_within_256():
     """cls_clip's bounds for token 0: where its own range reaches far both ways (or lies wholly
     above the others'), the tensor's codes still span at most 256 (one int8 operand), the room
     shared in proportion; where they fit, the bounds are kept as they are."""
-    from pfcr.quant.calibrate import _int8_window
+    from pfcr.quant.calibrate import int8_window
 
     for lo, hi in (([-300.0, 2.0], [20.0, 700.0]), ([300.0, 310.0], [400.0, 500.0]), ([-5.0, 0.0], [30.0, 12.0])):
-        a, b = _int8_window(torch.tensor(lo), torch.tensor(hi), 0, 15)
+        a, b = int8_window(torch.tensor(lo), torch.tensor(hi), 0, 15)
         assert (a <= b).all()
         assert max(float(b.max()), 15) - min(float(a.min()), 0) <= 255
-    a, b = _int8_window(torch.tensor([-5.0, 0.0]), torch.tensor([30.0, 12.0]), 0, 15)
+    a, b = int8_window(torch.tensor([-5.0, 0.0]), torch.tensor([30.0, 12.0]), 0, 15)
     assert a.tolist() == [-5.0, 0.0] and b.tolist() == [30.0, 12.0]

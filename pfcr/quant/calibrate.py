@@ -73,14 +73,19 @@ def calibrate_class_token(qmodel: QuantModel, images: torch.Tensor, batch_size: 
             raise SuiteError(f"{name}: the class token's bounds need a per-tensor grid (reparameterize first)")
         own = UniformQuantizer(q.bits, q.symmetric, axis=-1 if id(q) in postln else None)
         own.calibrate(rows, "mse")  # its clipping is the point (QuantConfig.cls_clip)
-        s, z = q.scale.detach(), q.zero_point
-        lo = torch.round(own.scale.detach() * (own.qmin - own.zero_point) / s) + z
-        hi = torch.round(own.scale.detach() * (own.qmax - own.zero_point) / s) + z
-        q.token0_min, q.token0_max = _int8_window(lo, hi, q.qmin, q.qmax)
+        q.token0_min, q.token0_max = int8_window(*bounds_on_grid(own, q.scale.detach(), q.zero_point), q.qmin, q.qmax)
     return len(qs)
 
 
-def _int8_window(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bounds_on_grid(own: UniformQuantizer, scale: torch.Tensor, zero_point: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`own`'s range [lo, hi] (per channel where it is) as codes on another grid (scale, zero_point)."""
+    s0, z0 = own.scale.detach(), own.zero_point
+    return (torch.round(s0 * (own.qmin - z0) / scale) + zero_point,
+            torch.round(s0 * (own.qmax - z0) / scale) + zero_point)
+
+
+def int8_window(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token 0's per-channel bounds [lo, hi] cut so that, with every other token's [qmin, qmax],
     all codes of the tensor span at most 256: what it reaches below qmin and above qmax (over all
     channels) shares the room left, in proportion."""
