@@ -62,6 +62,8 @@ KNOB_HELP = """knob parts (comma-separated, applied in this order):
                    cls-sep=clip: token 0's own (clipping) range, as bounds on the others' grid;
                    cls-sep=clip4: the same, the post-LN inputs and q, k, v only, within 256 codes of
                    the others' (what QuantConfig.cls_clip, --cls-clip, builds)
+  cls-clip         the suite's own QuantConfig.cls_clip (calibrate without token 0, then
+                   calibrate_class_token): the quantizers keep their names, so `sensitivity` sees them
   a8=KINDS         these activation kinds at 8 bits (mixed precision), KINDS joined by '+'
   fp=KINDS         these activation kinds left float (upper bound of a wider integer)
 activation kinds: qkv_in, q, k, v, softmax, proj_in, fc1_in, fc2_in, image; blocks: kind@i (e.g. fc2_in@11)"""
@@ -527,7 +529,8 @@ def build(model, calib, w_bits: int, a_bits: int, parts: dict):
 
     fm = copy.deepcopy(model)
     info = transform(fm, parts, calib)
-    qm = QuantModel(fm, QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=parts.get("softmax") != "uniform"))
+    qm = QuantModel(fm, QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=parts.get("softmax") != "uniform",
+                                    cls_clip="cls-clip" in parts))
     quantizers = dict(qm.quantizers())
     for spec in filter(None, str(parts.get("a8", "")).split("+")):
         hit = [n for n in quantizers if _match(n, spec)]
@@ -546,6 +549,10 @@ def build(model, calib, w_bits: int, a_bits: int, parts: dict):
         for n in hit:
             dict(qm.quantizers())[n].enabled = False
     reparameterize(qm)
+    if "cls-clip" in parts:
+        from pfcr.quant.calibrate import calibrate_class_token
+
+        info["class_token_quantizers"] = calibrate_class_token(qm, calib)
     if "cls-sep" in parts:
         info["class_token_quantizers"] = split_class_token(qm, calib, which=cls)
     harden(qm)
