@@ -92,6 +92,8 @@ def quant_options(sp: argparse.ArgumentParser) -> None:
                     help="mixed precision: bits of every fc2 input (QuantConfig.fc2_a_bits)")
     sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every attention's proj input (QuantConfig.proj_a_bits)")
+    sp.add_argument("--k-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every attention's keys (QuantConfig.k_a_bits)")
 
 
 SPEED_MODEL = "deit_tiny_patch16_224"  # the real-size latency stages: DeiT-Tiny's shapes, random weights

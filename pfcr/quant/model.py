@@ -3,8 +3,8 @@
 Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - weights of every Linear and of the patch-embedding conv, per output channel, at `w_bits`
   (`first_last_w_bits` overrides the patch embedding and the head);
-- inputs of every matmul at `a_bits`: qkv, q and k, v, proj (or `proj_a_bits`), fc1, fc2 (or
-  `fc2_a_bits`), head, Swin's reduction;
+- inputs of every matmul at `a_bits`: qkv, q and k (or `k_a_bits`), v, proj (or `proj_a_bits`),
+  fc1, fc2 (or `fc2_a_bits`), head, Swin's reduction;
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
 - post-softmax probabilities with a log2 quantizer at `attn_bits` (`softmax_codes` codes per octave);
 - post-LayerNorm inputs (qkv, fc1, reduction) channel-wise, later folded into the LayerNorm
@@ -52,6 +52,11 @@ class QuantConfig:
     # The same for every attention's proj input (the heads' merged output), the most sensitive
     # group at W6A6 with 8-bit fc2 inputs (ablation-rtn-w6a6-softmax-sqrt2-fc2-a8-seed0.json)
     proj_a_bits: int | None = None
+    # The same for every attention's keys (q·kᵀ's second operand), the most sensitive activation
+    # group of the real ViT-S/14 at W4A4 with 8-bit fc2 and proj inputs and class-token clipping
+    # (rtn: only k quantized 0.977, all but k 0.879 against 0.845 with all; benchmarks/results/real/
+    # sensitivity-*cls-clip*). The keys' codes are an int8 operand of the product either way
+    k_a_bits: int | None = None
     channelwise_postln: bool = True
     log2_softmax: bool = True
     # Codes per octave of the log post-softmax quantizer: 1 log2, 2 log-sqrt2 (half-octave steps
@@ -86,7 +91,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
             check_bits(getattr(self, name), name)
-        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits"):
+        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "k_a_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
         try:
@@ -167,6 +172,8 @@ class QuantModel(nn.Module):
                 blk.mlp.fc2.a_quant = UniformQuantizer(cfg.fc2_a_bits)
             if cfg.proj_a_bits is not None:
                 blk.attn.proj.a_quant = UniformQuantizer(cfg.proj_a_bits)
+            if cfg.k_a_bits is not None:
+                blk.attn.matmul_qk.b_quant = UniformQuantizer(cfg.k_a_bits)
         if cfg.cls_clip:
             for q, axis in self.family.class_token_quantizers(m):
                 q.token_axis = axis
