@@ -142,8 +142,8 @@ def test_host_bench_is_bit_exact_and_follows_the_protocol(host_artifact, fake_fm
 
 
 def test_bench_threads_are_recorded_and_tagged_apart(host_artifact, tmp_path):
-    """--threads N > 1 is the record's config and tag (beside the 1-thread record, not over it), and
-    torch's thread count is back after the measurement (the main job runs its stages in one process)."""
+    """--threads N > 1 is the record's config, environment and tag (beside the 1-thread record, not
+    over it), and torch's thread count is back after the measurement (the main job runs its stages in one process)."""
     import torch
 
     prog, art = host_artifact
@@ -153,6 +153,7 @@ def test_bench_threads_are_recorded_and_tagged_apart(host_artifact, tmp_path):
     records = {r["config"]["tag"]: r for r in map(json.loads, map(Path.read_text, tmp_path.glob("bench_*.json")))}
     assert set(records) == {"host", "host-t2"}
     assert records["host"]["config"]["threads"] == 1 and records["host-t2"]["config"]["threads"] == 2
+    assert records["host-t2"]["environment"]["TVM_NUM_THREADS"] == "2"  # what ran, not what was restored after
     assert records["host-t2"]["metrics"]["bit_exact"] and torch.get_num_threads() == before
 
 

@@ -187,8 +187,10 @@ def _bench(args: argparse.Namespace) -> int:
                   f"{check['bit_exact']} ({check['mismatched_images']} differ)")
         fp32_method, fp32_timer = _fp32_timer(args, art, remote, emulated, print)
         x = _latency_input(meta, codes, args.seed)
-        local_cpu = remote.session is None and art.preset.device == "cpu"
-        with local_threads(args.threads if local_cpu else None):
+        # --threads applies to this machine's CPU only (a board or the emulated Pi keeps its own)
+        threads = args.threads if remote.session is None and art.preset.device == "cpu" else None
+        with local_threads(threads):
+            env = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "threads_arg": args.threads}  # as measured
             latency = measure(lambda k: runner.timer(x, k), protocol, print, "latency")
             fp32 = measure(fp32_timer, protocol, print, "fp32") if fp32_timer and latency.complete else None
     stopped = latency.stopped or (fp32.stopped if fp32 is not None else "")
@@ -199,11 +201,9 @@ def _bench(args: argparse.Namespace) -> int:
             raise RemoteError(f"the board went away before any run finished ({stopped})")
         return 130
     device = remote.describe()
-    record = bench_record(art, checks, latency, fp32_method, fp32, protocol, data=data, device=device,
-                          env={"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "threads_arg": args.threads},
-                          seed=args.seed, tag=_tag(meta["target"]["preset"], meta["batch"], args.tag, emulated,
-                                                   None if emulated else args.threads),
-                          emulated=emulated, threads=args.threads)
+    record = bench_record(art, checks, latency, fp32_method, fp32, protocol, data=data, device=device, env=env,
+                          seed=args.seed, emulated=emulated, threads=threads,
+                          tag=_tag(meta["target"]["preset"], meta["batch"], args.tag, emulated, threads))
     metrics, stats = record["metrics"], latency.stats()
     path = write_record(record, args.results, complete=complete)
     what = "emulated (not latency)" if emulated else "latency"
