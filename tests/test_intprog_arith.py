@@ -94,6 +94,24 @@ def test_matmul_exact_both_paths():
         matmul_exact(np.ones((2, 2)), np.ones((2, 2)))
 
 
+@pytest.mark.parametrize("x_hi, k", [(255, 768), (255, 3000), (1 << 15, 96), (200, 64)])
+def test_linear_acc_is_exact_on_every_float_path(x_hi, k):
+    """K slices in float32 (bound over 2^24), float64, and float32 whole: int64's integers, with the
+    extremes that reach each bound."""
+    from intprog.reference import linear_acc
+
+    rng = np.random.default_rng(k)
+    x = rng.integers(0, x_hi + 1, (2, 5, k))
+    x[0, 0] = x_hi
+    weight = rng.integers(-128, 128, (7, k))
+    weight[0] = -127  # odd products of x's extreme row: sums past 2^24 would round in float32
+    c = {"weight": weight.astype(np.int8), "weight_zp": np.zeros(7, np.int64), "bias": rng.integers(-99, 99, 7)}
+    c["weight"].setflags(write=False)
+    zp = 2
+    want = (x - zp) @ weight.T.astype(np.int64) + c["bias"]
+    assert np.array_equal(linear_acc(x, zp, c), want)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(2, 8), st.data())
 def test_pack_round_trip(bits, data):

@@ -42,7 +42,13 @@ def ap_round_shift(x: np.ndarray, shift: np.ndarray | int, mode: str) -> np.ndar
 
 def ap_requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, zero_point: np.ndarray,
                   qmin: np.ndarray, qmax: np.ndarray, mode: str) -> np.ndarray:
-    """The requantization unit: clamp(zp + round_shift(acc * M, S), qmin, qmax) with the unit's rounding."""
+    """The requantization unit: clamp(zp + round_shift(acc * M, S), qmin, qmax) with the unit's rounding.
+
+    A mode that is one of the program's roundings goes to requantize as that rounding, so that it
+    takes the executors' own fast paths (the same integers: ap_round_shift delegates to it)."""
+    program = AP_TO_PROGRAM[mode]
+    if program is not None:
+        return requantize(acc, multiplier, shift, zero_point, qmin, qmax, program)
     return requantize(acc, multiplier, shift, zero_point, qmin, qmax, mode, ap_round_shift)
 
 
