@@ -94,6 +94,8 @@ def quant_options(sp: argparse.ArgumentParser) -> None:
                     help="mixed precision: bits of every attention's proj input (QuantConfig.proj_a_bits)")
     sp.add_argument("--k-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every attention's keys (QuantConfig.k_a_bits)")
+    sp.add_argument("--qkv-w-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: weight bits of every attention's qkv (QuantConfig.qkv_w_bits)")
 
 
 SPEED_MODEL = "deit_tiny_patch16_224"  # the real-size latency stages: DeiT-Tiny's shapes, random weights

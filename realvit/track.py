@@ -347,7 +347,7 @@ def quant_config(args: argparse.Namespace):
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
                        softmax_codes=args.softmax_codes, act_range=args.act_range, smooth=args.smooth,
                        fc2_a_bits=args.fc2_a_bits, proj_a_bits=args.proj_a_bits, k_a_bits=args.k_a_bits,
-                       gelu_range=args.gelu_range, cls_clip=args.cls_clip)
+                       qkv_w_bits=args.qkv_w_bits, gelu_range=args.gelu_range, cls_clip=args.cls_clip)
 
 
 def recon_config(args: argparse.Namespace):
@@ -367,6 +367,7 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     tags += [f"fc2-a{args.fc2_a_bits}"] if args.fc2_a_bits is not None else []
     tags += [f"proj-a{args.proj_a_bits}"] if args.proj_a_bits is not None else []
     tags += [f"k-a{args.k_a_bits}"] if args.k_a_bits is not None else []
+    tags += [f"qkv-w{args.qkv_w_bits}"] if args.qkv_w_bits is not None else []
     tags += [f"gelu-{args.gelu_range}"] if args.gelu_range != "block" else []
     tags += ["cls-clip"] if args.cls_clip else []
     return tags
@@ -406,7 +407,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     metrics = fidelity_metrics(fp, q, fp_logits, q_logits)
     float_path = fidelity_metrics(fp, features_and_logits(qm.model, x)[0])
     metrics.update({"features": "program", **{f"float_path_{k}": float_path[k] for k in
-                                              ("feature_cosine_mean", "feature_cosine_p5")}})
+                                              ("feature_cosine_mean", "feature_cosine_p5")},
+                    **qm.replay().program.weight_bytes()})  # what mixed-precision weights cost
     metrics.update({"seconds": round(q_seconds, 1), "cpu_seconds": round(q_cpu, 1),
                     "eval_seconds": round(eval_seconds, 1), "fp32_eval_seconds": round(fp_seconds, 1),
                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

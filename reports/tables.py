@@ -88,7 +88,8 @@ def fidelity_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Label-free `quantize` records (a pretrained backbone without labelled data): fidelity of the
     quantized model's pre-head features to FP32's on held-out images, seeds pooled, apart by what
     computed the features: the integer program (`features` "program") or, in records made before it
-    was measured, the fake-quant float path ("float path")."""
+    was measured, the fake-quant float path ("float path"); the program's packed weights where the
+    record has them (mixed-precision weights cost memory)."""
     groups = [((model, bits, method, tag, path), gp) for (model, bits, method, tag), g in
               _quantize_groups(frame, labelled=False)
               for path, gp in g.groupby(g.get("m.features", pd.Series(index=g.index, dtype=object))
@@ -100,6 +101,9 @@ def fidelity_table(frame: pd.DataFrame) -> pd.DataFrame:
         "cosine p5": _pm(g["m.feature_cosine_p5"], 1, 4),
         "rel. error": _pm(g["m.feature_rel_error_mean"], 1, 3),
         "5-NN overlap": _pm(g["m.knn5_overlap"], 1, 3),
+        # the same for every seed of a variant; records before it was measured have none
+        "weights MB": f"{g['m.weight_bytes_packed'].mean() / 1e6:.2f}"
+        if "m.weight_bytes_packed" in g and g["m.weight_bytes_packed"].notna().any() else "",
         "time s": f"{g['m.seconds'].mean():.0f}",
         "peak MB": f"{g['m.peak_rss_mb'].mean():.0f}",
     } for (model, bits, method, tag, path), g in groups

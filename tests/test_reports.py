@@ -236,9 +236,10 @@ def test_label_free_quantize_records_get_the_fidelity_table_not_the_accuracy_tab
             "m.seconds": 10.0, "m.peak_rss_mb": 100.0}
     frame = pd.DataFrame([
         {**base, "m.top1": float("nan"), "m.feature_cosine_mean": c, "m.feature_cosine_p5": c - 0.01,
-         "m.feature_rel_error_mean": 0.1, "m.knn5_overlap": 0.9} for c in (0.98, 0.99)
+         "m.feature_rel_error_mean": 0.1, "m.knn5_overlap": 0.9, "m.weight_bytes_packed": 2.5e6} for c in (0.98, 0.99)
     ] + [{**base, "model": "zoo", "m.top1": 0.8, "m.fp_top1": 0.81, "m.agreement": 0.9, "m.kl": 0.01}])
     fid = fidelity_table(frame)
     assert list(fid["model"]) == ["backbone"] and fid["seeds"].iloc[0] == 2
     assert fid["feature cosine"].iloc[0] == "0.9850 ± 0.0071"
+    assert fid["weights MB"].iloc[0] == "2.50"  # the program's packed weights, where recorded
     assert list(quant_table(frame)["model"]) == ["zoo"]

@@ -58,11 +58,12 @@ def test_a_strength_outside_zero_to_one_is_refused(alpha):
         QuantConfig(smooth=alpha)
 
 
-def test_8_bit_fc2_and_proj_inputs_and_keys_in_a_4_bit_model_run_exactly_on_every_executor():
-    """Mixed precision (QuantConfig.fc2_a_bits, proj_a_bits, k_a_bits): the program carries the
-    wider codes (the GELU table's outputs, proj's input requantization and the keys' third of qkv's
-    requantization reach past 4 bits, q's and v's do not), the eval forward is the program, and TVM
-    and the accelerator model agree with the reference executor to the bit."""
+def test_8_bit_fc2_and_proj_inputs_keys_and_qkv_weights_in_a_4_bit_model_run_exactly_on_every_executor():
+    """Mixed precision (QuantConfig.fc2_a_bits, proj_a_bits, k_a_bits, qkv_w_bits): the program carries
+    the wider codes (the GELU table's outputs, proj's input requantization and the keys' third of qkv's
+    requantization reach past 4 bits, q's and v's do not; qkv's weights are 8-bit codes and say so,
+    the other linears' stay 4-bit), the eval forward is the program, and TVM and the accelerator
+    model agree with the reference executor to the bit."""
     pytest.importorskip("tvm")
     import tvm
 
@@ -73,7 +74,7 @@ def test_8_bit_fc2_and_proj_inputs_and_keys_in_a_4_bit_model_run_exactly_on_ever
 
     fp = load_model("vit_fmnist").module.eval()
     x = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    cfg = QuantConfig(4, 4, fc2_a_bits=8, proj_a_bits=8, k_a_bits=8, smooth=0.5)
+    cfg = QuantConfig(4, 4, fc2_a_bits=8, proj_a_bits=8, k_a_bits=8, qkv_w_bits=8, smooth=0.5)
     qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=cfg, init_size=32))
     assert {b.mlp.fc2.a_quant.bits for b in qm.model.blocks} == {8}
     assert {b.attn.proj.a_quant.bits for b in qm.model.blocks} == {8}
@@ -86,7 +87,10 @@ def test_8_bit_fc2_and_proj_inputs_and_keys_in_a_4_bit_model_run_exactly_on_ever
     proj_in = [op for op in program.ops if op["op"] == "requantize" and op["out"].endswith("proj_in")]
     assert proj_in and all(int(program.consts[op["consts"]["qmax"]].max()) > 15 for op in proj_in)
     qkv = [op for op in program.ops if op["op"] == "linear" and op["out"].endswith("qkv")]
-    assert qkv
+    assert qkv and {op["attrs"]["weight_bits"] for op in qkv} == {8}
+    assert all(np.abs(program.consts[op["consts"]["weight"]].astype(int)).max() > 8 for op in qkv)
+    others = [op for op in program.ops if op["op"] == "linear" and op not in qkv]
+    assert others and {op["attrs"]["weight_bits"] for op in others} == {4}
     for op in qkv:  # q | k | v columns: only the keys' codes are 8-bit
         q_, k_, v_ = np.split(program.consts[op["consts"]["qmax"]].reshape(-1), 3)
         assert k_.max() > 15 and max(q_.max(), v_.max()) <= 15

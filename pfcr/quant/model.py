@@ -2,7 +2,8 @@
 
 Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - weights of every Linear and of the patch-embedding conv, per output channel, at `w_bits`
-  (`first_last_w_bits` overrides the patch embedding and the head);
+  (`first_last_w_bits` overrides the patch embedding and the head, `qkv_w_bits` the attentions'
+  qkv);
 - inputs of every matmul at `a_bits`: qkv, q and k (or `k_a_bits`), v, proj (or `proj_a_bits`),
   fc1, fc2 (or `fc2_a_bits`), head, Swin's reduction;
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
@@ -57,6 +58,11 @@ class QuantConfig:
     # (rtn: only k quantized 0.977, all but k 0.879 against 0.845 with all; benchmarks/results/real/
     # sensitivity-*cls-clip*). The keys' codes are an int8 operand of the product either way
     k_a_bits: int | None = None
+    # The weights' counterpart: bits of every attention's qkv weights, the most sensitive weight
+    # group of the real ViT-S/14 at W4A4 in the same sensitivity run (only they quantized 0.958,
+    # all but them 0.883). The program carries each linear's weight bits (its packed size); the
+    # codes are an int8 operand either way
+    qkv_w_bits: int | None = None
     channelwise_postln: bool = True
     log2_softmax: bool = True
     # Codes per octave of the log post-softmax quantizer: 1 log2, 2 log-sqrt2 (half-octave steps
@@ -91,7 +97,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
             check_bits(getattr(self, name), name)
-        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "k_a_bits"):
+        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "k_a_bits", "qkv_w_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
         try:
@@ -174,6 +180,8 @@ class QuantModel(nn.Module):
                 blk.attn.proj.a_quant = UniformQuantizer(cfg.proj_a_bits)
             if cfg.k_a_bits is not None:
                 blk.attn.matmul_qk.b_quant = UniformQuantizer(cfg.k_a_bits)
+            if cfg.qkv_w_bits is not None:
+                blk.attn.qkv.w_quant = AdaRoundQuantizer(cfg.qkv_w_bits, axis=0)
         if cfg.cls_clip:
             for q, axis in self.family.class_token_quantizers(m):
                 q.token_axis = axis
