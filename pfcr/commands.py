@@ -98,7 +98,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                           softmax_codes=args.softmax_codes, integer_eval=not args.float_eval,
                           act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits,
                           proj_a_bits=args.proj_a_bits, k_a_bits=args.k_a_bits, qkv_w_bits=args.qkv_w_bits,
-                          gelu_range=args.gelu_range, cls_clip=args.cls_clip),
+                          w8_blocks=tuple(args.w8_blocks), gelu_range=args.gelu_range, cls_clip=args.cls_clip),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob, loss=args.recon_loss),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -350,6 +350,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="mixed precision: bits of every attention's keys, q·kᵀ's second operand (default the A bits)")
     sp.add_argument("--qkv-w-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: weight bits of every attention's qkv (default the W bits)")
+    sp.add_argument("--w8-blocks", type=arguments.nonnegative_int, nargs="+", default=[], metavar="BLOCK",
+                    help="mixed precision: blocks (from 0) whose every linear keeps 8-bit weights")
     sp.add_argument("--float-eval", action="store_true",
                     help="evaluate and feed reconstruction with the float fake-quant path instead of the "
                          "model's integer program (the PTQ literature's protocol; for ablations)")

@@ -96,6 +96,9 @@ def quant_options(sp: argparse.ArgumentParser) -> None:
                     help="mixed precision: bits of every attention's keys (QuantConfig.k_a_bits)")
     sp.add_argument("--qkv-w-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: weight bits of every attention's qkv (QuantConfig.qkv_w_bits)")
+    sp.add_argument("--w8-blocks", type=arguments.nonnegative_int, nargs="+", default=[], metavar="BLOCK",
+                    help="mixed precision: blocks (from 0) whose every linear keeps 8-bit weights "
+                    "(QuantConfig.w8_blocks)")
 
 
 SPEED_MODEL = "deit_tiny_patch16_224"  # the real-size latency stages: DeiT-Tiny's shapes, random weights

@@ -347,7 +347,8 @@ def quant_config(args: argparse.Namespace):
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
                        softmax_codes=args.softmax_codes, act_range=args.act_range, smooth=args.smooth,
                        fc2_a_bits=args.fc2_a_bits, proj_a_bits=args.proj_a_bits, k_a_bits=args.k_a_bits,
-                       qkv_w_bits=args.qkv_w_bits, gelu_range=args.gelu_range, cls_clip=args.cls_clip)
+                       qkv_w_bits=args.qkv_w_bits, w8_blocks=tuple(args.w8_blocks), gelu_range=args.gelu_range,
+                       cls_clip=args.cls_clip)
 
 
 def recon_config(args: argparse.Namespace):
@@ -368,6 +369,7 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     tags += [f"proj-a{args.proj_a_bits}"] if args.proj_a_bits is not None else []
     tags += [f"k-a{args.k_a_bits}"] if args.k_a_bits is not None else []
     tags += [f"qkv-w{args.qkv_w_bits}"] if args.qkv_w_bits is not None else []
+    tags += ["w8-b" + "-".join(map(str, sorted(set(args.w8_blocks))))] if args.w8_blocks else []
     tags += [f"gelu-{args.gelu_range}"] if args.gelu_range != "block" else []
     tags += ["cls-clip"] if args.cls_clip else []
     return tags

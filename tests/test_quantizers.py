@@ -204,3 +204,25 @@ def test_class_token_window_keeps_every_code_within_256():
         assert max(float(b.max()), 15) - min(float(a.min()), 0) <= 255
     a, b = int8_window(torch.tensor([-5.0, 0.0]), torch.tensor([30.0, 12.0]), 0, 15)
     assert a.tolist() == [-5.0, 0.0] and b.tolist() == [30.0, 12.0]
+
+
+def test_w8_blocks_widen_every_linear_of_the_blocks_named_and_read_back_from_json():
+    """Mixed precision by depth (QuantConfig.w8_blocks): the named block's linears take 8-bit
+    weights, the others keep the W bits; a block past the model's is refused by name; the list that
+    JSON gives back is the same config."""
+    import json
+
+    from core.models import load_model
+    from pfcr.quant.model import QuantConfig, QuantModel
+    from pfcr.quant.modules import QuantLinear
+
+    fp = load_model("vit_fmnist").module.eval()
+    qm = QuantModel(fp, QuantConfig(4, 4, w8_blocks=(1,)))
+    bits = [{m.w_quant.bits for m in blk.modules() if isinstance(m, QuantLinear)} for blk in qm.model.blocks]
+    assert bits[1] == {8} and all(b == {4} for i, b in enumerate(bits) if i != 1)
+    with pytest.raises(SuiteError, match=r"w8_blocks=\[1, 12\]: the model has blocks 0\.\.11"):
+        QuantModel(fp, QuantConfig(4, 4, w8_blocks=(12, 1)))
+    with pytest.raises(SuiteError, match="block indices"):
+        QuantConfig(w8_blocks=(-1,))
+    again = QuantConfig(**json.loads(json.dumps(QuantConfig(w8_blocks=(3, 1, 3)).to_dict())))
+    assert again == QuantConfig(w8_blocks=(1, 3))

@@ -3,7 +3,7 @@
 Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - weights of every Linear and of the patch-embedding conv, per output channel, at `w_bits`
   (`first_last_w_bits` overrides the patch embedding and the head, `qkv_w_bits` the attentions'
-  qkv);
+  qkv, `w8_blocks` every linear of the blocks named);
 - inputs of every matmul at `a_bits`: qkv, q and k (or `k_a_bits`), v, proj (or `proj_a_bits`),
   fc1, fc2 (or `fc2_a_bits`), head, Swin's reduction;
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
@@ -63,6 +63,10 @@ class QuantConfig:
     # all but them 0.883). The program carries each linear's weight bits (its packed size); the
     # codes are an int8 operand either way
     qkv_w_bits: int | None = None
+    # Mixed precision by depth: the blocks (indices from 0) whose every linear keeps 8-bit weights.
+    # The real ViT-S/14's last blocks carry the largest LayerScale gammas (up to ~10) and, by far,
+    # the largest reconstruction error (block 11's 10^4 against block 0's 10)
+    w8_blocks: tuple[int, ...] = ()
     channelwise_postln: bool = True
     log2_softmax: bool = True
     # Codes per octave of the log post-softmax quantizer: 1 log2, 2 log-sqrt2 (half-octave steps
@@ -100,6 +104,9 @@ class QuantConfig:
         for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "k_a_bits", "qkv_w_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
+        object.__setattr__(self, "w8_blocks", tuple(sorted(set(self.w8_blocks))))  # a list, read back from JSON
+        if any(not isinstance(b, int) or b < 0 for b in self.w8_blocks):
+            raise SuiteError(f"w8_blocks={self.w8_blocks}: give block indices, 0 for the first block")
         try:
             check_per_octave(self.softmax_codes)
         except ValueError as err:
@@ -182,6 +189,13 @@ class QuantModel(nn.Module):
                 blk.attn.matmul_qk.b_quant = UniformQuantizer(cfg.k_a_bits)
             if cfg.qkv_w_bits is not None:
                 blk.attn.qkv.w_quant = AdaRoundQuantizer(cfg.qkv_w_bits, axis=0)
+        blocks = self.family.blocks(m)
+        if cfg.w8_blocks and cfg.w8_blocks[-1] >= len(blocks):
+            raise SuiteError(f"w8_blocks={list(cfg.w8_blocks)}: the model has blocks 0..{len(blocks) - 1}")
+        for b in cfg.w8_blocks:
+            for layer in blocks[b].modules():
+                if isinstance(layer, QuantLinear):
+                    layer.w_quant = AdaRoundQuantizer(8, axis=0)
         if cfg.cls_clip:
             for q, axis in self.family.class_token_quantizers(m):
                 q.token_axis = axis
