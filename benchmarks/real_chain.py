@@ -13,7 +13,8 @@ class subfolder each, PNG). Then, per width, `pfcr quantize`, `export` (fidelity
 `compile` (host, pi5, pi4), `bench` (host: bit-exact + latency; emulated Pi 5: bit-exact only),
 `simulate` (edge-npu) and `sensor sweep`, each as a subprocess with its working folder in the cache
 and relative paths, so the records under benchmarks/results/chain224/ (--results) name no absolute
-path. A step whose marker (`<bits>/done/<step>`) exists is skipped: the script resumes. Each step's
+path. A step whose marker (`<bits>/done/<step>`, its command line) names the same command is skipped,
+until one runs: the script resumes, and a changed setting reruns its step and all after it. Each step's
 command line and output go to `<bits>/logs/<step>.log` in the cache; `steps-<bits>.json` in
 --results lists every step's command, exit status, seconds and output tail.
 """
@@ -38,8 +39,12 @@ KWARGS = {"img_size": 224, "num_classes": 10, "init_values": 1e-5}  # init_value
 CKPT = "vit-s14-dinov2-head10.safetensors"
 DATA = "photos"
 RESULTS = ROOT / "benchmarks/results/chain224"
-# Widths whose program the default guard (0.95) refuses: the threshold a second export uses.
-FALLBACK_MIN_COSINE = {"W4A4": "0.9"}
+# Each width's best exportable quantizer settings of docs/real-model.md (round-to-nearest): W8A8
+# with 16 log codes per octave; W4A4 with the exact outlier migration, class-token clipping and the
+# mixed precision (8-bit fc2 and proj inputs and keys, 8-bit qkv weights)
+SETTINGS = {"W8A8": ["--softmax-codes", "16"],
+            "W4A4": ["--smooth", "0.5", "--fc2-a-bits", "8", "--proj-a-bits", "8", "--k-a-bits", "8",
+                     "--qkv-w-bits", "8", "--cls-clip"]}
 PFCR = str(Path(sys.executable).parent / "pfcr")
 
 
@@ -81,19 +86,10 @@ def steps(bits: str, results: str, emulated_pi: bool) -> list[tuple[str, list[st
     model = [ARCH, "--checkpoint", CKPT, "--model-kwargs", json.dumps(KWARGS)]
     res = ["--results", results]
     out = [
-        ("quantize", ["quantize", *model, "--data", DATA, "--bits", bits, "--method", "rtn", "--limit", "8",
-                      "--calib-size", "32", "--out", q, *res], q),
+        ("quantize", ["quantize", *model, "--data", DATA, "--bits", bits, "--method", "rtn", *SETTINGS[bits],
+                      "--limit", "8", "--calib-size", "32", "--out", q, *res], q),
         ("export", ["export", *model, "--quantized", q, "--data", DATA, "--calib-size", "32", "--check-images", "8",
-                    "--out", prog, *res],
-         prog),
-    ] + ([
-        # Run only if the guard refused the program (W4A4's did, logit cosine 0.936 < 0.95 on 8 images,
-        # before the per-block GELU input ranges): kept anyway, as its error message offers, so the rest
-        # of the chain runs on it. The refusal stays in the log; the guard's threshold is the only change.
-        (f"export-min-cosine-{FALLBACK_MIN_COSINE[bits]}",
-         ["export", *model, "--quantized", q, "--data", DATA, "--calib-size", "32", "--check-images", "8",
-          "--min-cosine", FALLBACK_MIN_COSINE[bits], "--out", prog, *res], prog),
-    ] if bits in FALLBACK_MIN_COSINE else []) + [
+                    "--out", prog, *res], prog),
         ("run", ["run", prog, "--data", DATA, "--limit", "8", *res], None),
     ]
     for target in ("host", "pi5", "pi4"):
@@ -120,24 +116,25 @@ def portable(line: str, chain: Path, rel_results: str) -> str:
 
 
 def run_chain(bits: str, chain: Path, results: Path, emulated_pi: bool, log_path: Path) -> None:
-    log = json.loads(log_path.read_text()) if log_path.exists() else {}
     rel_results = os.path.relpath(results, chain)
+    plan = steps(bits, rel_results, emulated_pi)
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    log = {k: v for k, v in log.items() if k in {f"{bits}/{name}" for name, _, _ in plan}}  # this plan's steps
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS", "1")}
     done, logs = chain / bits.lower() / "done", chain / bits.lower() / "logs"
     done.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
-    for name, argv, output in steps(bits, rel_results, emulated_pi):
+    rerun = False  # once a step runs, every step after it runs too: they read what it made
+    for name, argv, output in plan:
         shown = "pfcr " + shlex.join(argv).replace(rel_results, "benchmarks/results/chain224")
-        if name.startswith("export-min-cosine") and log.get(f"{bits}/export", {}).get("rc") == 0:
-            print(f"[{bits}] {name}: not needed, the guard passed", flush=True)
-            if log.pop(f"{bits}/{name}", None) is not None:
-                log_path.write_text(json.dumps(log, indent=1) + "\n")
-            continue
-        if (done / name).exists() and (output is None or (chain / output).exists()
-                                         or (name == "export" and bits in FALLBACK_MIN_COSINE)):
+        marker = done / name
+        if (not rerun and marker.exists() and marker.read_text().startswith(f"{shown}\n")
+                and (output is None or (chain / output).exists())):
             print(f"[{bits}] {name}: done before, skipped", flush=True)
             continue
+        rerun = True
+        marker.unlink(missing_ok=True)
         print(f"[{bits}] {name}: {shown}", flush=True)
         t0 = time.time()
         with open(logs / f"{name}.log", "w") as f:
@@ -150,13 +147,12 @@ def run_chain(bits: str, chain: Path, results: Path, emulated_pi: bool, log_path
         log[f"{bits}/{name}"] = {"command": shown, "rc": rc, "seconds": seconds,
                                  "output_tail": [portable(line, chain, rel_results) for line in tail]}
         log_path.write_text(json.dumps(log, indent=1) + "\n")
-        refused = name == "export" and bits in FALLBACK_MIN_COSINE and rc != 0
-        if rc == 0 or refused:  # a refusal with a fallback export after it is the step's result, kept
+        if rc == 0:
             (done / name).write_text(f"{shown}\n(exit {rc})\n")
-        if rc != 0:
+        else:
             print(f"[{bits}] {name} FAILED (exit {rc}) after {seconds} s", flush=True)
-            if name.startswith(("quantize", "export")) and not refused:
-                return  # nothing after it has a program to run
+            if name in ("quantize", "export"):
+                return  # nothing after it has a program to run (a refused program is not run)
 
 
 def summary(results: Path) -> str:
