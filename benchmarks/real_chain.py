@@ -119,7 +119,9 @@ def run_chain(bits: str, chain: Path, results: Path, emulated_pi: bool, log_path
     rel_results = os.path.relpath(results, chain)
     plan = steps(bits, rel_results, emulated_pi)
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
-    log = {k: v for k, v in log.items() if k in {f"{bits}/{name}" for name, _, _ in plan}}  # this plan's steps
+    every = [name for name, _, _ in steps(bits, rel_results, True)]  # --skip-emulated-pi keeps its entry
+    log = {k: v for k, v in log.items() if k.removeprefix(f"{bits}/") in every}
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS", "1")}
     done, logs = chain / bits.lower() / "done", chain / bits.lower() / "logs"
@@ -133,8 +135,11 @@ def run_chain(bits: str, chain: Path, results: Path, emulated_pi: bool, log_path
                 and (output is None or (chain / output).exists())):
             print(f"[{bits}] {name}: done before, skipped", flush=True)
             continue
-        rerun = True
-        marker.unlink(missing_ok=True)
+        if not rerun:  # what the steps from here on made before is stale: their markers and entries go
+            rerun = True
+            for later in every[every.index(name):]:
+                (done / later).unlink(missing_ok=True)
+                log.pop(f"{bits}/{later}", None)
         print(f"[{bits}] {name}: {shown}", flush=True)
         t0 = time.time()
         with open(logs / f"{name}.log", "w") as f:

@@ -47,6 +47,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from intprog.program import Program
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -128,7 +134,7 @@ def rtn_program(model, images, bits: int, key: str):
     return program, False
 
 
-def warm_simulation_cpu_seconds(program, codes, repeats: int = 3) -> float:
+def warm_simulation_cpu_seconds(program: Program, codes: np.ndarray, repeats: int = 3) -> float:
     """The accelerator model's CPU seconds for `codes` once set up (the median of `repeats` runs
     after a first, which describes the layers and derives each weight's float forms once per
     program): its throughput over an image set, the figure the simulated-MAC goal is about."""
@@ -311,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                           "hwsim_images_per_cpu_s": round(sim["images"] / sim["sim_cpu_seconds"], 4)
                           if sim["sim_cpu_seconds"] else None,
                           "hwsim_warm_sim_cpu_seconds": round(warm_s, 4),
-                          "hwsim_warm_sim_macs_per_cpu_second": round(sim_macs / warm_s)},
+                          "hwsim_warm_sim_macs_per_cpu_second": round(sim_macs / warm_s) if warm_s else None},
                 "want": want}
             print(f"{name} W{bits}A{bits}: program {'cached' if cached else 'made'} ({quant_s:.0f} s), compiled "
                   f"{compile_s:.0f} s, bit-exact TVM {check['bit_exact']} hwsim {sim['bit_exact']}; reference "
@@ -410,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                    "vs_ort_1t": (metrics.get("speedup_vs_ort_int8_p50", 0) >= TARGETS["vs_ort_1t"])
                    if ort_stats else None,
                    "scaling_2t": (metrics["threads_scaling_p50"] or 0) >= TARGETS["scaling_2t"] if two != one else None,
-                   "sim_macs_per_cpu_second": metrics["hwsim_warm_sim_macs_per_cpu_second"]
+                   "sim_macs_per_cpu_second": (metrics["hwsim_warm_sim_macs_per_cpu_second"] or 0)
                    >= TARGETS["sim_macs_per_cpu_second"]}
             threads = {"threads": args.threads, "torch_threads_per_measurement": args.threads,
                        "tvm_num_threads_env": os.environ["TVM_NUM_THREADS"],

@@ -222,7 +222,8 @@ def test_w8_blocks_widen_every_linear_of_the_blocks_named_and_read_back_from_jso
     assert bits[1] == {8} and all(b == {4} for i, b in enumerate(bits) if i != 1)
     with pytest.raises(SuiteError, match=r"w8_blocks=\[1, 12\]: the model has blocks 0\.\.11"):
         QuantModel(fp, QuantConfig(4, 4, w8_blocks=(12, 1)))
-    with pytest.raises(SuiteError, match="block indices"):
-        QuantConfig(w8_blocks=(-1,))
+    for bad in ((-1,), (True,), 11):
+        with pytest.raises(SuiteError, match="block indices"):
+            QuantConfig(w8_blocks=bad)
     again = QuantConfig(**json.loads(json.dumps(QuantConfig(w8_blocks=(3, 1, 3)).to_dict())))
     assert again == QuantConfig(w8_blocks=(1, 3))

@@ -29,12 +29,15 @@ from tvm_backends.lower import MATERIALIZE
 
 # below this many multiply-adds a parallel loop costs more than it saves
 _PARALLEL_MIN_MACS = 1 << 21
-# The same for an elementwise stage, and for a reduction's elements (rows x reduced): DeiT-Tiny's
-# LayerNorm (197 x 192) and softmax row sums (3 x 197 x 197) stayed serial at 2^16 and 2^21; from
+# The same for an elementwise stage, and for the row reductions of LayerNorm, softmax and the
+# zero-point sums (rows x reduced elements; contractions keep _PARALLEL_MIN_MACS): DeiT-Tiny's
+# LayerNorm (197 x 192) and softmax (3 x 197 x 197) stages stayed serial at 2^16 and 2^21; from
 # these sizes on the second thread pays (per-kernel 2-thread speedups, one-off profile on the 2-core
 # Zen 5 host: LayerNorm 1.00 -> 1.45, softmax 1.53 -> 1.71)
 _PARALLEL_MIN_ELEMENTS = 1 << 15
 _PARALLEL_MIN_REDUCED = 1 << 14
+# tvm_backends.lower's row reductions (a sum or maximum along each row, no product)
+_ROW_REDUCTIONS = {"row_sum", "row_s2", "row_max", "row_total", "q_sum", "k_sum", "activation_sum", "weight_sum"}
 _VECTOR = 16
 _TILE_ROWS = 4  # rows of attention's register tiles
 
@@ -574,15 +577,17 @@ def _schedule_block(sch: s_tir.Schedule, block) -> None:
 
 
 def _schedule_reduction(sch: s_tir.Schedule, block, spatial: list, reduce_: list) -> None:
-    """Sum over the innermost axes in a register; rows of a big reduction in parallel."""
+    """Sum over the innermost axes in a register; the outer rows of a big reduction in parallel
+    (where there are several: a batch-1 [1, T] stage has one)."""
     if not spatial:
         return
     size = 1
     for loop in spatial + reduce_:
         size *= max(_extent(sch, loop), 1)
+    least = _PARALLEL_MIN_REDUCED if sch.get(block).name_hint in _ROW_REDUCTIONS else _PARALLEL_MIN_MACS
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, spatial[-1])
-    if size >= _PARALLEL_MIN_REDUCED and len(spatial) > 1:  # before decompose_reduction, which it needs
+    if size >= least and _rows(sch, spatial[:-1]) > 1:  # before decompose_reduction, which it needs
         sch.parallel(sch.fuse(*spatial[:-1]))
     sch.decompose_reduction(block, reduce_[0])
 

@@ -63,7 +63,8 @@ class QuantConfig:
     # all but them 0.883). The program carries each linear's weight bits (its packed size); the
     # codes are an int8 operand either way
     qkv_w_bits: int | None = None
-    # Mixed precision by depth: the blocks (indices from 0) whose every linear keeps 8-bit weights.
+    # Mixed precision by depth: the blocks (indices from 0, counted across Swin's stages; its
+    # patch-merging reductions are not blocks) whose every linear keeps 8-bit weights.
     # The real ViT-S/14's last block carries the largest LayerScale gammas (up to ~10) and, by far,
     # the largest reconstruction error (10^4 against block 0's 10), yet 8-bit weights there add only
     # 0.004 at W4A4 rtn (docs/real-model.md): its error is scale, not sensitivity
@@ -105,8 +106,10 @@ class QuantConfig:
         for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "k_a_bits", "qkv_w_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
-        if any(not isinstance(b, int) or b < 0 for b in self.w8_blocks):
-            raise SuiteError(f"w8_blocks={self.w8_blocks}: give block indices, 0 for the first block")
+        blocks = self.w8_blocks
+        if not isinstance(blocks, tuple | list) or any(isinstance(b, bool) or not isinstance(b, int) or b < 0
+                                                       for b in blocks):
+            raise SuiteError(f"w8_blocks={blocks!r}: give a tuple of block indices, 0 for the first block")
         object.__setattr__(self, "w8_blocks", tuple(sorted(set(self.w8_blocks))))  # a list, read back from JSON
         try:
             check_per_octave(self.softmax_codes)
