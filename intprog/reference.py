@@ -103,8 +103,9 @@ def linear_acc(x: np.ndarray, zp: int, c: dict[str, np.ndarray]) -> np.ndarray:
         mag_x = max(-lo, hi, abs(zp))
         per_k = max(zp - lo, hi - zp, 0) * w["max"]  # the bound of one product
         ftype, step = _exact_float(max(k * per_k, mag_x)), k
-        if ftype is np.float64 and mag_x < _EXACT[0][0] and (_EXACT[0][0] - 1) // per_k >= _F32_MIN_SLICE:
-            ftype, step = np.float32, (_EXACT[0][0] - 1) // per_k
+        f32_limit = _EXACT[0][0]
+        if ftype is np.float64 and mag_x < f32_limit and (span := (f32_limit - 1) // per_k) >= _F32_MIN_SLICE:
+            ftype, step = np.float32, span  # per_k > 0 here: float64 was needed
         if ftype is not None:
             key = np.dtype(ftype).name
             if key not in w:

@@ -96,9 +96,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, attn_bits=args.attn_bits, input_bits=args.input_bits,
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
                           softmax_codes=args.softmax_codes, integer_eval=not args.float_eval,
-                          act_range=args.act_range, smooth=args.smooth, fc2_a_bits=args.fc2_a_bits,
-                          proj_a_bits=args.proj_a_bits, k_a_bits=args.k_a_bits, qkv_w_bits=args.qkv_w_bits,
-                          w8_blocks=tuple(args.w8_blocks), gelu_range=args.gelu_range, cls_clip=args.cls_clip),
+                          act_range=args.act_range, smooth=args.smooth, gelu_range=args.gelu_range,
+                          cls_clip=args.cls_clip, **mixed_precision(args)),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob, loss=args.recon_loss),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
@@ -342,16 +341,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="fold exact outlier migration into the float weights first: SmoothQuant at strength "
                          "ALPHA (0.5 is usual) on LayerNorm -> Linear and v -> proj, a per-head Hadamard on v -> "
                          "proj, q/k balancing (QuantConfig.smooth; the program is unchanged in kind)")
-    sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: bits of every MLP's fc2 input (the GELU output; default the A bits)")
-    sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: bits of every attention's proj input (default the A bits)")
-    sp.add_argument("--k-a-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: bits of every attention's keys, q·kᵀ's second operand (default the A bits)")
-    sp.add_argument("--qkv-w-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: weight bits of every attention's qkv (default the W bits)")
-    sp.add_argument("--w8-blocks", type=arguments.nonnegative_int, nargs="+", default=[], metavar="BLOCK",
-                    help="mixed precision: blocks (from 0) whose every linear keeps 8-bit weights")
+    mixed_precision_options(sp)
     sp.add_argument("--float-eval", action="store_true",
                     help="evaluate and feed reconstruction with the float fake-quant path instead of the "
                          "model's integer program (the PTQ literature's protocol; for ablations)")
@@ -438,6 +428,27 @@ def program_code_options(sp: argparse.ArgumentParser) -> None:
                          "without the class token, which is clamped on the same grid to its own MSE-clipped "
                          "range (per channel after the LayerNorms; QuantConfig.cls_clip); exported exactly. For "
                          "4-bit activations: at 6 and 8 bits the int8 window leaves it too little room")
+
+
+def mixed_precision_options(sp: argparse.ArgumentParser) -> None:
+    """The sensitive groups kept wider than --bits: --fc2-a-bits, --proj-a-bits, --k-a-bits (inputs),
+    --qkv-w-bits, --w8-blocks (weights); `mixed_precision` turns them into QuantConfig's fields."""
+    sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every MLP's fc2 input (the GELU output; default the A bits)")
+    sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every attention's proj input (default the A bits)")
+    sp.add_argument("--k-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every attention's keys, q·kᵀ's second operand (default the A bits)")
+    sp.add_argument("--qkv-w-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: weight bits of every attention's qkv (default the W bits)")
+    sp.add_argument("--w8-blocks", type=arguments.nonnegative_int, nargs="+", default=[], metavar="BLOCK",
+                    help="mixed precision: blocks (from 0) whose every linear keeps 8-bit weights")
+
+
+def mixed_precision(args: argparse.Namespace) -> dict:
+    """QuantConfig's mixed-precision fields from `mixed_precision_options`."""
+    return {"fc2_a_bits": args.fc2_a_bits, "proj_a_bits": args.proj_a_bits, "k_a_bits": args.k_a_bits,
+            "qkv_w_bits": args.qkv_w_bits, "w8_blocks": tuple(args.w8_blocks)}
 
 
 def main_stages(job: MainJob) -> list[Stage]:

@@ -78,7 +78,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def quant_options(sp: argparse.ArgumentParser) -> None:
     """The QuantConfig knobs `measure` and `ablate` share."""
-    from pfcr.commands import program_code_options
+    from pfcr.commands import mixed_precision_options, program_code_options
 
     sp.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (QuantConfig.log2_softmax=False)")
@@ -88,17 +88,7 @@ def quant_options(sp: argparse.ArgumentParser) -> None:
                     "more, else MSE; QuantConfig.act_range)")
     sp.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
                     help="exact outlier migration folded into the weights at strength ALPHA (QuantConfig.smooth)")
-    sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: bits of every fc2 input (QuantConfig.fc2_a_bits)")
-    sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: bits of every attention's proj input (QuantConfig.proj_a_bits)")
-    sp.add_argument("--k-a-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: bits of every attention's keys (QuantConfig.k_a_bits)")
-    sp.add_argument("--qkv-w-bits", type=arguments.bit_width, default=None,
-                    help="mixed precision: weight bits of every attention's qkv (QuantConfig.qkv_w_bits)")
-    sp.add_argument("--w8-blocks", type=arguments.nonnegative_int, nargs="+", default=[], metavar="BLOCK",
-                    help="mixed precision: blocks (from 0) whose every linear keeps 8-bit weights "
-                    "(QuantConfig.w8_blocks)")
+    mixed_precision_options(sp)
 
 
 SPEED_MODEL = "deit_tiny_patch16_224"  # the real-size latency stages: DeiT-Tiny's shapes, random weights

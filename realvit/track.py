@@ -341,14 +341,13 @@ def fp32_features(model, x, model_sha: str, images_sha: str):
 
 def quant_config(args: argparse.Namespace):
     """The QuantConfig of `measure`'s and `ablate`'s shared options (realvit.commands.quant_options)."""
+    from pfcr.commands import mixed_precision
     from pfcr.quant.model import QuantConfig
 
     w_bits, a_bits = args.bits
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
                        softmax_codes=args.softmax_codes, act_range=args.act_range, smooth=args.smooth,
-                       fc2_a_bits=args.fc2_a_bits, proj_a_bits=args.proj_a_bits, k_a_bits=args.k_a_bits,
-                       qkv_w_bits=args.qkv_w_bits, w8_blocks=tuple(args.w8_blocks), gelu_range=args.gelu_range,
-                       cls_clip=args.cls_clip)
+                       gelu_range=args.gelu_range, cls_clip=args.cls_clip, **mixed_precision(args))
 
 
 def recon_config(args: argparse.Namespace):
