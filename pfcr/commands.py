@@ -100,7 +100,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                           cls_clip=args.cls_clip, **mixed_precision(args)),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob, loss=args.recon_loss),
-        pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed,
+        pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed, gptq=args.gptq,
         init_size=min(128, args.calib_size))
     torch.manual_seed(args.seed)
     loaded = load_model(args.model, args.checkpoint, **args.model_kwargs)
@@ -398,7 +398,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def recon_options(sp: argparse.ArgumentParser) -> None:
-    """--scale-lr and --recon-loss, ReconConfig.scale_lr and .loss (`pfcr quantize`, `pfcr real measure`)."""
+    """--scale-lr and --recon-loss, ReconConfig.scale_lr and .loss, and --gptq, QuantizeConfig.gptq
+    (`pfcr quantize`, `pfcr real measure`)."""
     from pfcr.reconstruct.config import LOSSES, ReconConfig
 
     sp.add_argument("--scale-lr", type=arguments.positive_float, default=ReconConfig.scale_lr,
@@ -406,6 +407,9 @@ def recon_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--recon-loss", default="mse", choices=LOSSES,
                     help="reconstruction loss: plain squared error, or each token's relative to its FP32 mean "
                     "square (what the next LayerNorm sees; ReconConfig.loss)")
+    sp.add_argument("--gptq", action="store_true",
+                    help="round the weights by GPTQ (each layer's output error on the calibration images) "
+                         "instead of to nearest: rtn's codes, and block/pfcr's starting point (QuantizeConfig.gptq)")
 
 
 def program_code_options(sp: argparse.ArgumentParser) -> None:

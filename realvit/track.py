@@ -394,7 +394,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     w_bits, a_bits = args.bits
     recon = recon_config(args)
     cfg = QuantizeConfig(method=args.method, quant=quant_config(args), recon=recon, init_size=len(calib),
-                         seed=args.seed)
+                         seed=args.seed, gptq=args.gptq)
 
     def progress(stage: str, entry: dict) -> None:
         print(f"  {stage} {entry['granule']}: loss {entry['loss_before']:.4g} -> {entry['loss_after']:.4g}", flush=True)
@@ -420,7 +420,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                    "sources": sorted(set(data["calib_source"][pick.numpy()].tolist()))}
     head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
-    tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args)
+    tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args) + (["gptq"] if args.gptq else [])
     if args.method != "rtn":  # reconstruction's knobs; QDrop's step-size lr, every record's before, untagged
         tags += [f"scale-lr{recon.scale_lr:g}"] if recon.scale_lr != QDROP_SCALE_LR else []
         tags += [f"loss-{recon.loss}"] if recon.loss != "mse" else []
