@@ -407,11 +407,9 @@ def recon_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--recon-loss", default="mse", choices=LOSSES,
                     help="reconstruction loss: plain squared error, or each token's relative to its FP32 mean "
                     "square (what the next LayerNorm sees; ReconConfig.loss)")
-    sp.add_argument("--gptq", nargs="?", const="quantized", choices=("quantized", "float"), default=None,
-                    help="round the weights by GPTQ (each layer's output error on the calibration images) instead "
-                         "of to nearest: rtn's codes, and block/pfcr's starting point; against the layer's output "
-                         "on its own quantized inputs (default), or the float model's output (GPTAQ's asymmetric "
-                         "target; QuantizeConfig.gptq)")
+    sp.add_argument("--gptq", action="store_true",
+                    help="round the weights by GPTQ (each layer's output error on the calibration images) "
+                         "instead of to nearest: rtn's codes, and block/pfcr's starting point (QuantizeConfig.gptq)")
 
 
 def program_code_options(sp: argparse.ArgumentParser) -> None:

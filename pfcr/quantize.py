@@ -30,7 +30,7 @@ from torch import nn
 from core.errors import CheckpointError, SuiteError
 from core.files import atomic_path
 from pfcr.quant.calibrate import calibrate, calibrate_class_token, reparameterize
-from pfcr.quant.gptq import GPTQ_TARGETS, gptq
+from pfcr.quant.gptq import gptq
 from pfcr.quant.model import QuantConfig, QuantModel
 from pfcr.quant.quantizers import UniformQuantizer
 from pfcr.quant.smooth import smoothed
@@ -52,18 +52,15 @@ class QuantizeConfig:
     coarsest: int = 4  # PFCR: largest granule, in blocks
     init_size: int = 128  # images for the initial scale search
     seed: int = 0
-    # GPTQ's weight rounding (pfcr/quant/gptq.py) after the initial scales, on the layers' own
-    # quantized inputs ("quantized") or towards the float model's outputs ("float"): rtn's final
-    # codes, and where block or pfcr follows, the rounding its AdaRound starts from; None: nearest
-    gptq: str | None = None
+    # GPTQ's weight rounding (pfcr/quant/gptq.py) after the initial scales: rtn's final codes, and
+    # where block or pfcr follows, the rounding its AdaRound starts from
+    gptq: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SuiteError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.pos not in POS_READINGS:
             raise SuiteError(f"unknown POS reading {self.pos!r}; use one of {', '.join(POS_READINGS)}")
-        if self.gptq not in (None, *GPTQ_TARGETS):
-            raise SuiteError(f"unknown GPTQ target {self.gptq!r}; use one of {', '.join(GPTQ_TARGETS)}")
         if self.coarsest not in (0, 1, 2, 4, 8, 16, 32):
             raise SuiteError(f"coarsest={self.coarsest} must be 0 (units only), 1 (blocks) or a power of two")
 
@@ -122,15 +119,15 @@ def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
         log += _run_schedule(qm, streams, cfg, stage1, "pos1-activations", gen, progress)
         _fold(qm, images[: cfg.init_size])
         qm.set_quant(weights=True)
-        if cfg.gptq is not None:
-            gptq(qm, images[: cfg.init_size], float_target=cfg.gptq == "float")
+        if cfg.gptq:
+            gptq(qm, images[: cfg.init_size])
         qm.fix_scales(images[: cfg.init_size])  # from here on, eval mode runs the integer program
         streams.changed(0)
         log += _run_schedule(qm, streams, cfg, cfg.recon, "pos2-weights", gen, progress)
     else:
         _fold(qm, images[: cfg.init_size])
-        if cfg.gptq is not None:
-            gptq(qm, images[: cfg.init_size], float_target=cfg.gptq == "float")
+        if cfg.gptq:
+            gptq(qm, images[: cfg.init_size])
         qm.fix_scales(images[: cfg.init_size])
         if cfg.method != "rtn":
             streams = Streams(qm, fp_model, images)

@@ -374,11 +374,6 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     return tags
 
 
-def gptq_tags(args: argparse.Namespace) -> list[str]:
-    """--gptq's name part: `gptq` on the layers' own inputs, `gptq-float` towards the float outputs."""
-    return [] if args.gptq is None else ["gptq" if args.gptq == "quantized" else f"gptq-{args.gptq}"]
-
-
 def cmd_measure(args: argparse.Namespace) -> int:
     import torch
 
@@ -425,7 +420,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                    "sources": sorted(set(data["calib_source"][pick.numpy()].tolist()))}
     head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
-    tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args) + gptq_tags(args)
+    tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args) + (["gptq"] if args.gptq else [])
     if args.method != "rtn":  # reconstruction's knobs; QDrop's step-size lr, every record's before, untagged
         tags += [f"scale-lr{recon.scale_lr:g}"] if recon.scale_lr != QDROP_SCALE_LR else []
         tags += [f"loss-{recon.loss}"] if recon.loss != "mse" else []

@@ -1,6 +1,6 @@
 """GPTQ weight rounding (QuantizeConfig.gptq, pfcr.quant.gptq): codes on the calibrated grid, a
 smaller layer output error than round-to-nearest on correlated inputs, and a model that exports to
-its program to the bit on the zoo's families, with either target."""
+its program to the bit on the zoo's families."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import SuiteError
 from core.models import load_model
 from intprog import reference
 from pfcr.export import export_program
@@ -54,21 +53,15 @@ def test_a_feature_never_seen_rounds_to_nearest():
     assert torch.equal(q.integer(got)[:, 10], q.integer(w)[:, 10])
 
 
-@pytest.mark.parametrize("target", ["quantized", "float"])
 @pytest.mark.parametrize("model", ["vit_fmnist", "swin_fmnist"])
-def test_a_gptq_model_exports_exactly_and_its_weights_change(model, target):
+def test_a_gptq_model_exports_exactly_and_its_weights_change(model):
     fp = load_model(model).module.eval()
     x = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     cfg = QuantizeConfig(method="rtn", quant=QuantConfig(4, 4), init_size=32)
     plain, _ = quantize(fp, x[:32], cfg)
-    qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4), init_size=32, gptq=target))
+    qm, _ = quantize(fp, x[:32], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4), init_size=32, gptq=True))
     changed = [name for (name, a), (_, b) in zip(plain.weight_layers(), qm.weight_layers(), strict=True)
                if not torch.equal(a.w_quant.integer(a.weight), b.w_quant.integer(b.weight))]
     assert len(changed) >= len(list(qm.weight_layers())) - 1  # every Linear and the patch embedding
     program = export_program(qm)
     assert np.array_equal(_codes(qm, program, x[32:]), reference.run(program, program.input_codes(x[32:])))
-
-
-def test_an_unknown_gptq_target_is_refused():
-    with pytest.raises(SuiteError, match="GPTQ target"):
-        QuantizeConfig(gptq="both")
