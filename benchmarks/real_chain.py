@@ -39,12 +39,13 @@ KWARGS = {"img_size": 224, "num_classes": 10, "init_values": 1e-5}  # init_value
 CKPT = "vit-s14-dinov2-head10.safetensors"
 DATA = "photos"
 RESULTS = ROOT / "benchmarks/results/chain224"
-# Each width's best exportable quantizer settings of docs/real-model.md (round-to-nearest): W8A8
-# with 16 log codes per octave; W4A4 with the exact outlier migration, class-token clipping and the
-# mixed precision (8-bit fc2 and proj inputs and keys, 8-bit qkv weights)
+# Each width's best exportable quantizer settings of docs/real-model.md (without reconstruction):
+# W8A8 round-to-nearest with 16 log codes per octave; W4A4 with the exact outlier migration,
+# class-token clipping, the mixed precision (8-bit fc2 and proj inputs and keys, 8-bit qkv weights)
+# and GPTQ's weight rounding
 SETTINGS = {"W8A8": ["--softmax-codes", "16"],
             "W4A4": ["--smooth", "0.5", "--fc2-a-bits", "8", "--proj-a-bits", "8", "--k-a-bits", "8",
-                     "--qkv-w-bits", "8", "--cls-clip"]}
+                     "--qkv-w-bits", "8", "--cls-clip", "--gptq"]}
 PFCR = str(Path(sys.executable).parent / "pfcr")
 
 

@@ -93,7 +93,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     w_bits, a_bits = args.bits
     cfg = QuantizeConfig(
         method=args.method,
-        quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, attn_bits=args.attn_bits, input_bits=args.input_bits,
+        quant=QuantConfig(w_bits=w_bits, a_bits=a_bits, input_bits=args.input_bits,
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
                           softmax_codes=args.softmax_codes, integer_eval=not args.float_eval,
                           act_range=args.act_range, smooth=args.smooth, gelu_range=args.gelu_range,
@@ -329,8 +329,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     arguments.model(sp)
     sp.add_argument("--bits", type=arguments.bits, default=(4, 4), help="W<w>A<a>, e.g. W4A4, W3A3, W8A8, W4A8")
     sp.add_argument("--method", default="pfcr", choices=["pfcr", "block", "rtn"])
-    sp.add_argument("--attn-bits", type=arguments.bit_width, default=None,
-                    help="post-softmax bits (default: the A bits)")
     sp.add_argument("--uniform-softmax", action="store_true",
                     help="uniform instead of log2 post-softmax quantizer (not exportable: the float path only)")
     program_code_options(sp)
@@ -435,8 +433,10 @@ def program_code_options(sp: argparse.ArgumentParser) -> None:
 
 
 def mixed_precision_options(sp: argparse.ArgumentParser) -> None:
-    """The sensitive groups kept wider than --bits: --fc2-a-bits, --proj-a-bits, --k-a-bits (inputs),
-    --qkv-w-bits, --w8-blocks (weights); `mixed_precision` turns them into QuantConfig's fields."""
+    """The sensitive groups kept wider than --bits: --attn-bits, --fc2-a-bits, --proj-a-bits, --k-a-bits
+    (inputs), --qkv-w-bits, --w8-blocks (weights); `mixed_precision` turns them into QuantConfig's fields."""
+    sp.add_argument("--attn-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of the post-softmax codes, attn·v's first operand (default the A bits)")
     sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every MLP's fc2 input (the GELU output; default the A bits)")
     sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
@@ -451,8 +451,8 @@ def mixed_precision_options(sp: argparse.ArgumentParser) -> None:
 
 def mixed_precision(args: argparse.Namespace) -> dict:
     """QuantConfig's mixed-precision fields from `mixed_precision_options`."""
-    return {"fc2_a_bits": args.fc2_a_bits, "proj_a_bits": args.proj_a_bits, "k_a_bits": args.k_a_bits,
-            "qkv_w_bits": args.qkv_w_bits, "w8_blocks": tuple(args.w8_blocks)}
+    return {"attn_bits": args.attn_bits, "fc2_a_bits": args.fc2_a_bits, "proj_a_bits": args.proj_a_bits,
+            "k_a_bits": args.k_a_bits, "qkv_w_bits": args.qkv_w_bits, "w8_blocks": tuple(args.w8_blocks)}
 
 
 def main_stages(job: MainJob) -> list[Stage]:

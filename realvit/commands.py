@@ -102,10 +102,9 @@ def main_stages(job: MainJob) -> list[Stage]:
 
     With `pfcr main --real`, also the real model: fetch, convert, W8A8 round-to-nearest with 16 log
     softmax codes per octave and W4A4 (8-bit fc2 and proj inputs and keys, 8-bit qkv weights,
-    class-token clipping) block
-    reconstruction on a short schedule after the exact outlier migration (the best exportable
-    settings of docs/real-model.md), each measured on 64 evaluation crops and exported through the
-    fidelity guard."""
+    class-token clipping) with GPTQ's weight rounding after the exact outlier migration (the best
+    exportable settings of docs/real-model.md), each measured on 64 evaluation crops and exported
+    through the fidelity guard."""
     r, res = job.common, job.results
     folder = str(res / "photos224")
     q = res / "quantized" / f"{SPEED_MODEL}_rtn_w8a8.safetensors"
@@ -139,8 +138,8 @@ def main_stages(job: MainJob) -> list[Stage]:
          ["real", "measure", "--bits", "8", "8", "--method", "rtn", "--softmax-codes", "16", "--tag", "main",
           *short]),
         ("real model: W4A4 with 8-bit fc2 and proj inputs, keys and qkv weights, class-token clipping, smoothing + "
-         "block reconstruction (10 iterations per block), fidelity and export guard",
-         ["real", "measure", "--bits", "4", "4", "--method", "block", "--iters", "10", "--smooth", "0.5",
+         "GPTQ, fidelity and export guard",
+         ["real", "measure", "--bits", "4", "4", "--method", "rtn", "--gptq", "--smooth", "0.5",
           "--fc2-a-bits", "8", "--proj-a-bits", "8", "--k-a-bits", "8", "--qkv-w-bits", "8", "--cls-clip",
           "--tag", "main", *short]),
     ]

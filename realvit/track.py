@@ -364,6 +364,7 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     tags += [f"softmax-codes{args.softmax_codes}"] if args.softmax_codes > 2 else []
     tags += [f"clip-{args.act_range}"] if args.act_range != "auto" else []
     tags += [f"smooth-{args.smooth:g}"] if args.smooth is not None else []
+    tags += [f"attn-a{args.attn_bits}"] if args.attn_bits is not None else []
     tags += [f"fc2-a{args.fc2_a_bits}"] if args.fc2_a_bits is not None else []
     tags += [f"proj-a{args.proj_a_bits}"] if args.proj_a_bits is not None else []
     tags += [f"k-a{args.k_a_bits}"] if args.k_a_bits is not None else []
