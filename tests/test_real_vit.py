@@ -283,3 +283,13 @@ def test_measure_takes_the_step_size_learning_rate(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args([*base, "--scale-lr", "0"])
     assert "--scale-lr" in capsys.readouterr().err
+
+
+def test_measure_takes_gptq_and_the_post_softmax_bits():
+    from cli.main import parser
+
+    args = parser().parse_args(["real", "measure", "--bits", "4", "4", "--gptq", "--attn-bits", "8",
+                                "--softmax-codes", "16"])
+    assert args.gptq and real_vit.quant_config(args).attn_bits == 8
+    assert "attn-a8" in real_vit.quant_tags(args)
+    assert not parser().parse_args(["real", "measure"]).gptq
