@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import SuiteError
 from core.models import load_model
 from intprog import reference
 from pfcr.export import export_program
@@ -65,3 +66,9 @@ def test_a_gptq_model_exports_exactly_and_its_weights_change(model):
     assert len(changed) >= len(list(qm.weight_layers())) - 1  # every Linear and the patch embedding
     program = export_program(qm)
     assert np.array_equal(_codes(qm, program, x[32:]), reference.run(program, program.input_codes(x[32:])))
+
+
+def test_a_hessian_that_damping_cannot_mend_is_refused_by_name():
+    w, _, q = _layer(4)
+    with pytest.raises(SuiteError, match="--gptq"):
+        round_weights(w, -torch.eye(64, dtype=torch.float64), q)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import SuiteError
 from pfcr.quant.model import QuantModel
 from pfcr.quant.modules import QuantConv2d, QuantLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer
@@ -37,6 +38,20 @@ def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
+    """The upper Cholesky factor of the damped Hessian's inverse; the damping grows tenfold (at most
+    twice) where rounding errors leave the matrix not positive definite."""
+    eye = torch.eye(len(h), dtype=h.dtype)
+    for damp in (DAMP, 10 * DAMP, 100 * DAMP):
+        factor, info = torch.linalg.cholesky_ex(h + damp * torch.diag(h).mean() * eye)
+        if int(info) == 0:
+            inverse, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(factor), upper=True)
+            if int(info) == 0:
+                return inverse
+    raise SuiteError("GPTQ: a layer's input Hessian is not positive definite even with 100x damping "
+                     "(calibration inputs all but constant?); quantize without --gptq")
+
+
 @torch.no_grad()
 def round_weights(w: torch.Tensor, h: torch.Tensor, q: AdaRoundQuantizer) -> torch.Tensor:
     """GPTQ on one weight [out, in] with Hessian h [in, in] (float64): the rounded weight, on q's grid."""
@@ -46,8 +61,7 @@ def round_weights(w: torch.Tensor, h: torch.Tensor, q: AdaRoundQuantizer) -> tor
     h[dead, dead] = 1.0
     order = torch.argsort(torch.diag(h), descending=True)
     w, h = w[:, order], h[order][:, order]
-    h += DAMP * torch.diag(h).mean() * torch.eye(len(h), dtype=h.dtype)
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    u = _inverse_cholesky(h)
     s, z = q.scale.detach().double()[:, None], q.zero_point.double()[:, None]
     out = torch.empty_like(w)
     for a in range(0, w.shape[1], BLOCK):
