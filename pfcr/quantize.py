@@ -95,11 +95,16 @@ def harden(qm: QuantModel) -> None:
             layer.w_quant.alpha = None
 
 
-def _fold(qm: QuantModel, images: torch.Tensor) -> None:
-    """RepQ's fold of the post-LN scales, then (cls_clip) the class token's bounds on the folded grids."""
+def _settle(qm: QuantModel, images: torch.Tensor, gptq_rounding: bool) -> None:
+    """Once the activation ranges are set: RepQ's fold of the post-LN scales, (cls_clip) the class
+    token's bounds on the folded grids, (gptq) GPTQ's weight rounding on them, then the program's
+    scales, after which eval mode runs the integer program."""
     reparameterize(qm)
     if qm.cfg.cls_clip:
         calibrate_class_token(qm, images)
+    if gptq_rounding:
+        gptq(qm, images)
+    qm.fix_scales(images)
 
 
 def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
@@ -117,18 +122,12 @@ def quantize(fp_model: nn.Module, images: torch.Tensor, cfg: QuantizeConfig,
         streams = Streams(qm, fp_model, images)
         stage1 = replace(cfg.recon, learn_rounding=False)
         log += _run_schedule(qm, streams, cfg, stage1, "pos1-activations", gen, progress)
-        _fold(qm, images[: cfg.init_size])
         qm.set_quant(weights=True)
-        if cfg.gptq:
-            gptq(qm, images[: cfg.init_size])
-        qm.fix_scales(images[: cfg.init_size])  # from here on, eval mode runs the integer program
+        _settle(qm, images[: cfg.init_size], cfg.gptq)
         streams.changed(0)
         log += _run_schedule(qm, streams, cfg, cfg.recon, "pos2-weights", gen, progress)
     else:
-        _fold(qm, images[: cfg.init_size])
-        if cfg.gptq:
-            gptq(qm, images[: cfg.init_size])
-        qm.fix_scales(images[: cfg.init_size])
+        _settle(qm, images[: cfg.init_size], cfg.gptq)
         if cfg.method != "rtn":
             streams = Streams(qm, fp_model, images)
             log += _run_schedule(qm, streams, cfg, cfg.recon, cfg.method, gen, progress)

@@ -69,7 +69,7 @@ def round_weights(w: torch.Tensor, h: torch.Tensor, q: AdaRoundQuantizer) -> tor
         wb, errs = w[:, a:b].clone(), torch.empty_like(w[:, a:b])
         for i in range(b - a):
             col = wb[:, i:i + 1]
-            qcol = (torch.clamp(torch.round(col / s) + z, q.qmin, q.qmax) - z) * s
+            qcol = q._fake(col, s, z)
             out[:, a + i:a + i + 1] = qcol
             err = (col - qcol) / u[a + i, a + i]
             wb[:, i:] -= err @ u[a + i:a + i + 1, a + i:b]
