@@ -97,7 +97,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                           first_last_w_bits=args.first_last_w_bits, log2_softmax=not args.uniform_softmax,
                           softmax_codes=args.softmax_codes, integer_eval=not args.float_eval,
                           act_range=args.act_range, smooth=args.smooth, gelu_range=args.gelu_range,
-                          cls_clip=args.cls_clip, **mixed_precision(args)),
+                          cls_clip=args.cls_clip, fc1_rotation=args.rotate_fc1,
+                          **mixed_precision(args)),
         recon=ReconConfig(iters=args.iters, batch_size=args.recon_batch_size, round_lr=args.round_lr,
                           scale_lr=args.scale_lr, drop_prob=args.drop_prob, loss=args.recon_loss),
         pos=args.pos, finest=not args.no_finest, coarsest=args.coarsest, seed=args.seed, gptq=args.gptq,
@@ -405,6 +406,11 @@ def recon_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--recon-loss", default="mse", choices=LOSSES,
                     help="reconstruction loss: plain squared error, or each token's relative to its FP32 mean "
                     "square (what the next LayerNorm sees; ReconConfig.loss)")
+    gptq_option(sp)
+
+
+def gptq_option(sp: argparse.ArgumentParser) -> None:
+    """--gptq, QuantizeConfig.gptq (`pfcr quantize`, `pfcr real measure` and `ablate`)."""
     sp.add_argument("--gptq", action="store_true",
                     help="round the weights by GPTQ (each layer's output error on the calibration images) "
                          "instead of to nearest: rtn's codes, and block/pfcr's starting point (QuantizeConfig.gptq)")
@@ -413,7 +419,7 @@ def recon_options(sp: argparse.ArgumentParser) -> None:
 def program_code_options(sp: argparse.ArgumentParser) -> None:
     """The codes of the program's nonlinear kernels: --softmax-codes P and its shorthand
     --sqrt2-softmax (P = 2), QuantConfig.softmax_codes; --gelu-range, QuantConfig.gelu_range;
-    --cls-clip, QuantConfig.cls_clip."""
+    --cls-clip, QuantConfig.cls_clip; --rotate-fc1, QuantConfig.fc1_rotation."""
     from intprog.nonlinear import PER_OCTAVE
 
     sp.add_argument("--softmax-codes", type=int, choices=PER_OCTAVE, default=1, metavar="P",
@@ -430,6 +436,10 @@ def program_code_options(sp: argparse.ArgumentParser) -> None:
                          "without the class token, which is clamped on the same grid to its own MSE-clipped "
                          "range (per channel after the LayerNorms; QuantConfig.cls_clip); exported exactly. For "
                          "4-bit activations: at 6 and 8 bits the int8 window leaves it too little room")
+    sp.add_argument("--rotate-fc1", action="store_true",
+                    help="online Hadamard rotation of every MLP's fc1 input: the LayerNorm's output at 8 bits, "
+                         "rotated by ±1 block Hadamard matrices (an exact integer GEMM of the program), then "
+                         "quantized at the A bits, fc1's weight rotated to match (QuantConfig.fc1_rotation)")
 
 
 def mixed_precision_options(sp: argparse.ArgumentParser) -> None:

@@ -66,19 +66,26 @@ def _linear(p: Program, name: str, x: str, layer: nn.Module, in_q: tuple, out_sc
             pre_scale: np.ndarray | float = 1.0, token0: dict[str, np.ndarray] | None = None) -> str:
     """A QuantLinear/QuantConv2d as an integer linear op; outputs requantized to (out_scale, out_zp)
     (token 0 clamped to `token0`'s bounds where given)."""
-    s_in, z_in, _, _ = in_q
     wq = layer.w_quant
     w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
-    w_int = wq.integer(w).to(torch.int64).numpy()
-    s_w = _np(wq.scale).reshape(-1)
-    bias = _np(layer.bias) if layer.bias is not None else np.zeros(len(s_w))
+    w_int = wq.integer(w).to(torch.int64).numpy().astype(np.uint8 if wq.qmin >= 0 else np.int8)
+    bias = _np(layer.bias) if layer.bias is not None else None
+    return _gemm(p, name, x, w_int, _np(wq.zero_point).reshape(-1), _np(wq.scale).reshape(-1), wq.bits, bias,
+                 in_q, out_scale, out_zp, qmin, qmax, pre_scale, token0)
+
+
+def _gemm(p: Program, name: str, x: str, w_int: np.ndarray, w_zp: np.ndarray, s_w: np.ndarray, bits: int,
+          bias: np.ndarray | None, in_q: tuple, out_scale, out_zp, qmin, qmax,
+          pre_scale: np.ndarray | float = 1.0, token0: dict[str, np.ndarray] | None = None) -> str:
+    """The linear op of integer weights `w_int` [out, in] on the grid (s_w, w_zp) per output channel."""
+    s_in, z_in, _, _ = in_q
+    n = len(w_int)
+    s_w = np.broadcast_to(np.asarray(s_w, dtype=np.float64), (n,))
     acc_scale = s_in * s_w
-    n = len(s_w)
-    consts = {"weight": w_int.astype(np.uint8 if wq.qmin >= 0 else np.int8),
-              "weight_zp": _np(wq.zero_point).astype(np.int64).reshape(-1),
-              "bias": np.round(bias / acc_scale).astype(np.int64),
+    consts = {"weight": w_int, "weight_zp": np.broadcast_to(np.asarray(w_zp), (n,)).astype(np.int64),
+              "bias": np.round((np.zeros(n) if bias is None else bias) / acc_scale).astype(np.int64),
               **_requant_consts(acc_scale * pre_scale / out_scale, out_zp, qmin, qmax, n), **(token0 or {})}
-    return p.add("linear", [x], name, {"in_zp": z_in, "rounding": ROUNDING, "weight_bits": wq.bits}, consts)
+    return p.add("linear", [x], name, {"in_zp": z_in, "rounding": ROUNDING, "weight_bits": bits}, consts)
 
 
 def _layernorm(p: Program, name: str, x: str, norm: nn.LayerNorm, s_stream: float, out_q: tuple,
@@ -216,9 +223,18 @@ def _attention(p: Program, t: str, h_: str, a: nn.Module, s_res: float, window: 
 
 def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
     """x + fc2(act(fc1(norm2(x)))): the activation (GELU, or whatever elementwise function the model
-    uses) is a table of the model's own module from fc1's int8 output to fc2's input codes."""
-    fc1_in = _act(blk.mlp.fc1.a_quant)
-    h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, fc1_in, _token0(blk.mlp.fc1.a_quant, blk.norm2.weight.numel()))
+    uses) is a table of the model's own module from fc1's int8 output to fc2's input codes. A rotated
+    fc1 (QuantConfig.fc1_rotation) reads norm2 through its ±1 Hadamard GEMM (2-bit weights)."""
+    fc1 = blk.mlp.fc1
+    fc1_in, token0 = _act(fc1.a_quant), _token0(fc1.a_quant, blk.norm2.weight.numel())
+    rot = getattr(fc1, "rotation", None)  # QuantConfig.fc1_rotation: LayerNorm -> rotation -> fc1
+    if rot is None:
+        h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, fc1_in, token0)
+    else:
+        rot_in = _act(rot.a_quant)
+        h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, rot_in)
+        h_ = _gemm(p, t + "fc1_rot", h_, rot.signs.cpu().numpy(), np.zeros(1), _np(rot.weight) * rot.weight_scale, 2,
+                   _np(rot.bias), rot_in, *fc1_in, token0=token0)
     gelu_in = s.gelu_input(blk)
     h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, *gelu_in)
     fc2_in = _act(blk.mlp.fc2.a_quant)

@@ -27,7 +27,7 @@ def _run(step: str):
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from pfcr.commands import recon_options
+    from pfcr.commands import gptq_option, recon_options
     from realvit import photos
 
     real = sub.add_parser("real", help="a real pretrained ViT (DINOv2 ViT-S/14, 224x224): fetch, convert, "
@@ -73,6 +73,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--calib", type=arguments.positive_int, default=64)
     ab.add_argument("--eval", type=arguments.positive_int, default=32, help="first N evaluation crops")
     quant_options(ab)
+    gptq_option(ab)
     step("summary", "the track's records as a Markdown table (mean ± std over seeds)")
 
 

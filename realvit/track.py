@@ -347,7 +347,8 @@ def quant_config(args: argparse.Namespace):
     w_bits, a_bits = args.bits
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, log2_softmax=not args.uniform_softmax,
                        softmax_codes=args.softmax_codes, act_range=args.act_range, smooth=args.smooth,
-                       gelu_range=args.gelu_range, cls_clip=args.cls_clip, **mixed_precision(args))
+                       gelu_range=args.gelu_range, cls_clip=args.cls_clip, fc1_rotation=args.rotate_fc1,
+                       **mixed_precision(args))
 
 
 def recon_config(args: argparse.Namespace):
@@ -372,6 +373,7 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     tags += ["w8-b" + "-".join(map(str, sorted(set(args.w8_blocks))))] if args.w8_blocks else []
     tags += [f"gelu-{args.gelu_range}"] if args.gelu_range != "block" else []
     tags += ["cls-clip"] if args.cls_clip else []
+    tags += ["rot-fc1"] if args.rotate_fc1 else []
     return tags
 
 
@@ -477,6 +479,10 @@ def export_check(qm, calib, args: argparse.Namespace, model_field: dict, config:
 # Quantizer groups by the name's tail in QuantModel.quantizers() (the model's module names).
 GROUPS = {
     "weights": (".w_quant",),
+    "qkv weights": ("attn.qkv.w_quant",),
+    "proj weights": ("attn.proj.w_quant",),
+    "fc1 weights": ("mlp.fc1.w_quant",),
+    "fc2 weights": ("mlp.fc2.w_quant",),
     "image input": ("patch_embed.proj.a_quant",),
     "qkv input": ("attn.qkv.a_quant",),
     "q": ("attn.matmul_qk.a_quant",),
@@ -485,6 +491,7 @@ GROUPS = {
     "v": ("attn.matmul_av.b_quant",),
     "proj input": ("attn.proj.a_quant",),
     "fc1 input": ("mlp.fc1.a_quant",),
+    "fc1 rotation input": ("mlp.fc1.rotation.a_quant",),
     "fc2 input": ("mlp.fc2.a_quant",),
 }
 
@@ -505,7 +512,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     x = photos.to_tensor(data["eval"][: args.eval])
     fp, _ = features_and_logits(model, x)
     w_bits, a_bits = args.bits
-    cfg = QuantizeConfig(method="rtn", quant=quant_config(args), init_size=len(calib), seed=args.seed)
+    cfg = QuantizeConfig(method="rtn", quant=quant_config(args), init_size=len(calib), seed=args.seed,
+                         gptq=args.gptq)
     qm, _ = quantize(model, calib, cfg)
     quantizers = dict(qm.quantizers())
     rows = {}
@@ -535,7 +543,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         aq = blk.mlp.fc2.a_quant
         hi = float(((aq.qmax - aq.zero_point) * aq.scale.detach()).max())
         fc2[f"block{i}"] = {"calibrated_max": round(hi, 3), "seen_absmax": round(seen[i], 3)}
-    variant = "-".join(quant_tags(args)) or None
+    variant = "-".join(quant_tags(args) + (["gptq"] if args.gptq else [])) or None
     card = {"format": "pfcr.real.ablation/1", "model": MODEL_NAME, "method": "rtn", "w_bits": w_bits,
             "a_bits": a_bits, "variant": variant, "quant": cfg.quant.to_dict(), "seed": args.seed,
             "calibration_images": len(calib), "eval_images": len(x),

@@ -30,8 +30,8 @@ def _patches(conv: QuantConv2d) -> bool:
 
 
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The quantized input of `layer` as rows [tokens, features] matching its weight's columns."""
-    x = layer.a_quant(x)
+    """`layer`'s quantized input x (its input quantizer's output) as rows [tokens, features] matching
+    its weight's columns."""
     if isinstance(layer, QuantConv2d):
         cols = F.unfold(x, layer.weight.shape[2:], stride=layer.stride)  # [N, C*kh*kw, patches]
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
@@ -96,11 +96,12 @@ def gptq(qmodel: QuantModel, images: torch.Tensor, batch_size: int = 16) -> int:
                 n = layer.weight[0].numel()
                 h = torch.zeros(n, n, dtype=torch.float64)
 
-                def add(_m: nn.Module, inp: tuple, h: torch.Tensor = h, layer: nn.Module = layer) -> None:
-                    r = _rows(layer, inp[0]).double()
+                def add(_m: nn.Module, _inp: tuple, out: torch.Tensor, h: torch.Tensor = h,
+                        layer: nn.Module = layer) -> None:
+                    r = _rows(layer, out).double()
                     h.addmm_(r.T, r)
 
-                hook = layer.register_forward_pre_hook(add)
+                hook = layer.a_quant.register_forward_hook(add)  # after a RotatedLinear's rotation
                 try:
                     for x in xs:
                         unit(x)

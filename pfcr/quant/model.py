@@ -9,7 +9,9 @@ Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
 - post-softmax probabilities with a log2 quantizer at `attn_bits` (`softmax_codes` codes per octave);
 - post-LayerNorm inputs (qkv, fc1, reduction) channel-wise, later folded into the LayerNorm
-  (`reparameterize`, RepQ-ViT's algebra) so that the deployed model has per-tensor activations.
+  (`reparameterize`, RepQ-ViT's algebra) so that the deployed model has per-tensor activations;
+  with `fc1_rotation`, fc1 reads its LayerNorm through an online Hadamard rotation, both quantized
+  per tensor.
 
 In eval mode, once every quantizer is on and the program's extra scales are fixed (`fix_scales`),
 the model runs its own integer program (pfcr.quant.replay; `integer_eval`); otherwise, and in
@@ -30,7 +32,7 @@ from torch import nn
 from core.errors import ModelError, SuiteError
 from intprog.nonlinear import check_per_octave
 from pfcr.families import family_of
-from pfcr.quant.modules import QuantAttention, QuantConv2d, QuantLinear
+from pfcr.quant.modules import QuantAttention, QuantConv2d, QuantLinear, RotatedLinear
 from pfcr.quant.quantizers import AdaRoundQuantizer, Log2Quantizer, UniformQuantizer, check_bits
 
 # Finer log post-softmax codes must still reach this many octaves below 1 (2^bits / codes per
@@ -99,9 +101,17 @@ class QuantConfig:
     # resolving them, is what helps (docs/real-model.md). For 4-bit activations: at 6 and 8 bits
     # the 256-code window leaves token 0 little room (W8A8 rtn 0.998 -> 0.897)
     cls_clip: bool = False
+    # Online Hadamard rotation of every MLP's fc1 input (QuaRot's, pfcr.quant.modules.RotatedLinear):
+    # the LayerNorm's output is quantized at `rotation_bits` (per tensor), rotated by block-diagonal
+    # ±1 Hadamard matrices (an integer GEMM of the program, 2-bit weights), then quantized at the
+    # fc1 input's bits; fc1's weight is rotated once to compensate. On the real ViT-S/14 at W4A4 the
+    # fc1 inputs are the costliest 4-bit activations (the ablation with GPTQ); extra work: one
+    # n x n GEMM per block before fc1's n x 4n
+    fc1_rotation: bool = False
+    rotation_bits: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("w_bits", "a_bits", "input_bits"):
+        for name in ("w_bits", "a_bits", "input_bits", "rotation_bits"):
             check_bits(getattr(self, name), name)
         for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "k_a_bits", "qkv_w_bits"):
             if getattr(self, name) is not None:
@@ -184,6 +194,8 @@ class QuantModel(nn.Module):
         # QuantAttention quantizes qkv's input; the other Linears reading a LayerNorm are swapped here
         postln = {id(linear) for _, linear in self.family.postln_pairs(m)} if cw else set()
         _swap_linears(m, cfg, postln)
+        for blk in self.family.blocks(m) if cfg.fc1_rotation else ():
+            blk.mlp.fc1 = RotatedLinear(blk.mlp.fc1, cfg.rotation_bits)
         for blk in self.family.blocks(m):  # mixed precision: wider inputs for the sensitive Linears
             if cfg.fc2_a_bits is not None:
                 blk.mlp.fc2.a_quant = UniformQuantizer(cfg.fc2_a_bits)

@@ -1,4 +1,5 @@
-"""Quantized building blocks: Linear, Conv2d, MatMul, and timm's ViT and Swin attention.
+"""Quantized building blocks: Linear, Conv2d, MatMul, timm's ViT and Swin attention, and the
+online Hadamard rotation of an MLP's fc1 input (RotatedLinear).
 
 Every matrix multiplication quantizes both inputs: weights per output channel (AdaRound-capable),
 activations per tensor, or per channel for post-LayerNorm inputs until they are reparameterized
@@ -7,6 +8,8 @@ literature); the integer program replaces them with integer kernels.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,64 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.a_quant(x), self.w_quant(self.weight), self.bias)
+
+
+def rotation_block(n: int) -> int:
+    """The Hadamard block of an n-wide rotation: the largest power of two dividing n, at most 128."""
+    return min(n & -n, 128)
+
+
+class Rotation(nn.Module):
+    """x -> (x Hᵀ / sqrt(b)) * weight + bias, H block-diagonal of b x b Sylvester Hadamard matrices
+    of ±1: an orthonormal map whose integer form is a GEMM by ±1 codes (2-bit weights) and a scale
+    and bias per output channel, so the program computes it exactly. The affine starts as the
+    identity; like a LayerNorm's, it takes the fold of the next Linear's per-channel input scales
+    (pfcr.quant.calibrate.reparameterize). Its input (a LayerNorm's output) is quantized per tensor
+    at `a_bits`; nothing is trained but that step size."""
+
+    def __init__(self, n: int, a_bits: int):
+        super().__init__()
+        from pfcr.quant.smooth import hadamard
+
+        self.block = rotation_block(n)
+        signs = torch.block_diag(*[hadamard(self.block) * math.sqrt(self.block)] * (n // self.block))
+        self.register_buffer("signs", signs.round().to(torch.int8), persistent=False)
+        self.weight = nn.Parameter(torch.ones(n), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(n), requires_grad=False)
+        self.a_quant = UniformQuantizer(a_bits)
+
+    @property
+    def weight_scale(self) -> float:
+        return self.block ** -0.5
+
+    def matrix(self) -> torch.Tensor:
+        """The orthonormal matrix R (float64) with rotate(x) = x Rᵀ."""
+        return self.signs.double() * self.weight_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.a_quant(x), self.signs.to(x.dtype)) * (self.weight * self.weight_scale) + self.bias
+
+
+class RotatedLinear(QuantLinear):
+    """A QuantLinear reading its input through a Rotation: (x Rᵀ) W'ᵀ with the weight rotated once,
+    W' = W Rᵀ, equals x Wᵀ in float (R orthonormal). Spreading each token's outlying
+    channels over all the others (QuaRot's online Hadamard) lets a 4-bit grid fit the rotated input;
+    `a_quant` quantizes it (per channel until folded into the rotation's affine), `rotation.a_quant`
+    the input before it."""
+
+    def __init__(self, layer: QuantLinear, rotation_bits: int):
+        nn.Module.__init__(self)
+        self.rotation = Rotation(layer.in_features, rotation_bits)
+        with torch.no_grad():
+            rotated = layer.weight.double() @ self.rotation.matrix().T.to(layer.weight.device)
+        self.weight = nn.Parameter(rotated.to(layer.weight.dtype))
+        self.bias = layer.bias
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.w_quant = layer.w_quant
+        self.a_quant = UniformQuantizer(layer.a_quant.bits, axis=layer.a_quant.axis)  # per channel: folded later
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.rotation(x))
 
 
 class QuantConv2d(nn.Module):
