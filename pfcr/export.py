@@ -233,8 +233,8 @@ def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
     else:
         rot_in = _act(rot.a_quant)
         h_ = _layernorm(p, t + "ln2", x, blk.norm2, s.res, rot_in)
-        h_ = _gemm(p, t + "fc1_rot", h_, rot.signs.cpu().numpy(), np.zeros(1), _np(rot.weight) * rot.weight_scale, 2,
-                   _np(rot.bias), rot_in, *fc1_in, token0=token0)
+        h_ = _gemm(p, t + "fc1_rot", h_, rot.signs.cpu().numpy(), np.zeros(1), rot.weight_scale, 2, None, rot_in,
+                   *fc1_in, token0=token0)
     gelu_in = s.gelu_input(blk)
     h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, *gelu_in)
     fc2_in = _act(blk.mlp.fc2.a_quant)

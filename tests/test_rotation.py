@@ -1,7 +1,7 @@
 """The online Hadamard rotation of fc1's input (QuantConfig.fc1_rotation): an orthonormal ±1 map
-that leaves the float function unchanged, fc1's per-channel input scales folded into its affine, a
-model that exports to its program to the bit (with GPTQ too) on every executor, the rotation as a
-2-bit ±1 GEMM in the program, and a saved model that reloads."""
+that leaves the float function unchanged, a model that exports to its program to the bit (with
+GPTQ too) on every executor, the rotation as a 2-bit ±1 GEMM in the program, and a saved model
+that reloads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from core.models import load_model
 from intprog import reference
 from pfcr.export import export_program
 from pfcr.quant.model import QuantConfig, QuantModel
-from pfcr.quant.modules import Rotation, RotatedLinear, rotation_block
+from pfcr.quant.modules import RotatedLinear, Rotation, rotation_block
 from pfcr.quantize import QuantizeConfig, load_qmodel, quantize, save_qmodel
 from tests.test_replay import _codes
 
@@ -49,9 +49,6 @@ def test_a_rotated_model_exports_exactly(model, gptq):
     x = _images()
     cfg = QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, fc1_rotation=True), init_size=32, gptq=gptq)
     qm, _ = quantize(fp, x[:32], cfg)
-    for blk in qm.family.blocks(qm.model):  # fc1's per-channel input scales folded into the rotation
-        fc1 = blk.mlp.fc1
-        assert fc1.a_quant.scale.numel() == 1 and not torch.all(fc1.rotation.weight == 1)
     program = export_program(qm)
     rots = [op for op in program.ops if op["out"].endswith("fc1_rot")]
     assert len(rots) == len(qm.family.blocks(qm.model))

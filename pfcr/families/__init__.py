@@ -59,10 +59,8 @@ class Family(ABC):
 
     def postln_pairs(self, model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Module]]:
         """(LayerNorm, the Linear that reads it): these Linears quantize their inputs channel-wise
-        until RepQ-ViT's reparameterization folds the scales into the LayerNorm (into the rotation's
-        affine where fc1 reads its LayerNorm through one, QuantConfig.fc1_rotation)."""
-        return [pair for b in self.blocks(model)
-                for pair in ((b.norm1, b.attn.qkv), (getattr(b.mlp.fc1, "rotation", b.norm2), b.mlp.fc1))]
+        until RepQ-ViT's reparameterization folds the scales into the LayerNorm."""
+        return [pair for b in self.blocks(model) for pair in ((b.norm1, b.attn.qkv), (b.norm2, b.mlp.fc1))]
 
     def class_token_quantizers(self, model: nn.Module) -> list[tuple[nn.Module, int]]:
         """(activation quantizer, its input's token axis) that clip the class token on their own

@@ -39,12 +39,10 @@ def rotation_block(n: int) -> int:
 
 
 class Rotation(nn.Module):
-    """x -> (x Hᵀ / sqrt(b)) * weight + bias, H block-diagonal of b x b Sylvester Hadamard matrices
-    of ±1: an orthonormal map whose integer form is a GEMM by ±1 codes (2-bit weights) and a scale
-    and bias per output channel, so the program computes it exactly. The affine starts as the
-    identity; like a LayerNorm's, it takes the fold of the next Linear's per-channel input scales
-    (pfcr.quant.calibrate.reparameterize). Its input (a LayerNorm's output) is quantized per tensor
-    at `a_bits`; nothing is trained but that step size."""
+    """x -> x Hᵀ / sqrt(b), H block-diagonal of b x b Sylvester Hadamard matrices of ±1: an
+    orthonormal map whose integer form is a GEMM by ±1 codes (2-bit weights) and one scale, so the
+    program computes it exactly. Its input (a LayerNorm's output) is quantized per tensor at
+    `a_bits`; nothing here is trained but that step size."""
 
     def __init__(self, n: int, a_bits: int):
         super().__init__()
@@ -53,8 +51,6 @@ class Rotation(nn.Module):
         self.block = rotation_block(n)
         signs = torch.block_diag(*[hadamard(self.block) * math.sqrt(self.block)] * (n // self.block))
         self.register_buffer("signs", signs.round().to(torch.int8), persistent=False)
-        self.weight = nn.Parameter(torch.ones(n), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(n), requires_grad=False)
         self.a_quant = UniformQuantizer(a_bits)
 
     @property
@@ -66,15 +62,14 @@ class Rotation(nn.Module):
         return self.signs.double() * self.weight_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.a_quant(x), self.signs.to(x.dtype)) * (self.weight * self.weight_scale) + self.bias
+        return F.linear(self.a_quant(x), self.signs.to(x.dtype)) * self.weight_scale
 
 
 class RotatedLinear(QuantLinear):
     """A QuantLinear reading its input through a Rotation: (x Rᵀ) W'ᵀ with the weight rotated once,
     W' = W Rᵀ, equals x Wᵀ in float (R orthonormal). Spreading each token's outlying
-    channels over all the others (QuaRot's online Hadamard) lets a 4-bit grid fit the rotated input;
-    `a_quant` quantizes it (per channel until folded into the rotation's affine), `rotation.a_quant`
-    the input before it."""
+    channels over all the others (QuaRot's online Hadamard) lets one 4-bit grid fit the rotated
+    input; `a_quant` quantizes it, `rotation.a_quant` the input before it."""
 
     def __init__(self, layer: QuantLinear, rotation_bits: int):
         nn.Module.__init__(self)
@@ -85,7 +80,10 @@ class RotatedLinear(QuantLinear):
         self.bias = layer.bias
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.w_quant = layer.w_quant
-        self.a_quant = UniformQuantizer(layer.a_quant.bits, axis=layer.a_quant.axis)  # per channel: folded later
+        # One scale for the rotated input: per channel, folded into the rotation as RepQ folds into
+        # a LayerNorm, it cost the real ViT-S/14 at W4A4 0.008 (docs/real-model.md): the fold's
+        # column scales land on fc1's 4-bit weights
+        self.a_quant = UniformQuantizer(layer.a_quant.bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.rotation(x))
