@@ -103,9 +103,9 @@ def main_stages(job: MainJob) -> list[Stage]:
 
     With `pfcr main --real`, also the real model: fetch, convert, W8A8 round-to-nearest with 16 log
     softmax codes per octave and W4A4 (8-bit fc2 and proj inputs and keys, 8-bit qkv weights,
-    class-token clipping) with GPTQ's weight rounding after the exact outlier migration (the best
-    exportable settings of docs/real-model.md), each measured on 64 evaluation crops and exported
-    through the fidelity guard."""
+    class-token clipping, fc1's input through an online Hadamard rotation) with GPTQ's weight
+    rounding after the exact outlier migration (the best exportable settings of docs/real-model.md),
+    each measured on 64 evaluation crops and exported through the fidelity guard."""
     r, res = job.common, job.results
     folder = str(res / "photos224")
     q = res / "quantized" / f"{SPEED_MODEL}_rtn_w8a8.safetensors"
@@ -138,9 +138,9 @@ def main_stages(job: MainJob) -> list[Stage]:
         ("real model: W8A8 round-to-nearest, 16 log softmax codes per octave, fidelity and export guard",
          ["real", "measure", "--bits", "8", "8", "--method", "rtn", "--softmax-codes", "16", "--tag", "main",
           *short]),
-        ("real model: W4A4 with 8-bit fc2 and proj inputs, keys and qkv weights, class-token clipping, smoothing + "
-         "GPTQ, fidelity and export guard",
+        ("real model: W4A4 with 8-bit fc2 and proj inputs, keys and qkv weights, class-token clipping, smoothing, "
+         "fc1's input rotated + GPTQ, fidelity and export guard",
          ["real", "measure", "--bits", "4", "4", "--method", "rtn", "--gptq", "--smooth", "0.5",
           "--fc2-a-bits", "8", "--proj-a-bits", "8", "--k-a-bits", "8", "--qkv-w-bits", "8", "--cls-clip",
-          "--tag", "main", *short]),
+          "--rotate-fc1", "--tag", "main", *short]),
     ]
