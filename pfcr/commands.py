@@ -443,14 +443,17 @@ def program_code_options(sp: argparse.ArgumentParser) -> None:
 
 
 def mixed_precision_options(sp: argparse.ArgumentParser) -> None:
-    """The sensitive groups kept wider than --bits: --attn-bits, --fc2-a-bits, --proj-a-bits, --k-a-bits
-    (inputs), --qkv-w-bits, --w8-blocks (weights); `mixed_precision` turns them into QuantConfig's fields."""
+    """The sensitive groups kept wider than --bits: --attn-bits, --fc2-a-bits, --proj-a-bits, --q-a-bits,
+    --k-a-bits (inputs), --qkv-w-bits, --w8-blocks (weights); `mixed_precision` turns them into QuantConfig's fields."""
     sp.add_argument("--attn-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of the post-softmax codes, attn·v's first operand (default the A bits)")
     sp.add_argument("--fc2-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every MLP's fc2 input (the GELU output; default the A bits)")
     sp.add_argument("--proj-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every attention's proj input (default the A bits)")
+    sp.add_argument("--q-a-bits", type=arguments.bit_width, default=None,
+                    help="mixed precision: bits of every attention's queries, q·kᵀ's first operand "
+                         "(default the A bits)")
     sp.add_argument("--k-a-bits", type=arguments.bit_width, default=None,
                     help="mixed precision: bits of every attention's keys, q·kᵀ's second operand (default the A bits)")
     sp.add_argument("--qkv-w-bits", type=arguments.bit_width, default=None,
@@ -462,7 +465,8 @@ def mixed_precision_options(sp: argparse.ArgumentParser) -> None:
 def mixed_precision(args: argparse.Namespace) -> dict:
     """QuantConfig's mixed-precision fields from `mixed_precision_options`."""
     return {"attn_bits": args.attn_bits, "fc2_a_bits": args.fc2_a_bits, "proj_a_bits": args.proj_a_bits,
-            "k_a_bits": args.k_a_bits, "qkv_w_bits": args.qkv_w_bits, "w8_blocks": tuple(args.w8_blocks)}
+            "q_a_bits": args.q_a_bits, "k_a_bits": args.k_a_bits, "qkv_w_bits": args.qkv_w_bits,
+            "w8_blocks": tuple(args.w8_blocks)}
 
 
 def main_stages(job: MainJob) -> list[Stage]:

@@ -368,6 +368,7 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     tags += [f"attn-a{args.attn_bits}"] if args.attn_bits is not None else []
     tags += [f"fc2-a{args.fc2_a_bits}"] if args.fc2_a_bits is not None else []
     tags += [f"proj-a{args.proj_a_bits}"] if args.proj_a_bits is not None else []
+    tags += [f"q-a{args.q_a_bits}"] if args.q_a_bits is not None else []
     tags += [f"k-a{args.k_a_bits}"] if args.k_a_bits is not None else []
     tags += [f"qkv-w{args.qkv_w_bits}"] if args.qkv_w_bits is not None else []
     tags += ["w8-b" + "-".join(map(str, sorted(set(args.w8_blocks))))] if args.w8_blocks else []

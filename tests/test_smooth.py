@@ -101,3 +101,18 @@ def test_8_bit_fc2_and_proj_inputs_keys_and_qkv_weights_in_a_4_bit_model_run_exa
     vm = build(lower(program, batch=16).mod)
     tvm_out = vm["main"](tvm.runtime.tensor(codes.astype("uint8"))).numpy()
     np.testing.assert_array_equal(tvm_out, want)
+
+
+def test_8_bit_queries_in_a_4_bit_model_are_the_queries_third_of_qkv():
+    """QuantConfig.q_a_bits: only the queries' third of qkv's requantization reaches past 4 bits, and
+    the eval forward is the program."""
+    fp = load_model("vit_fmnist").module.eval()
+    x = torch.randn(40, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    qm, _ = quantize(fp, x[:24], QuantizeConfig(method="rtn", quant=QuantConfig(4, 4, q_a_bits=8), init_size=24))
+    assert {b.attn.matmul_qk.a_quant.bits for b in qm.model.blocks} == {8}
+    assert {b.attn.matmul_qk.b_quant.bits for b in qm.model.blocks} == {4}
+    program = export_program(qm)
+    for op in (op for op in program.ops if op["op"] == "linear" and op["out"].endswith("qkv")):
+        q_, k_, v_ = np.split(program.consts[op["consts"]["qmax"]].reshape(-1), 3)
+        assert q_.max() > 15 and max(k_.max(), v_.max()) <= 15
+    assert np.array_equal(_codes(qm, program, x[24:]), reference.run(program, program.input_codes(x[24:])))

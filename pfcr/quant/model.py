@@ -4,7 +4,7 @@ Placement (configurable in QuantConfig, defaults after RepQ-ViT / I&S-ViT):
 - weights of every Linear and of the patch-embedding conv, per output channel, at `w_bits`
   (`first_last_w_bits` overrides the patch embedding and the head, `qkv_w_bits` the attentions'
   qkv, `w8_blocks` every linear of the blocks named);
-- inputs of every matmul at `a_bits`: qkv, q and k (or `k_a_bits`), v, proj (or `proj_a_bits`),
+- inputs of every matmul at `a_bits`: qkv, q (or `q_a_bits`) and k (or `k_a_bits`), v, proj (or `proj_a_bits`),
   fc1, fc2 (or `fc2_a_bits`), head, Swin's reduction;
   the image entering the patch embedding at `input_bits` (8: it is an 8-bit image anyway);
 - post-softmax probabilities with a log2 quantizer at `attn_bits` (`softmax_codes` codes per octave);
@@ -60,6 +60,10 @@ class QuantConfig:
     # (rtn: only k quantized 0.977, all but k 0.879 against 0.845 with all; benchmarks/results/real/
     # sensitivity-*cls-clip*). The keys' codes are an int8 operand of the product either way
     k_a_bits: int | None = None
+    # The queries too (q·kᵀ's first operand): with 8-bit keys, rotated fc1 inputs and GPTQ, the
+    # queries are the next group of the real ViT-S/14 at W4A4 (switched off: 0.9557 against 0.9510,
+    # benchmarks/results/real/ablation-rtn-w4a4-*-rot-fc1-gptq-seed0.json)
+    q_a_bits: int | None = None
     # The weights' counterpart: bits of every attention's qkv weights, the most sensitive weight
     # group of the real ViT-S/14 at W4A4 in the same sensitivity run (only they quantized 0.958,
     # all but them 0.883). The program carries each linear's weight bits (its packed size); the
@@ -113,7 +117,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits", "rotation_bits"):
             check_bits(getattr(self, name), name)
-        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "k_a_bits", "qkv_w_bits"):
+        for name in ("attn_bits", "first_last_w_bits", "fc2_a_bits", "proj_a_bits", "q_a_bits", "k_a_bits",
+                     "qkv_w_bits"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name), name)
         blocks = self.w8_blocks
@@ -201,6 +206,8 @@ class QuantModel(nn.Module):
                 blk.mlp.fc2.a_quant = UniformQuantizer(cfg.fc2_a_bits)
             if cfg.proj_a_bits is not None:
                 blk.attn.proj.a_quant = UniformQuantizer(cfg.proj_a_bits)
+            if cfg.q_a_bits is not None:
+                blk.attn.matmul_qk.a_quant = UniformQuantizer(cfg.q_a_bits)
             if cfg.k_a_bits is not None:
                 blk.attn.matmul_qk.b_quant = UniformQuantizer(cfg.k_a_bits)
             if cfg.qkv_w_bits is not None:
