@@ -44,7 +44,7 @@ RESULTS = ROOT / "benchmarks/results/chain224"
 # class-token clipping, the mixed precision (8-bit fc2 and proj inputs and keys, 8-bit qkv weights)
 # and GPTQ's weight rounding
 SETTINGS = {"W8A8": ["--softmax-codes", "16"],
-            "W4A4": ["--smooth", "0.5", "--fc2-a-bits", "8", "--proj-a-bits", "8", "--k-a-bits", "8",
+            "W4A4": ["--smooth", "0.5", "--fc2-a-bits", "8", "--proj-a-bits", "8", "--q-a-bits", "8", "--k-a-bits", "8",
                      "--qkv-w-bits", "8", "--cls-clip", "--gptq", "--rotate-fc1"]}
 PFCR = str(Path(sys.executable).parent / "pfcr")
 

@@ -102,7 +102,7 @@ def main_stages(job: MainJob) -> list[Stage]:
     against PyTorch FP32 at 1 and 2 threads, and the edge-NPU model on one image.
 
     With `pfcr main --real`, also the real model: fetch, convert, W8A8 round-to-nearest with 16 log
-    softmax codes per octave and W4A4 (8-bit fc2 and proj inputs and keys, 8-bit qkv weights,
+    softmax codes per octave and W4A4 (8-bit fc2 and proj inputs, queries and keys, 8-bit qkv weights,
     class-token clipping, fc1's input through an online Hadamard rotation) with GPTQ's weight
     rounding after the exact outlier migration (the best exportable settings of docs/real-model.md),
     each measured on 64 evaluation crops and exported through the fidelity guard."""
@@ -138,9 +138,9 @@ def main_stages(job: MainJob) -> list[Stage]:
         ("real model: W8A8 round-to-nearest, 16 log softmax codes per octave, fidelity and export guard",
          ["real", "measure", "--bits", "8", "8", "--method", "rtn", "--softmax-codes", "16", "--tag", "main",
           *short]),
-        ("real model: W4A4 with 8-bit fc2 and proj inputs, keys and qkv weights, class-token clipping, smoothing, "
-         "fc1's input rotated + GPTQ, fidelity and export guard",
+        ("real model: W4A4 with 8-bit fc2 and proj inputs, queries, keys and qkv weights, class-token clipping, "
+         "smoothing, fc1's input rotated + GPTQ, fidelity and export guard",
          ["real", "measure", "--bits", "4", "4", "--method", "rtn", "--gptq", "--smooth", "0.5",
-          "--fc2-a-bits", "8", "--proj-a-bits", "8", "--k-a-bits", "8", "--qkv-w-bits", "8", "--cls-clip",
-          "--rotate-fc1", "--tag", "main", *short]),
+          "--fc2-a-bits", "8", "--proj-a-bits", "8", "--q-a-bits", "8", "--k-a-bits", "8", "--qkv-w-bits", "8",
+          "--cls-clip", "--rotate-fc1", "--tag", "main", *short]),
     ]
