@@ -236,7 +236,7 @@ def _mlp(p: Program, t: str, x: str, blk: nn.Module, s: _Scales) -> str:
         h_ = _gemm(p, t + "fc1_rot", h_, rot.signs.cpu().numpy(), np.zeros(1), rot.weight_scale, 2, None, rot_in,
                    *fc1_in, token0=token0)
     gelu_in = s.gelu_input(blk)
-    h_ = _linear(p, t + "fc1", h_, blk.mlp.fc1, fc1_in, *gelu_in)
+    h_ = _linear(p, t + "fc1", h_, fc1, fc1_in, *gelu_in)
     fc2_in = _act(blk.mlp.fc2.a_quant)
     table = build_lut(_elementwise(blk.mlp.act), *gelu_in[:2], 8, *fc2_in)
     h_ = p.add("lut", [h_], t + "gelu", {"in_bits": 8}, {"table": table})
