@@ -41,8 +41,8 @@ DATA = "photos"
 RESULTS = ROOT / "benchmarks/results/chain224"
 # Each width's best exportable quantizer settings of docs/real-model.md (without reconstruction):
 # W8A8 round-to-nearest with 16 log codes per octave; W4A4 with the exact outlier migration,
-# class-token clipping, the mixed precision (8-bit fc2 and proj inputs and keys, 8-bit qkv weights)
-# and GPTQ's weight rounding
+# class-token clipping, fc1's input through an online Hadamard rotation, the mixed precision (8-bit
+# fc2 and proj inputs, queries and keys, 8-bit qkv weights) and GPTQ's weight rounding
 SETTINGS = {"W8A8": ["--softmax-codes", "16"],
             "W4A4": ["--smooth", "0.5", "--fc2-a-bits", "8", "--proj-a-bits", "8", "--q-a-bits", "8", "--k-a-bits", "8",
                      "--qkv-w-bits", "8", "--cls-clip", "--gptq", "--rotate-fc1"]}

@@ -375,6 +375,7 @@ def quant_tags(args: argparse.Namespace) -> list[str]:
     tags += [f"gelu-{args.gelu_range}"] if args.gelu_range != "block" else []
     tags += ["cls-clip"] if args.cls_clip else []
     tags += ["rot-fc1"] if args.rotate_fc1 else []
+    tags += ["gptq"] if args.gptq else []
     return tags
 
 
@@ -424,7 +425,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                    "sources": sorted(set(data["calib_source"][pick.numpy()].tolist()))}
     head_field = {"classes": HEAD_CLASSES, "seed": HEAD_SEED,
                   "note": "fixed random Linear head (the backbone has none); fidelity is on pre-head features"}
-    tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args) + (["gptq"] if args.gptq else [])
+    tags = ([] if args.method == "rtn" else [f"iters{args.iters}"]) + quant_tags(args)
     if args.method != "rtn":  # reconstruction's knobs; QDrop's step-size lr, every record's before, untagged
         tags += [f"scale-lr{recon.scale_lr:g}"] if recon.scale_lr != QDROP_SCALE_LR else []
         tags += [f"loss-{recon.loss}"] if recon.loss != "mse" else []
@@ -544,7 +545,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         aq = blk.mlp.fc2.a_quant
         hi = float(((aq.qmax - aq.zero_point) * aq.scale.detach()).max())
         fc2[f"block{i}"] = {"calibrated_max": round(hi, 3), "seen_absmax": round(seen[i], 3)}
-    variant = "-".join(quant_tags(args) + (["gptq"] if args.gptq else [])) or None
+    variant = "-".join(quant_tags(args)) or None
     card = {"format": "pfcr.real.ablation/1", "model": MODEL_NAME, "method": "rtn", "w_bits": w_bits,
             "a_bits": a_bits, "variant": variant, "quant": cfg.quant.to_dict(), "seed": args.seed,
             "calibration_images": len(calib), "eval_images": len(x),
